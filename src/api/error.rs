@@ -1,0 +1,194 @@
+//! The one place HTTP errors are shaped: every error is JSON,
+//! `{"error":{"message":…,"type":…,"code":…,"param":…}}`, the format OpenAI clients parse.
+//!
+//! Handler errors are [`ApiError`]s. Errors that axum produces itself (405, 413, bad JSON)
+//! are rewritten by [`json_errors`], so no plain-text error can leave the daemon.
+
+use axum::body::Body;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::arbiter::ArbiterError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("no route for {method} {path}")]
+    UnknownRoute { method: String, path: String },
+    #[error("model {0:?} does not exist; GET /v1/models lists the configured models")]
+    UnknownModel(String),
+    #[error("{message}")]
+    InvalidRequest {
+        message: String,
+        param: Option<String>,
+    },
+    #[error("invalid JSON body: {0}")]
+    BadJson(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+#[derive(Serialize)]
+struct Envelope<'a> {
+    error: ErrorBody<'a>,
+}
+
+#[derive(Serialize)]
+struct ErrorBody<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    code: &'a str,
+    param: Option<&'a str>,
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::UnknownRoute { .. } => {
+                (StatusCode::NOT_FOUND, "not_found_error", "unknown_route")
+            }
+            ApiError::UnknownModel(_) => {
+                (StatusCode::NOT_FOUND, "not_found_error", "model_not_found")
+            }
+            ApiError::InvalidRequest { .. } => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_value",
+            ),
+            ApiError::BadJson(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_json",
+            ),
+            ApiError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "unavailable",
+            ),
+        }
+    }
+}
+
+impl From<ArbiterError> for ApiError {
+    fn from(e: ArbiterError) -> Self {
+        match e {
+            ArbiterError::UnknownModel(m) => ApiError::UnknownModel(m),
+            ArbiterError::Stopped => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, kind, code) = self.parts();
+        let param = match &self {
+            ApiError::InvalidRequest { param, .. } => param.as_deref(),
+            ApiError::UnknownModel(_) => Some("model"),
+            _ => None,
+        };
+        error_response(status, &self.to_string(), kind, code, param)
+    }
+}
+
+fn error_response(
+    status: StatusCode,
+    message: &str,
+    kind: &str,
+    code: &str,
+    param: Option<&str>,
+) -> Response {
+    let body = Envelope {
+        error: ErrorBody {
+            message,
+            kind,
+            code,
+            param,
+        },
+    };
+    let mut resp = (status, axum::Json(body)).into_response();
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+/// A JSON body extractor whose rejections are [`ApiError`]s or, for an oversized body, a
+/// 413 that [`json_errors`] turns into JSON.
+pub struct ApiJson<T>(pub T);
+
+impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<T> {
+    type Rejection = Response;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(ApiJson(v)),
+            Err(JsonRejection::JsonDataError(e)) => Err(ApiError::InvalidRequest {
+                message: format!(
+                    "invalid request: {}",
+                    e.body_text().trim_start_matches(
+                        "Failed to deserialize the JSON body into the target type: "
+                    )
+                ),
+                param: None,
+            }
+            .into_response()),
+            Err(JsonRejection::JsonSyntaxError(e)) => {
+                Err(ApiError::BadJson(e.body_text()).into_response())
+            }
+            Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::BadJson(
+                "expected a JSON body with `Content-Type: application/json`".into(),
+            )
+            .into_response()),
+            // Body too large (413) and body read errors keep their status; json_errors words them.
+            Err(other) => Err(other.into_response()),
+        }
+    }
+}
+
+/// Rewrites any error response that is not already JSON (axum's own 405 and 413, a
+/// timeout) into the JSON error shape, keeping status and headers such as `Allow`.
+pub async fn json_errors(req: Request, next: Next) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_json = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let (kind, code, fallback) = match status {
+        StatusCode::METHOD_NOT_ALLOWED => (
+            "invalid_request_error",
+            "method_not_allowed",
+            "method not allowed for this route",
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => (
+            "invalid_request_error",
+            "payload_too_large",
+            "request body is larger than [daemon] max_body",
+        ),
+        s if s.is_client_error() => ("invalid_request_error", "bad_request", "bad request"),
+        _ => ("server_error", "internal_error", "internal error"),
+    };
+    let message = match (status, text.trim()) {
+        (StatusCode::PAYLOAD_TOO_LARGE, _) | (_, "") => fallback.to_owned(),
+        (_, t) => t.to_owned(),
+    };
+    let mut new = error_response(status, &message, kind, code, None);
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            new.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    *new.status_mut() = status;
+    new.map(Body::new)
+}

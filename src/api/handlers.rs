@@ -1,0 +1,52 @@
+//! Request handlers. Each one validates, asks the arbiter, and shapes the answer.
+
+use axum::extract::{Path, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{ApiError, ApiJson, AppState};
+use crate::arbiter::{UnloadMode, UnloadOutcome};
+
+pub async fn health() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+/// Everything the arbiter knows: memory figures and every configured model.
+pub async fn status(State(state): State<AppState>) -> Json<Value> {
+    Json(serde_json::to_value(&*state.arbiter.snapshot()).expect("snapshot serialises"))
+}
+
+/// The OpenAI model list, with vramd's own fields beside the standard ones.
+pub async fn models(State(state): State<AppState>) -> Json<Value> {
+    let snapshot = state.arbiter.snapshot();
+    let data: Vec<Value> = snapshot
+        .models
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "vramd",
+                "kind": m.kind,
+                "state": m.state,
+            })
+        })
+        .collect();
+    Json(json!({"object": "list", "data": data}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UnloadBody {
+    mode: UnloadMode,
+}
+
+pub async fn unload(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    ApiJson(body): ApiJson<UnloadBody>,
+) -> Result<Json<UnloadOutcome>, ApiError> {
+    Ok(Json(state.arbiter.unload(&name, body.mode).await?))
+}

@@ -1,0 +1,94 @@
+//! The public HTTP API served on the daemon's socket(s).
+//!
+//! Routes are listed in [`router`]; the README's API reference documents them. Handlers only
+//! validate input and talk to the arbiter through its handle; they never block.
+
+mod error;
+mod handlers;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{HeaderValue, Method, Uri};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::routing::{get, post};
+use axum::Router;
+use tracing::Instrument;
+
+use crate::activity::Activity;
+use crate::arbiter::ArbiterHandle;
+use crate::config::Config;
+
+pub use error::{ApiError, ApiJson};
+
+/// What every handler can reach.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub arbiter: ArbiterHandle,
+    pub activity: Activity,
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = usize::try_from(state.config.daemon.max_body.0).unwrap_or(usize::MAX);
+    Router::new()
+        .route("/health", get(handlers::health))
+        .route("/v1/status", get(handlers::status))
+        .route("/v1/models", get(handlers::models))
+        .route("/v1/models/{name}/unload", post(handlers::unload))
+        .fallback(unknown_route)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(error::json_errors))
+        .layer(middleware::from_fn_with_state(state.clone(), request_scope))
+        .with_state(state)
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::UnknownRoute {
+        method: method.to_string(),
+        path: uri.path().to_owned(),
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Gives each request a `request_id` (the caller's `X-Request-Id` when it sends a sane one),
+/// a tracing span carrying it, an `X-Request-Id` response header and an activity guard.
+async fn request_scope(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let _guard = state.activity.request();
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(|| {
+            format!(
+                "{:x}-{}",
+                std::process::id(),
+                NEXT_ID.fetch_add(1, Ordering::Relaxed)
+            )
+        });
+    let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
+    req.extensions_mut().insert(RequestId(id.clone()));
+    let started = Instant::now();
+    let mut resp = next.run(req).instrument(span.clone()).await;
+    span.in_scope(|| {
+        tracing::info!(
+            status = resp.status().as_u16(),
+            ms = started.elapsed().as_millis() as u64,
+            "served"
+        )
+    });
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    resp
+}
+
+/// The id of the request being served, for handlers that pass it on (to workers).
+#[derive(Clone, Debug)]
+pub struct RequestId(pub String);

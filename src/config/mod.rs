@@ -1,0 +1,269 @@
+//! The configuration: `/etc/vramd/vramd.toml` plus model drop-ins in `models.d/*.toml`.
+//!
+//! Parsing ([`parse_main`], [`parse_dropin`], [`Config::assemble`]) is pure: text in,
+//! typed configuration or a [`ConfigError`] with file, line and reason out. Reading files
+//! lives in [`load`]. Unknown keys are errors, because a misspelt `reserve` that is silently
+//! ignored is exactly how a GPU runs out of memory.
+
+mod load;
+mod raw;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::units::{ByteSize, Timeout};
+
+pub use load::{load, LoadedConfig, DEFAULT_CONFIG_PATH};
+pub use raw::{parse_dropin, parse_main, RawDropin, RawMain};
+
+/// A configuration problem, located in its file when it comes from one.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based line and column, when the problem has a place in the file.
+    pub at: Option<(usize, usize)>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.at {
+            Some((line, col)) => {
+                write!(f, "{}:{line}:{col}: {}", self.file.display(), self.message)
+            }
+            None => write!(f, "{}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+impl ConfigError {
+    pub(crate) fn at_span(
+        file: &Path,
+        text: &str,
+        span: Option<std::ops::Range<usize>>,
+        message: impl Into<String>,
+    ) -> Self {
+        ConfigError {
+            file: file.to_owned(),
+            at: span.map(|s| line_col(text, s.start)),
+            message: message.into(),
+        }
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rfind('\n')
+        .map_or(before.len(), |nl| before.len() - nl - 1)
+        + 1;
+    (line, col)
+}
+
+/// Where the memory figures come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendKind {
+    /// NVML when it initialises, else the budget.
+    Auto,
+    /// NVIDIA's management library: real device figures.
+    Nvml,
+    /// A configured total; what is used is what workers report.
+    Budget,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKind {
+    Llm,
+    Image,
+}
+
+impl ModelKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelKind::Llm => "llm",
+            ModelKind::Image => "image",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DaemonConfig {
+    /// Bound when vramd is started by hand rather than socket-activated.
+    pub socket: PathBuf,
+    /// Exit after this long with nothing loaded and nobody connected.
+    pub idle_exit: Timeout,
+    /// Log filter when `RUST_LOG` is not set (`info`, `vramd=debug`, ...).
+    pub log: String,
+    /// Largest request body accepted.
+    pub max_body: ByteSize,
+    /// How long in-flight requests may run on after a stop request.
+    pub shutdown_timeout: Timeout,
+    /// Persistent state (estimator calibration, ...).
+    pub state_dir: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct MemoryConfig {
+    pub backend: BackendKind,
+    pub budget: ByteSize,
+    pub reserve: ByteSize,
+}
+
+/// Component files of an image model, for models not shipped as one checkpoint.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ImageComponents {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub diffusion_model: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub vae: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub taesd: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_l: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clip_g: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub t5xxl: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub llm: Option<PathBuf>,
+}
+
+impl ImageComponents {
+    /// Every configured component as (role, path), in a fixed order.
+    pub fn files(&self) -> Vec<(&'static str, &Path)> {
+        [
+            ("diffusion_model", &self.diffusion_model),
+            ("vae", &self.vae),
+            ("taesd", &self.taesd),
+            ("clip_l", &self.clip_l),
+            ("clip_g", &self.clip_g),
+            ("t5xxl", &self.t5xxl),
+            ("llm", &self.llm),
+        ]
+        .into_iter()
+        .filter_map(|(role, p)| p.as_deref().map(|p| (role, p)))
+        .collect()
+    }
+}
+
+/// What a model is loaded from. Requests name models, never files.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum ModelSource {
+    File { path: PathBuf },
+    Components(ImageComponents),
+}
+
+impl ModelSource {
+    pub fn files(&self) -> Vec<(&'static str, &Path)> {
+        match self {
+            ModelSource::File { path } => vec![("path", path.as_path())],
+            ModelSource::Components(c) => c.files(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ModelConfig {
+    pub name: String,
+    pub kind: ModelKind,
+    #[serde(flatten)]
+    pub source: ModelSource,
+    /// Where it was defined (`file:line`), for messages.
+    #[serde(skip)]
+    pub origin: String,
+}
+
+/// The resolved configuration the daemon runs with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Config {
+    pub daemon: DaemonConfig,
+    pub memory: MemoryConfig,
+    pub models: Vec<ModelConfig>,
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            socket: PathBuf::from("/run/vramd/vramd.sock"),
+            idle_exit: Timeout(Some(Duration::from_secs(300))),
+            log: "info".into(),
+            max_body: ByteSize(16 << 20),
+            shutdown_timeout: Timeout(Some(Duration::from_secs(10))),
+            state_dir: PathBuf::from("/var/lib/vramd"),
+        }
+    }
+}
+
+impl Default for MemoryConfig {
+    fn default() -> Self {
+        MemoryConfig {
+            backend: BackendKind::Auto,
+            budget: ByteSize(8 << 30),
+            reserve: ByteSize(512 << 20),
+        }
+    }
+}
+
+impl Config {
+    /// The built-in defaults: no models.
+    pub fn defaults() -> Config {
+        Config {
+            daemon: DaemonConfig::default(),
+            memory: MemoryConfig::default(),
+            models: Vec::new(),
+        }
+    }
+
+    /// Builds the configuration from the main file and its drop-ins (in the order given),
+    /// checking what no single file can: unique model names.
+    pub fn assemble(main: RawMain, dropins: Vec<RawDropin>) -> Result<Config, ConfigError> {
+        let mut config = main.config;
+        for dropin in dropins {
+            config.models.extend(dropin.models);
+        }
+        for (i, m) in config.models.iter().enumerate() {
+            if let Some(first) = config.models[..i].iter().find(|o| o.name == m.name) {
+                let (file, line) = split_origin(&m.origin);
+                return Err(ConfigError {
+                    file,
+                    at: line.map(|l| (l, 1)),
+                    message: format!(
+                        "model {:?} is defined twice (first at {})",
+                        m.name, first.origin
+                    ),
+                });
+            }
+        }
+        Ok(config)
+    }
+
+    /// The resolved configuration as TOML that parses back to the same configuration.
+    pub fn to_toml(&self) -> String {
+        toml::to_string(self).expect("configuration serialises to TOML")
+    }
+
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.name == name)
+    }
+}
+
+fn split_origin(origin: &str) -> (PathBuf, Option<usize>) {
+    match origin.rsplit_once(':') {
+        Some((file, line)) => match line.parse() {
+            Ok(l) => (PathBuf::from(file), Some(l)),
+            Err(_) => (PathBuf::from(origin), None),
+        },
+        None => (PathBuf::from(origin), None),
+    }
+}
+
+#[cfg(test)]
+mod tests;

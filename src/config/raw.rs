@@ -1,0 +1,241 @@
+//! The on-disk shape of the configuration files and its conversion into [`Config`].
+//!
+//! Every table denies unknown keys. Model tables are kept [`Spanned`] so that a problem found
+//! after parsing (a missing `path`, both `path` and components) still names its line.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::{
+    BackendKind, Config, ConfigError, DaemonConfig, ImageComponents, MemoryConfig, ModelConfig,
+    ModelKind, ModelSource,
+};
+use crate::units::{ByteSize, Timeout};
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MainFile {
+    #[serde(default)]
+    daemon: DaemonSection,
+    #[serde(default)]
+    memory: MemorySection,
+    #[serde(default)]
+    models: Vec<Spanned<ModelTable>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DropinFile {
+    #[serde(default)]
+    models: Vec<Spanned<ModelTable>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DaemonSection {
+    socket: Option<PathBuf>,
+    idle_exit: Option<Timeout>,
+    log: Option<String>,
+    max_body: Option<Spanned<ByteSize>>,
+    shutdown_timeout: Option<Timeout>,
+    state_dir: Option<PathBuf>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct MemorySection {
+    backend: Option<BackendKind>,
+    budget: Option<Spanned<ByteSize>>,
+    reserve: Option<Spanned<ByteSize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelTable {
+    name: String,
+    kind: ModelKind,
+    path: Option<PathBuf>,
+    diffusion_model: Option<PathBuf>,
+    vae: Option<PathBuf>,
+    taesd: Option<PathBuf>,
+    clip_l: Option<PathBuf>,
+    clip_g: Option<PathBuf>,
+    t5xxl: Option<PathBuf>,
+    llm: Option<PathBuf>,
+}
+
+/// The parsed main file.
+#[derive(Debug)]
+pub struct RawMain {
+    pub(super) config: Config,
+}
+
+/// The parsed models of one drop-in file.
+#[derive(Debug)]
+pub struct RawDropin {
+    pub(super) models: Vec<ModelConfig>,
+}
+
+/// Parses the main configuration file. `file` names it in errors and anchors relative paths.
+pub fn parse_main(file: &Path, text: &str) -> Result<RawMain, ConfigError> {
+    let raw: MainFile = toml::from_str(text).map_err(|e| toml_error(file, text, e))?;
+    let defaults = Config::defaults();
+    let base = file.parent().unwrap_or(Path::new("/"));
+    let d = raw.daemon;
+    let daemon = DaemonConfig {
+        socket: d
+            .socket
+            .map(|p| absolute(base, p))
+            .unwrap_or(defaults.daemon.socket),
+        idle_exit: d.idle_exit.unwrap_or(defaults.daemon.idle_exit),
+        log: d.log.unwrap_or(defaults.daemon.log),
+        max_body: match d.max_body {
+            Some(s) if s.get_ref().0 < 1024 => {
+                return Err(ConfigError::at_span(
+                    file,
+                    text,
+                    Some(s.span()),
+                    "max_body must be at least 1KiB",
+                ))
+            }
+            Some(s) => s.into_inner(),
+            None => defaults.daemon.max_body,
+        },
+        shutdown_timeout: d
+            .shutdown_timeout
+            .unwrap_or(defaults.daemon.shutdown_timeout),
+        state_dir: d
+            .state_dir
+            .map(|p| absolute(base, p))
+            .unwrap_or(defaults.daemon.state_dir),
+    };
+    let m = raw.memory;
+    let budget = m
+        .budget
+        .as_ref()
+        .map_or(defaults.memory.budget, |s| *s.get_ref());
+    let reserve = m
+        .reserve
+        .as_ref()
+        .map_or(defaults.memory.reserve, |s| *s.get_ref());
+    if budget.0 == 0 {
+        let span = m.budget.as_ref().map(|s| s.span());
+        return Err(ConfigError::at_span(
+            file,
+            text,
+            span,
+            "memory budget must be greater than 0",
+        ));
+    }
+    if reserve >= budget {
+        let span = m.reserve.as_ref().or(m.budget.as_ref()).map(|s| s.span());
+        return Err(ConfigError::at_span(
+            file,
+            text,
+            span,
+            format!("memory reserve ({reserve}) must be smaller than the budget ({budget})"),
+        ));
+    }
+    let memory = MemoryConfig {
+        backend: m.backend.unwrap_or(defaults.memory.backend),
+        budget,
+        reserve,
+    };
+    let models = convert_models(file, text, raw.models)?;
+    Ok(RawMain {
+        config: Config {
+            daemon,
+            memory,
+            models,
+        },
+    })
+}
+
+/// Parses a `models.d/*.toml` drop-in: only `[[models]]` tables are allowed there.
+pub fn parse_dropin(file: &Path, text: &str) -> Result<RawDropin, ConfigError> {
+    let raw: DropinFile = toml::from_str(text).map_err(|e| toml_error(file, text, e))?;
+    Ok(RawDropin {
+        models: convert_models(file, text, raw.models)?,
+    })
+}
+
+fn toml_error(file: &Path, text: &str, e: toml::de::Error) -> ConfigError {
+    ConfigError::at_span(file, text, e.span(), e.message().trim_end())
+}
+
+fn absolute(base: &Path, p: PathBuf) -> PathBuf {
+    if p.is_absolute() {
+        p
+    } else {
+        base.join(p)
+    }
+}
+
+fn convert_models(
+    file: &Path,
+    text: &str,
+    tables: Vec<Spanned<ModelTable>>,
+) -> Result<Vec<ModelConfig>, ConfigError> {
+    let base = file.parent().unwrap_or(Path::new("/"));
+    tables
+        .into_iter()
+        .map(|spanned| {
+            let span = spanned.span();
+            let err = |msg: String| ConfigError::at_span(file, text, Some(span.clone()), msg);
+            let t = spanned.into_inner();
+            let valid_name = !t.name.is_empty()
+                && t.name.len() <= 64
+                && t.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c));
+            if !valid_name {
+                return Err(err(format!(
+                    "model name {:?} must be 1 to 64 characters of letters, digits, '.', '_', '-' or ':'",
+                    t.name
+                )));
+            }
+            let abs = |p: Option<PathBuf>| p.map(|p| absolute(base, p));
+            let components = ImageComponents {
+                diffusion_model: abs(t.diffusion_model),
+                vae: abs(t.vae),
+                taesd: abs(t.taesd),
+                clip_l: abs(t.clip_l),
+                clip_g: abs(t.clip_g),
+                t5xxl: abs(t.t5xxl),
+                llm: abs(t.llm),
+            };
+            let has_components = components != ImageComponents::default();
+            let source = match (t.kind, abs(t.path), has_components) {
+                (ModelKind::Llm, Some(path), false) => ModelSource::File { path },
+                (ModelKind::Llm, _, true) => {
+                    return Err(err(format!(
+                        "model {:?}: component paths are for image models; an llm model takes only `path`",
+                        t.name
+                    )))
+                }
+                (_, None, false) => return Err(err(format!("model {:?} needs a `path`", t.name))),
+                (ModelKind::Image, Some(_), true) => {
+                    return Err(err(format!(
+                        "model {:?}: give either `path` or component paths, not both",
+                        t.name
+                    )))
+                }
+                (ModelKind::Image, Some(path), false) => ModelSource::File { path },
+                (ModelKind::Image, None, true) if components.diffusion_model.is_none() => {
+                    return Err(err(format!(
+                        "model {:?}: component models need `diffusion_model`",
+                        t.name
+                    )))
+                }
+                (ModelKind::Image, None, true) => ModelSource::Components(components),
+            };
+            let (line, _) = super::line_col(text, span.start);
+            Ok(ModelConfig {
+                name: t.name,
+                kind: t.kind,
+                source,
+                origin: format!("{}:{line}", file.display()),
+            })
+        })
+        .collect()
+}

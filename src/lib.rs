@@ -1,0 +1,17 @@
+//! vramd: lets one GPU serve a local LLM and Stable Diffusion without running out of memory.
+//!
+//! This crate is the daemon. It links neither llama.cpp nor stable-diffusion.cpp (each brings
+//! its own, incompatible ggml); inference runs in worker processes it supervises. See
+//! ARCHITECTURE.md for the bird's-eye view and the invariants.
+
+pub mod activity;
+pub mod api;
+pub mod arbiter;
+pub mod config;
+pub mod listeners;
+pub mod logging;
+pub mod memory;
+pub mod notify;
+pub mod registry;
+pub mod server;
+pub mod units;

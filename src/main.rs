@@ -1,0 +1,165 @@
+//! `vramd`: the daemon's entry point. Wiring only: read the configuration, take the
+//! sockets, start the arbiter and the server, and turn signals and idleness into a clean exit.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use vramd::activity::{idle_exit_in, Activity, IdleInputs};
+use vramd::arbiter::ArbiterHandle;
+use vramd::config::{self, Config};
+use vramd::{api, arbiter, listeners, logging, memory, notify, server};
+
+/// Lets one GPU serve a local LLM and Stable Diffusion, arbitrating its memory.
+#[derive(Parser, Debug)]
+#[command(name = "vramd", version, about, long_about = None)]
+struct Cli {
+    /// Configuration file [default: /etc/vramd/vramd.toml]; model drop-ins are read from
+    /// `models.d/*.toml` beside it.
+    #[arg(long, env = "VRAMD_CONFIG", value_name = "PATH")]
+    config: Option<PathBuf>,
+    /// Unix socket to bind when not socket-activated (overrides `[daemon] socket`).
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Validate the configuration, print it resolved, and exit.
+    #[arg(long)]
+    check_config: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let loaded = match config::load(cli.config.as_deref()) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("vramd: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if cli.check_config {
+        print_config(&loaded);
+        return ExitCode::SUCCESS;
+    }
+    let mut config = loaded.config;
+    if let Some(socket) = cli.socket {
+        config.daemon.socket = socket;
+    }
+    logging::init(&config.daemon.log);
+    match run(config) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            notify::stopping(&format!("failed: {e:#}"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_config(loaded: &config::LoadedConfig) {
+    if loaded.sources.is_empty() {
+        println!(
+            "# no configuration file at {}: built-in defaults",
+            config::DEFAULT_CONFIG_PATH
+        );
+    }
+    for s in &loaded.sources {
+        println!("# read {}", s.display());
+    }
+    print!("{}", loaded.config.to_toml());
+}
+
+fn run(config: Config) -> anyhow::Result<()> {
+    // Before any thread exists: this unsets LISTEN_* so workers do not inherit them.
+    let mut sockets = listeners::from_systemd().context("taking sockets from systemd")?;
+    if sockets.is_empty() {
+        sockets
+            .push(listeners::bind_unix(&config.daemon.socket).context("binding the API socket")?);
+    }
+    let source = memory::open_source(&config.memory).map_err(anyhow::Error::msg)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(serve(config, sockets, source))
+}
+
+async fn serve(
+    config: Config,
+    sockets: Vec<listeners::Listener>,
+    source: Box<dyn memory::MemorySource>,
+) -> anyhow::Result<()> {
+    let config = std::sync::Arc::new(config);
+    let arbiter = arbiter::spawn(&config, source);
+    let activity = Activity::default();
+    let app = api::router(api::AppState {
+        config: config.clone(),
+        arbiter: arbiter.clone(),
+        activity: activity.clone(),
+    });
+    let idle_limit = config.daemon.idle_exit.0;
+    let shutdown = {
+        let (arbiter, activity) = (arbiter.clone(), activity.clone());
+        async move {
+            let why = tokio::select! {
+                s = signal() => s,
+                _ = idle(idle_limit, &arbiter, &activity) => "idle".to_owned(),
+            };
+            tracing::info!("stopping: {why}");
+            notify::stopping(&format!("stopping: {why}"));
+        }
+    };
+    let watchdog = notify::watchdog_interval();
+    let status = arbiter.snapshot().status_line();
+    tracing::info!(version = env!("CARGO_PKG_VERSION"), "ready: {status}");
+    notify::ready(&status);
+    tokio::spawn(notify::follow(arbiter.subscribe(), watchdog));
+    let drain = config
+        .daemon
+        .shutdown_timeout
+        .0
+        .unwrap_or(Duration::from_secs(3600));
+    let served = server::run(sockets, app, activity, drain, shutdown).await?;
+    if served.abandoned > 0 {
+        tracing::warn!(
+            connections = served.abandoned,
+            "exited with connections still open"
+        );
+    }
+    Ok(())
+}
+
+async fn signal() -> String {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => "SIGTERM".into(),
+        _ = int.recv() => "SIGINT".into(),
+    }
+}
+
+/// Resolves once the daemon has been idle for `limit` (see [`idle_exit_in`]).
+async fn idle(limit: Option<Duration>, arbiter: &ArbiterHandle, activity: &Activity) {
+    let Some(limit) = limit else {
+        return std::future::pending().await;
+    };
+    loop {
+        let inputs = IdleInputs {
+            loaded_models: arbiter.snapshot().loaded_count(),
+            connections: activity.connections(),
+            requests: activity.requests(),
+            idle_for: activity.last_activity().elapsed(),
+        };
+        match idle_exit_in(Some(limit), inputs) {
+            Some(d) if d.is_zero() => return,
+            Some(d) => tokio::time::sleep(d.min(Duration::from_secs(1))).await,
+            None => tokio::time::sleep(limit.min(Duration::from_secs(1))).await,
+        }
+    }
+}
