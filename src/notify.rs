@@ -25,10 +25,15 @@ pub fn stopping(why: &str) {
 }
 
 /// The watchdog interval systemd asked for (`WatchdogSec=`), halved as sd_watchdog_enabled(3)
-/// recommends.
+/// recommends. Like libsystemd, a missing `WATCHDOG_PID` means the watchdog is ours.
 pub fn watchdog_interval() -> Option<Duration> {
-    let mut usec = 0;
-    sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec / 2))
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec / 2))
 }
 
 /// Follows the arbiter's snapshots, sending `STATUS=` when the summary changes, and pings

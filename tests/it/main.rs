@@ -1,0 +1,9 @@
+//! vramd's one integration-test binary. Every test starts the real `vramd` binary through
+//! the harness in [`util`] (documented there) and talks to it over its socket.
+
+mod activation;
+mod api;
+mod config;
+mod lifecycle;
+mod units;
+mod util;

@@ -1,0 +1,311 @@
+//! The integration-test harness: start the real `vramd` binary and talk HTTP to it.
+//!
+//! - [`Daemon::start`] writes a configuration into a fresh temporary folder, starts `vramd`
+//!   on a socket there and waits until it answers. Dropping it kills the daemon; its stderr
+//!   is kept in `vramd.log` in that folder and printed by [`Daemon::log`].
+//! - [`http`] is a deliberately small HTTP/1.1 client over a Unix socket (`Connection:
+//!   close`, `Content-Length` or chunked bodies), so tests see exactly what a client sees.
+//! - [`NotifySocket`] is a `NOTIFY_SOCKET` the test owns, to read what vramd tells systemd.
+
+use std::io::{Read, Write};
+use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+pub const VRAMD: &str = env!("CARGO_BIN_EXE_vramd");
+
+/// A configuration with nothing loaded-by-default and idle exit off: tests opt in to more.
+pub const BASE_CONFIG: &str =
+    "[daemon]\nidle_exit = \"0\"\n[memory]\nbackend = \"budget\"\nbudget = \"8GiB\"\n";
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub socket: PathBuf,
+    pub child: Child,
+}
+
+impl Daemon {
+    /// Starts `vramd --config <dir>/vramd.toml --socket <dir>/vramd.sock` and waits for it.
+    pub fn start(config: &str) -> Daemon {
+        Self::start_with(config, |_| {})
+    }
+
+    /// Like [`Daemon::start`], letting the test adjust the command (environment, files).
+    pub fn start_with(config: &str, adjust: impl FnOnce(&mut Command)) -> Daemon {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), config, adjust)
+    }
+
+    /// Starts the daemon in a folder the test prepared (its socket is `<dir>/vramd.sock`).
+    pub fn start_in(
+        dir: tempfile::TempDir,
+        config: &str,
+        adjust: impl FnOnce(&mut Command),
+    ) -> Daemon {
+        let cfg = dir.path().join("vramd.toml");
+        std::fs::write(&cfg, config).unwrap();
+        let socket = dir.path().join("vramd.sock");
+        let log = std::fs::File::create(dir.path().join("vramd.log")).unwrap();
+        let mut cmd = Command::new(VRAMD);
+        cmd.arg("--config")
+            .arg(&cfg)
+            .arg("--socket")
+            .arg(&socket)
+            .env("RUST_LOG", "debug")
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("LISTEN_FDS")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        adjust(&mut cmd);
+        let child = cmd.spawn().expect("spawn vramd");
+        let mut d = Daemon { dir, socket, child };
+        d.wait_ready();
+        d
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if UnixStream::connect(&self.socket).is_ok() {
+                return;
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("vramd exited early with {status}:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("vramd did not start listening:\n{}", self.log());
+    }
+
+    pub fn get(&self, path: &str) -> Response {
+        http(&self.socket, "GET", path, &[], b"")
+    }
+
+    pub fn post_json(&self, path: &str, body: &str) -> Response {
+        http(
+            &self.socket,
+            "POST",
+            path,
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        )
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("vramd.log")).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        // SAFETY: plain kill(2) on our own child.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
+    }
+
+    /// Waits for the daemon to exit on its own, up to `limit`.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        wait_exit(&mut self.child, limit)
+            .unwrap_or_else(|| panic!("vramd still running after {limit:?}:\n{}", self.log()))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_exit(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(s) = child.try_wait().unwrap() {
+            return Some(s);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "body is not JSON ({e}): {}",
+                String::from_utf8_lossy(&self.body)
+            )
+        })
+    }
+
+    /// Asserts the vramd error shape and returns the error object.
+    pub fn error(&self, status: u16) -> serde_json::Value {
+        assert_eq!(
+            self.status,
+            status,
+            "body: {}",
+            String::from_utf8_lossy(&self.body)
+        );
+        assert_eq!(self.header("content-type"), Some("application/json"));
+        let v = self.json();
+        let e = v["error"].clone();
+        assert!(e["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+        assert!(e["type"].is_string() && e["code"].is_string(), "{v}");
+        e
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection to a Unix socket.
+pub fn http(
+    socket: &Path,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> Response {
+    let mut s =
+        UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    send_request(&mut s, method, path, headers, body);
+    read_response(&mut s)
+}
+
+pub fn send_request(
+    s: &mut impl Write,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) {
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: vramd\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    let framed = |h: &str| headers.iter().any(|(k, _)| k.eq_ignore_ascii_case(h));
+    if !framed("content-length") && !framed("transfer-encoding") {
+        req.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+}
+
+pub fn read_response(s: &mut impl Read) -> Response {
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw).expect("read response");
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> Response {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
+    let head = std::str::from_utf8(&raw[..end]).unwrap();
+    let mut lines = head.split("\r\n");
+    let status = lines
+        .next()
+        .unwrap()
+        .split(' ')
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
+        .collect();
+    let rest = &raw[end + 4..];
+    let chunked = headers
+        .iter()
+        .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
+    let body = if chunked {
+        dechunk(rest)
+    } else {
+        rest.to_vec()
+    };
+    Response {
+        status,
+        headers,
+        body,
+    }
+}
+
+fn dechunk(mut rest: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let nl = rest
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .expect("chunk size line");
+        let size =
+            usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().trim(), 16).unwrap();
+        rest = &rest[nl + 2..];
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&rest[..size]);
+        rest = &rest[size + 2..];
+    }
+}
+
+/// A `NOTIFY_SOCKET` owned by the test.
+pub struct NotifySocket {
+    pub path: PathBuf,
+    sock: UnixDatagram,
+    pub seen: Vec<String>,
+}
+
+impl NotifySocket {
+    pub fn new(dir: &Path) -> NotifySocket {
+        let path = dir.join("notify.sock");
+        let sock = UnixDatagram::bind(&path).unwrap();
+        NotifySocket {
+            path,
+            sock,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits until a datagram contains the line `line`; returns that whole datagram.
+    pub fn wait_for(&mut self, line: &str, limit: Duration) -> String {
+        if let Some(m) = self.seen.iter().find(|m| m.lines().any(|l| l == line)) {
+            return m.clone();
+        }
+        let deadline = Instant::now() + limit;
+        let mut buf = vec![0u8; 4096];
+        while Instant::now() < deadline {
+            self.sock
+                .set_read_timeout(Some(
+                    deadline
+                        .saturating_duration_since(Instant::now())
+                        .max(Duration::from_millis(1)),
+                ))
+                .unwrap();
+            let Ok(n) = self.sock.recv(&mut buf) else {
+                continue;
+            };
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            self.seen.push(msg.clone());
+            if msg.lines().any(|l| l == line) {
+                return msg;
+            }
+        }
+        panic!(
+            "no {line:?} on NOTIFY_SOCKET within {limit:?}; saw {:?}",
+            self.seen
+        );
+    }
+}
