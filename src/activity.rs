@@ -117,10 +117,7 @@ mod tests {
     fn exits_only_when_everything_is_quiet() {
         let limit = Some(Duration::from_secs(300));
         assert_eq!(idle_exit_in(limit, idle(300)), Some(Duration::ZERO));
-        assert_eq!(
-            idle_exit_in(limit, idle(100)),
-            Some(Duration::from_secs(200))
-        );
+        assert_eq!(idle_exit_in(limit, idle(100)), Some(Duration::from_secs(200)));
         assert_eq!(idle_exit_in(None, idle(100_000)), None);
         let busy = [
             IdleInputs {

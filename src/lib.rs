@@ -15,3 +15,4 @@ pub mod notify;
 pub mod registry;
 pub mod server;
 pub mod units;
+pub mod worker;

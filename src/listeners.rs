@@ -31,12 +31,10 @@ pub enum ListenError {
     #[error("invalid socket activation environment: {0}")]
     Environment(io::Error),
     #[error("socket-activated fd {fd} ({name}) is not a listening stream socket: {reason}")]
-    BadFd {
-        fd: RawFd,
-        name: String,
-        reason: String,
-    },
-    #[error("socket-activated fd {fd} ({name}) is TCP on {addr}, which is not loopback; refusing to serve the API on it")]
+    BadFd { fd: RawFd, name: String, reason: String },
+    #[error(
+        "socket-activated fd {fd} ({name}) is TCP on {addr}, which is not loopback; refusing to serve the API on it"
+    )]
     NotLoopback {
         fd: RawFd,
         name: String,
@@ -82,7 +80,9 @@ pub fn from_systemd() -> Result<Vec<Listener>, ListenError> {
         return Err(ListenError::NoneUsable);
     }
     if !out.iter().any(|l| l.name() == "api") {
-        tracing::warn!("no fd is named \"api\"; serving the API on the passed sockets anyway (set FileDescriptorName=api)");
+        tracing::warn!(
+            "no fd is named \"api\"; serving the API on the passed sockets anyway (set FileDescriptorName=api)"
+        );
     }
     Ok(out)
 }
@@ -99,13 +99,9 @@ fn adopt(fd: RawFd, name: &str, owned: OwnedFd) -> Result<Option<Listener>, List
         Err(_) => return Ok(None),
     };
     if !socket.is_listener().map_err(|e| bad(e.to_string()))? {
-        return Err(bad(
-            "it is not listening (Accept=yes is not supported)".into()
-        ));
+        return Err(bad("it is not listening (Accept=yes is not supported)".into()));
     }
-    socket
-        .set_nonblocking(false)
-        .map_err(|e| bad(e.to_string()))?;
+    socket.set_nonblocking(false).map_err(|e| bad(e.to_string()))?;
     match addr.domain() {
         Domain::UNIX => Ok(Some(Listener::Unix {
             listener: std::os::unix::net::UnixListener::from(OwnedFd::from(socket)),
@@ -137,9 +133,7 @@ pub fn bind_unix(path: &Path) -> Result<Listener, ListenError> {
         source,
     };
     match std::fs::symlink_metadata(path) {
-        Ok(meta) if !meta.file_type().is_socket() => {
-            return Err(ListenError::NotASocket(path.to_owned()))
-        }
+        Ok(meta) if !meta.file_type().is_socket() => return Err(ListenError::NotASocket(path.to_owned())),
         Ok(_) => match std::os::unix::net::UnixStream::connect(path) {
             Ok(_) => return Err(ListenError::InUse(path.to_owned())),
             Err(_) => {

@@ -19,11 +19,7 @@ pub fn init(config_filter: &str) {
     let registry = tracing_subscriber::registry().with(filter);
     if stderr_is_journal() {
         match tracing_journald::layer() {
-            Ok(layer) => {
-                return registry
-                    .with(layer.with_syslog_identifier("vramd".into()))
-                    .init()
-            }
+            Ok(layer) => return registry.with(layer.with_syslog_identifier("vramd".into())).init(),
             Err(e) => eprintln!("vramd: cannot open the journal ({e}); logging to stderr"),
         }
     }

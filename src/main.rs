@@ -10,7 +10,7 @@ use clap::Parser;
 use vramd::activity::{idle_exit_in, Activity, IdleInputs};
 use vramd::arbiter::ArbiterHandle;
 use vramd::config::{self, Config};
-use vramd::{api, arbiter, listeners, logging, memory, notify, server};
+use vramd::{api, arbiter, listeners, logging, memory, notify, server, worker};
 
 /// Lets one GPU serve a local LLM and Stable Diffusion, arbitrating its memory.
 #[derive(Parser, Debug)]
@@ -73,8 +73,7 @@ fn run(config: Config) -> anyhow::Result<()> {
     // Before any thread exists: this unsets LISTEN_* so workers do not inherit them.
     let mut sockets = listeners::from_systemd().context("taking sockets from systemd")?;
     if sockets.is_empty() {
-        sockets
-            .push(listeners::bind_unix(&config.daemon.socket).context("binding the API socket")?);
+        sockets.push(listeners::bind_unix(&config.daemon.socket).context("binding the API socket")?);
     }
     let source = memory::open_source(&config.memory).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -89,8 +88,10 @@ async fn serve(
     sockets: Vec<listeners::Listener>,
     source: Box<dyn memory::MemorySource>,
 ) -> anyhow::Result<()> {
+    let paths = worker::WorkerPaths::resolve(&config.daemon).context("preparing the worker runtime folder")?;
+    tracing::info!(workers = %paths.dir.display(), sockets = %paths.runtime_dir.display(), "worker paths");
     let config = std::sync::Arc::new(config);
-    let arbiter = arbiter::spawn(&config, source);
+    let arbiter = arbiter::spawn(config.clone(), source, paths);
     let activity = Activity::default();
     let app = api::router(api::AppState {
         config: config.clone(),
@@ -114,27 +115,17 @@ async fn serve(
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "ready: {status}");
     notify::ready(&status);
     tokio::spawn(notify::follow(arbiter.subscribe(), watchdog));
-    let drain = config
-        .daemon
-        .shutdown_timeout
-        .0
-        .unwrap_or(Duration::from_secs(3600));
+    let drain = config.daemon.shutdown_timeout.0.unwrap_or(Duration::from_secs(3600));
     let served = server::run(sockets, app, activity, drain, shutdown).await?;
     if served.abandoned > 0 {
-        tracing::warn!(
-            connections = served.abandoned,
-            "exited with connections still open"
-        );
+        tracing::warn!(connections = served.abandoned, "exited with connections still open");
     }
     Ok(())
 }
 
 async fn signal() -> String {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-    ) else {
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
         tracing::error!("cannot install signal handlers");
         return std::future::pending().await;
     };

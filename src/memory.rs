@@ -68,18 +68,11 @@ pub struct MemoryFigures {
 
 impl MemoryFigures {
     /// Combines configuration, a device reading and the registry's held bytes.
-    pub fn compute(
-        config: &MemoryConfig,
-        backend: BackendName,
-        reading: Option<DeviceReading>,
-        held: u64,
-    ) -> Self {
+    pub fn compute(config: &MemoryConfig, backend: BackendName, reading: Option<DeviceReading>, held: u64) -> Self {
         let total = reading.map_or(config.budget.0, |r| r.total);
         let reserve = config.reserve.0;
         let by_registry = total.saturating_sub(reserve).saturating_sub(held);
-        let free = reading.map_or(by_registry, |r| {
-            by_registry.min(r.free.saturating_sub(reserve))
-        });
+        let free = reading.map_or(by_registry, |r| by_registry.min(r.free.saturating_sub(reserve)));
         MemoryFigures {
             backend,
             configured_backend: config.backend,
@@ -97,7 +90,9 @@ impl MemoryFigures {
 pub fn open_source(config: &MemoryConfig) -> Result<Box<dyn MemorySource>, String> {
     match config.backend {
         BackendKind::Budget | BackendKind::Auto => Ok(Box::new(Budget)),
-        BackendKind::Nvml => Err("memory backend \"nvml\" is not available in this build of vramd; use \"auto\" or \"budget\"".into()),
+        BackendKind::Nvml => {
+            Err("memory backend \"nvml\" is not available in this build of vramd; use \"auto\" or \"budget\"".into())
+        }
     }
 }
 
@@ -117,10 +112,7 @@ mod tests {
     #[test]
     fn budget_free_is_total_minus_reserve_minus_held() {
         let f = MemoryFigures::compute(&cfg(), BackendName::Budget, None, 300);
-        assert_eq!(
-            (f.total_bytes, f.used_bytes, f.free_bytes),
-            (1000, 300, 600)
-        );
+        assert_eq!((f.total_bytes, f.used_bytes, f.free_bytes), (1000, 300, 600));
         let f = MemoryFigures::compute(&cfg(), BackendName::Budget, None, 5000);
         assert_eq!(f.free_bytes, 0);
     }
@@ -135,10 +127,7 @@ mod tests {
         let f = MemoryFigures::compute(&cfg(), BackendName::Nvml, Some(lagging), 300);
         assert_eq!(f.free_bytes, 1600);
         // Something outside vramd holds memory: the device figure wins.
-        let busy = DeviceReading {
-            total: 2000,
-            free: 500,
-        };
+        let busy = DeviceReading { total: 2000, free: 500 };
         let f = MemoryFigures::compute(&cfg(), BackendName::Nvml, Some(busy), 300);
         assert_eq!(f.free_bytes, 400);
         assert_eq!(f.device_free_bytes, Some(500));

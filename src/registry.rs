@@ -30,14 +30,7 @@ impl ModelState {
     }
 }
 
-/// Bytes a model holds, by part, as its worker reports them.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Bytes {
-    pub weights: u64,
-    pub context: u64,
-    pub compute: u64,
-    pub total: u64,
-}
+pub use vramd_protocol::Bytes;
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct ModelEntry {
@@ -50,8 +43,18 @@ pub struct ModelEntry {
     pub last_used: Option<u64>,
     pub in_flight: u32,
     pub pinned: bool,
-    /// Why it is `failed`.
+    /// Why it is `failed`, or why its last worker ended.
     pub error: Option<String>,
+    /// The worker process serving it.
+    pub pid: Option<u32>,
+    /// Where its weights live (`cpu`, `cuda:0`), as the worker says.
+    pub device: Option<String>,
+    /// How long its last load took.
+    pub load_ms: Option<u64>,
+    /// The context length in effect (LLMs).
+    pub context_length: Option<u32>,
+    /// Worker crashes and failed starts since the last success.
+    pub failures: u32,
 }
 
 #[derive(Clone, Debug)]
@@ -84,10 +87,7 @@ impl Registry {
     }
 
     pub fn loaded_count(&self) -> usize {
-        self.models
-            .iter()
-            .filter(|m| m.state.holds_memory())
-            .count()
+        self.models.iter().filter(|m| m.state.holds_memory()).count()
     }
 }
 
@@ -103,13 +103,33 @@ impl ModelEntry {
             in_flight: 0,
             pinned: false,
             error: None,
+            pid: None,
+            device: None,
+            load_ms: None,
+            context_length: None,
+            failures: 0,
         }
     }
 
     pub fn fail(&mut self, reason: String) {
         self.state = ModelState::Failed;
-        self.bytes = Bytes::default();
         self.error = Some(reason);
+        self.clear_worker();
+    }
+
+    /// Forgets the worker: nothing is held any more.
+    pub fn clear_worker(&mut self) {
+        self.bytes = Bytes::default();
+        self.pid = None;
+        self.device = None;
+    }
+
+    /// Takes what a worker reported.
+    pub fn report(&mut self, health: &vramd_protocol::Health) {
+        self.bytes = health.bytes;
+        self.peak_bytes = self.peak_bytes.max(health.peak_bytes).max(health.bytes.total);
+        self.pid = Some(health.pid);
+        self.device = Some(health.device.clone());
     }
 }
 
@@ -134,20 +154,13 @@ impl Snapshot {
     }
 
     pub fn loaded_count(&self) -> usize {
-        self.models
-            .iter()
-            .filter(|m| m.state.holds_memory())
-            .count()
+        self.models.iter().filter(|m| m.state.holds_memory()).count()
     }
 
     /// The one-line summary systemd shows in `systemctl status`.
     pub fn status_line(&self) -> String {
         use crate::units::format_size_human as h;
-        let failed = self
-            .models
-            .iter()
-            .filter(|m| m.state == ModelState::Failed)
-            .count();
+        let failed = self.models.iter().filter(|m| m.state == ModelState::Failed).count();
         let mut line = format!(
             "{} of {} models loaded; memory {} used of {} ({})",
             self.loaded_count(),
@@ -164,8 +177,7 @@ impl Snapshot {
 }
 
 pub fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]
@@ -215,12 +227,7 @@ mod tests {
         let mut r = registry();
         let chat = r.get_mut("chat").unwrap();
         chat.state = ModelState::SoftUnloaded;
-        chat.bytes = Bytes {
-            weights: 100,
-            context: 0,
-            compute: 0,
-            total: 100,
-        };
+        chat.bytes = Bytes::new(100, 0, 0);
         assert_eq!(r.held_bytes(), 100);
         assert_eq!(r.loaded_count(), 1);
     }

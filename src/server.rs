@@ -23,11 +23,7 @@ use crate::listeners::Listener;
 /// Who is on the other end of a connection; handlers that change state check it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Peer {
-    Unix {
-        uid: u32,
-        gid: u32,
-        pid: Option<i32>,
-    },
+    Unix { uid: u32, gid: u32, pid: Option<i32> },
     Tcp(std::net::SocketAddr),
 }
 

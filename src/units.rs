@@ -36,9 +36,7 @@ const UNITS: &[(&str, u64)] = &[
 /// `Mb` (megabit) and `MB` are different things and we refuse to guess.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
     let (num, unit) = (t[..split].trim(), t[split..].trim());
     if num.is_empty() {
         return Err(format!(
@@ -48,18 +46,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     let mult = if unit.is_empty() {
         1
     } else {
-        UNITS
-            .iter()
-            .find(|(u, _)| *u == unit)
-            .map(|(_, m)| *m)
-            .ok_or_else(|| {
-                format!("invalid size {text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)")
-            })?
+        UNITS.iter().find(|(u, _)| *u == unit).map(|(_, m)| *m).ok_or_else(|| {
+            format!("invalid size {text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)")
+        })?
     };
     if let Ok(n) = num.parse::<u64>() {
-        return n
-            .checked_mul(mult)
-            .ok_or_else(|| format!("size {text:?} is too large"));
+        return n.checked_mul(mult).ok_or_else(|| format!("size {text:?} is too large"));
     }
     let f: f64 = num
         .parse()
@@ -97,8 +89,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     if t == "0" {
         return Ok(Duration::ZERO);
     }
-    let err =
-        || format!("invalid duration {text:?}: expected e.g. \"30s\", \"5m\", \"1h\" or \"0\"");
+    let err = || format!("invalid duration {text:?}: expected e.g. \"30s\", \"5m\", \"1h\" or \"0\"");
     let mut total = Duration::ZERO;
     let mut rest = t;
     if rest.is_empty() {
@@ -111,9 +102,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         }
         let n: u64 = rest[..digits].parse().map_err(|_| err())?;
         rest = &rest[digits..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
+        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
         let part = match &rest[..unit_len] {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
@@ -223,9 +212,7 @@ impl<'de> de::Deserialize<'de> for Timeout {
                 }
             }
             fn visit_str<E: de::Error>(self, v: &str) -> Result<Timeout, E> {
-                parse_duration(v)
-                    .map(Timeout::from_duration)
-                    .map_err(E::custom)
+                parse_duration(v).map(Timeout::from_duration).map_err(E::custom)
             }
         }
         d.deserialize_any(V)
@@ -252,13 +239,9 @@ mod tests {
     fn sizes_reject_nonsense() {
         assert!(parse_size("").unwrap_err().contains("expected a number"));
         assert!(parse_size("GiB").is_err());
-        assert!(parse_size("8Gb")
-            .unwrap_err()
-            .contains("unknown unit \"Gb\""));
+        assert!(parse_size("8Gb").unwrap_err().contains("unknown unit \"Gb\""));
         assert!(parse_size("1.2.3MiB").unwrap_err().contains("not a number"));
-        assert!(parse_size("99999999999TiB")
-            .unwrap_err()
-            .contains("too large"));
+        assert!(parse_size("99999999999TiB").unwrap_err().contains("too large"));
         assert!(parse_size("-1").is_err());
     }
 
@@ -284,10 +267,7 @@ mod tests {
         assert_eq!(format_size_human(4_402_341_478), "4.1 GiB");
         assert_eq!(format_size_human(12), "12 B");
         assert_eq!(format_duration(Duration::from_secs(300)), "5m");
-        assert_eq!(
-            format_duration(Duration::from_millis(3_601_500)),
-            "1h1s500ms"
-        );
+        assert_eq!(format_duration(Duration::from_millis(3_601_500)), "1h1s500ms");
     }
 
     proptest! {

@@ -12,7 +12,10 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
+use vramd_protocol::ErrorCode;
+
 use crate::arbiter::ArbiterError;
+use crate::worker::client::CallError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -21,14 +24,19 @@ pub enum ApiError {
     #[error("model {0:?} does not exist; GET /v1/models lists the configured models")]
     UnknownModel(String),
     #[error("{message}")]
-    InvalidRequest {
-        message: String,
-        param: Option<String>,
-    },
+    InvalidRequest { message: String, param: Option<String> },
     #[error("invalid JSON body: {0}")]
     BadJson(String),
     #[error("{0}")]
     Unavailable(String),
+    /// The model cannot be used until someone fixes it (see `/v1/status`).
+    #[error("{0}")]
+    ModelFailed(String),
+    /// The worker crashed or misbehaved while serving the request.
+    #[error("{0}")]
+    WorkerFailed(String),
+    #[error("{0}")]
+    Busy(String),
 }
 
 #[derive(Serialize)]
@@ -48,27 +56,14 @@ struct ErrorBody<'a> {
 impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            ApiError::UnknownRoute { .. } => {
-                (StatusCode::NOT_FOUND, "not_found_error", "unknown_route")
-            }
-            ApiError::UnknownModel(_) => {
-                (StatusCode::NOT_FOUND, "not_found_error", "model_not_found")
-            }
-            ApiError::InvalidRequest { .. } => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_value",
-            ),
-            ApiError::BadJson(_) => (
-                StatusCode::BAD_REQUEST,
-                "invalid_request_error",
-                "invalid_json",
-            ),
-            ApiError::Unavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "server_error",
-                "unavailable",
-            ),
+            ApiError::UnknownRoute { .. } => (StatusCode::NOT_FOUND, "not_found_error", "unknown_route"),
+            ApiError::UnknownModel(_) => (StatusCode::NOT_FOUND, "not_found_error", "model_not_found"),
+            ApiError::InvalidRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_value"),
+            ApiError::BadJson(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json"),
+            ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "unavailable"),
+            ApiError::ModelFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "model_failed"),
+            ApiError::WorkerFailed(_) => (StatusCode::BAD_GATEWAY, "server_error", "worker_failed"),
+            ApiError::Busy(_) => (StatusCode::CONFLICT, "invalid_request_error", "model_busy"),
         }
     }
 }
@@ -77,7 +72,37 @@ impl From<ArbiterError> for ApiError {
     fn from(e: ArbiterError) -> Self {
         match e {
             ArbiterError::UnknownModel(m) => ApiError::UnknownModel(m),
+            ArbiterError::ModelFailed { .. } => ApiError::ModelFailed(e.to_string()),
+            ArbiterError::WorkerFailed { .. } => ApiError::WorkerFailed(e.to_string()),
+            ArbiterError::Busy { .. } => ApiError::Busy(e.to_string()),
             ArbiterError::Stopped => ApiError::Unavailable(e.to_string()),
+        }
+    }
+}
+
+impl From<CallError> for ApiError {
+    fn from(e: CallError) -> Self {
+        match e {
+            CallError::Worker(w, _) => match w.code {
+                ErrorCode::PromptTooLong => ApiError::InvalidRequest {
+                    message: w.message,
+                    param: Some("messages".into()),
+                },
+                ErrorCode::NoChatTemplate => ApiError::InvalidRequest {
+                    message: w.message,
+                    param: Some("model".into()),
+                },
+                ErrorCode::InvalidRequest => ApiError::InvalidRequest {
+                    message: w.message,
+                    param: None,
+                },
+                ErrorCode::NotLoaded | ErrorCode::LoadFailed | ErrorCode::Internal => {
+                    ApiError::WorkerFailed(format!("the worker failed: {}", w.message))
+                }
+            },
+            CallError::Transport(_) | CallError::Protocol(_) => {
+                ApiError::WorkerFailed(format!("the model's worker failed during the request ({e})"))
+            }
         }
     }
 }
@@ -94,13 +119,13 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn error_response(
-    status: StatusCode,
-    message: &str,
-    kind: &str,
-    code: &str,
-    param: Option<&str>,
-) -> Response {
+/// The JSON error object, for error events inside an already started stream.
+pub fn error_json(e: &ApiError) -> serde_json::Value {
+    let (_, kind, code) = e.parts();
+    serde_json::json!({"error": {"message": e.to_string(), "type": kind, "code": code}})
+}
+
+fn error_response(status: StatusCode, message: &str, kind: &str, code: &str, param: Option<&str>) -> Response {
     let body = Envelope {
         error: ErrorBody {
             message,
@@ -128,16 +153,13 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
             Err(JsonRejection::JsonDataError(e)) => Err(ApiError::InvalidRequest {
                 message: format!(
                     "invalid request: {}",
-                    e.body_text().trim_start_matches(
-                        "Failed to deserialize the JSON body into the target type: "
-                    )
+                    e.body_text()
+                        .trim_start_matches("Failed to deserialize the JSON body into the target type: ")
                 ),
                 param: None,
             }
             .into_response()),
-            Err(JsonRejection::JsonSyntaxError(e)) => {
-                Err(ApiError::BadJson(e.body_text()).into_response())
-            }
+            Err(JsonRejection::JsonSyntaxError(e)) => Err(ApiError::BadJson(e.body_text()).into_response()),
             Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::BadJson(
                 "expected a JSON body with `Content-Type: application/json`".into(),
             )
@@ -161,9 +183,7 @@ pub async fn json_errors(req: Request, next: Next) -> Response {
         return resp;
     }
     let (parts, body) = resp.into_parts();
-    let text = axum::body::to_bytes(body, 64 * 1024)
-        .await
-        .unwrap_or_default();
+    let text = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     let (kind, code, fallback) = match status {
         StatusCode::METHOD_NOT_ALLOWED => (

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, ApiJson, AppState};
-use crate::arbiter::{UnloadMode, UnloadOutcome};
+use crate::arbiter::{LoadOutcome, UnloadMode, UnloadOutcome};
 
 pub async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
@@ -49,4 +49,9 @@ pub async fn unload(
     ApiJson(body): ApiJson<UnloadBody>,
 ) -> Result<Json<UnloadOutcome>, ApiError> {
     Ok(Json(state.arbiter.unload(&name, body.mode).await?))
+}
+
+/// Loads a model now (and, for a `failed` model, tries again).
+pub async fn load(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<LoadOutcome>, ApiError> {
+    Ok(Json(state.arbiter.load(&name).await?))
 }

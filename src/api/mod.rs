@@ -3,8 +3,10 @@
 //! Routes are listed in [`router`]; the README's API reference documents them. Handlers only
 //! validate input and talk to the arbiter through its handle; they never block.
 
+mod completions;
 mod error;
 mod handlers;
+mod openai;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,7 +40,10 @@ pub fn router(state: AppState) -> Router {
         .route("/health", get(handlers::health))
         .route("/v1/status", get(handlers::status))
         .route("/v1/models", get(handlers::models))
+        .route("/v1/models/{name}/load", post(handlers::load))
         .route("/v1/models/{name}/unload", post(handlers::unload))
+        .route("/v1/chat/completions", post(completions::chat))
+        .route("/v1/completions", post(completions::completion))
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(error::json_errors))
@@ -65,13 +70,7 @@ async fn request_scope(State(state): State<AppState>, mut req: Request, next: Ne
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 64 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(str::to_owned)
-        .unwrap_or_else(|| {
-            format!(
-                "{:x}-{}",
-                std::process::id(),
-                NEXT_ID.fetch_add(1, Ordering::Relaxed)
-            )
-        });
+        .unwrap_or_else(|| format!("{:x}-{}", std::process::id(), NEXT_ID.fetch_add(1, Ordering::Relaxed)));
     let span = tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path());
     req.extensions_mut().insert(RequestId(id.clone()));
     let started = Instant::now();

@@ -58,10 +58,7 @@ impl ConfigError {
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let before = &text[..offset.min(text.len())];
     let line = before.matches('\n').count() + 1;
-    let col = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
+    let col = before.rfind('\n').map_or(before.len(), |nl| before.len() - nl - 1) + 1;
     (line, col)
 }
 
@@ -107,6 +104,16 @@ pub struct DaemonConfig {
     pub shutdown_timeout: Timeout,
     /// Persistent state (estimator calibration, ...).
     pub state_dir: PathBuf,
+    /// Where the worker binaries are; unset: next to `vramd` in a build tree, else
+    /// `/usr/libexec/vramd`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub worker_dir: Option<PathBuf>,
+    /// Where worker sockets go; unset: `$RUNTIME_DIRECTORY`, else `$XDG_RUNTIME_DIR/vramd`,
+    /// else a private folder under `/tmp`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub runtime_dir: Option<PathBuf>,
+    /// How long a worker may take to answer its first health check.
+    pub worker_start_timeout: Timeout,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -170,12 +177,76 @@ impl ModelSource {
     }
 }
 
+/// How many layers an LLM offloads to the GPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GpuLayers {
+    All,
+    Count(u32),
+}
+
+impl Serialize for GpuLayers {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            GpuLayers::All => s.serialize_str("all"),
+            GpuLayers::Count(n) => s.serialize_u32(*n),
+        }
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for GpuLayers {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(serde::Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            N(u32),
+            S(String),
+        }
+        match Raw::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("gpu_layers must be \"all\" or a number of layers"))?
+        {
+            Raw::N(n) => Ok(GpuLayers::Count(n)),
+            Raw::S(s) if s == "all" => Ok(GpuLayers::All),
+            Raw::S(s) => Err(serde::de::Error::custom(format!(
+                "gpu_layers must be \"all\" or a number, not {s:?}"
+            ))),
+        }
+    }
+}
+
+/// How an LLM is loaded; ignored for image models.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct LlmOptions {
+    /// Context length in tokens; 0 means the model's training context.
+    pub context_length: u32,
+    pub gpu_layers: GpuLayers,
+    /// Generation threads; 0 lets the worker pick.
+    pub threads: u32,
+    /// Memory-map the weights (page cache, fast reloads).
+    pub mmap: bool,
+    pub batch: u32,
+}
+
+impl Default for LlmOptions {
+    fn default() -> Self {
+        LlmOptions {
+            context_length: 4096,
+            gpu_layers: GpuLayers::All,
+            threads: 0,
+            mmap: true,
+            batch: 512,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ModelConfig {
     pub name: String,
     pub kind: ModelKind,
     #[serde(flatten)]
     pub source: ModelSource,
+    /// Set for `llm` models only.
+    #[serde(flatten)]
+    pub llm_options: Option<LlmOptions>,
     /// Where it was defined (`file:line`), for messages.
     #[serde(skip)]
     pub origin: String,
@@ -198,6 +269,9 @@ impl Default for DaemonConfig {
             max_body: ByteSize(16 << 20),
             shutdown_timeout: Timeout(Some(Duration::from_secs(10))),
             state_dir: PathBuf::from("/var/lib/vramd"),
+            worker_dir: None,
+            runtime_dir: None,
+            worker_start_timeout: Timeout(Some(Duration::from_secs(30))),
         }
     }
 }
@@ -235,10 +309,7 @@ impl Config {
                 return Err(ConfigError {
                     file,
                     at: line.map(|l| (l, 1)),
-                    message: format!(
-                        "model {:?} is defined twice (first at {})",
-                        m.name, first.origin
-                    ),
+                    message: format!("model {:?} is defined twice (first at {})", m.name, first.origin),
                 });
             }
         }

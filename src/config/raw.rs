@@ -9,7 +9,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::{
-    BackendKind, Config, ConfigError, DaemonConfig, ImageComponents, MemoryConfig, ModelConfig,
+    BackendKind, Config, ConfigError, DaemonConfig, GpuLayers, ImageComponents, LlmOptions, MemoryConfig, ModelConfig,
     ModelKind, ModelSource,
 };
 use crate::units::{ByteSize, Timeout};
@@ -41,6 +41,9 @@ struct DaemonSection {
     max_body: Option<Spanned<ByteSize>>,
     shutdown_timeout: Option<Timeout>,
     state_dir: Option<PathBuf>,
+    worker_dir: Option<PathBuf>,
+    runtime_dir: Option<PathBuf>,
+    worker_start_timeout: Option<Timeout>,
 }
 
 #[derive(Deserialize, Default)]
@@ -64,6 +67,11 @@ struct ModelTable {
     clip_g: Option<PathBuf>,
     t5xxl: Option<PathBuf>,
     llm: Option<PathBuf>,
+    context_length: Option<u32>,
+    gpu_layers: Option<GpuLayers>,
+    threads: Option<u32>,
+    mmap: Option<bool>,
+    batch: Option<u32>,
 }
 
 /// The parsed main file.
@@ -85,10 +93,7 @@ pub fn parse_main(file: &Path, text: &str) -> Result<RawMain, ConfigError> {
     let base = file.parent().unwrap_or(Path::new("/"));
     let d = raw.daemon;
     let daemon = DaemonConfig {
-        socket: d
-            .socket
-            .map(|p| absolute(base, p))
-            .unwrap_or(defaults.daemon.socket),
+        socket: d.socket.map(|p| absolute(base, p)).unwrap_or(defaults.daemon.socket),
         idle_exit: d.idle_exit.unwrap_or(defaults.daemon.idle_exit),
         log: d.log.unwrap_or(defaults.daemon.log),
         max_body: match d.max_body {
@@ -103,23 +108,18 @@ pub fn parse_main(file: &Path, text: &str) -> Result<RawMain, ConfigError> {
             Some(s) => s.into_inner(),
             None => defaults.daemon.max_body,
         },
-        shutdown_timeout: d
-            .shutdown_timeout
-            .unwrap_or(defaults.daemon.shutdown_timeout),
+        shutdown_timeout: d.shutdown_timeout.unwrap_or(defaults.daemon.shutdown_timeout),
         state_dir: d
             .state_dir
             .map(|p| absolute(base, p))
             .unwrap_or(defaults.daemon.state_dir),
+        worker_dir: d.worker_dir.map(|p| absolute(base, p)),
+        runtime_dir: d.runtime_dir.map(|p| absolute(base, p)),
+        worker_start_timeout: d.worker_start_timeout.unwrap_or(defaults.daemon.worker_start_timeout),
     };
     let m = raw.memory;
-    let budget = m
-        .budget
-        .as_ref()
-        .map_or(defaults.memory.budget, |s| *s.get_ref());
-    let reserve = m
-        .reserve
-        .as_ref()
-        .map_or(defaults.memory.reserve, |s| *s.get_ref());
+    let budget = m.budget.as_ref().map_or(defaults.memory.budget, |s| *s.get_ref());
+    let reserve = m.reserve.as_ref().map_or(defaults.memory.reserve, |s| *s.get_ref());
     if budget.0 == 0 {
         let span = m.budget.as_ref().map(|s| s.span());
         return Err(ConfigError::at_span(
@@ -145,11 +145,7 @@ pub fn parse_main(file: &Path, text: &str) -> Result<RawMain, ConfigError> {
     };
     let models = convert_models(file, text, raw.models)?;
     Ok(RawMain {
-        config: Config {
-            daemon,
-            memory,
-            models,
-        },
+        config: Config { daemon, memory, models },
     })
 }
 
@@ -173,11 +169,7 @@ fn absolute(base: &Path, p: PathBuf) -> PathBuf {
     }
 }
 
-fn convert_models(
-    file: &Path,
-    text: &str,
-    tables: Vec<Spanned<ModelTable>>,
-) -> Result<Vec<ModelConfig>, ConfigError> {
+fn convert_models(file: &Path, text: &str, tables: Vec<Spanned<ModelTable>>) -> Result<Vec<ModelConfig>, ConfigError> {
     let base = file.parent().unwrap_or(Path::new("/"));
     tables
         .into_iter()
@@ -229,11 +221,33 @@ fn convert_models(
                 }
                 (ModelKind::Image, None, true) => ModelSource::Components(components),
             };
+            let llm_only = [
+                ("context_length", t.context_length.is_some()),
+                ("gpu_layers", t.gpu_layers.is_some()),
+                ("threads", t.threads.is_some()),
+                ("batch", t.batch.is_some()),
+                ("mmap", t.mmap.is_some()),
+            ];
+            if let Some((key, _)) = llm_only.iter().find(|(_, set)| *set && t.kind != ModelKind::Llm) {
+                return Err(err(format!("model {:?}: `{key}` applies to llm models only", t.name)));
+            }
+            let defaults = LlmOptions::default();
+            let llm = LlmOptions {
+                context_length: t.context_length.unwrap_or(defaults.context_length),
+                gpu_layers: t.gpu_layers.unwrap_or(defaults.gpu_layers),
+                threads: t.threads.unwrap_or(defaults.threads),
+                mmap: t.mmap.unwrap_or(defaults.mmap),
+                batch: t.batch.unwrap_or(defaults.batch),
+            };
+            if llm.batch == 0 {
+                return Err(err(format!("model {:?}: `batch` must be at least 1", t.name)));
+            }
             let (line, _) = super::line_col(text, span.start);
             Ok(ModelConfig {
                 name: t.name,
                 kind: t.kind,
                 source,
+                llm_options: (t.kind == ModelKind::Llm).then_some(llm),
                 origin: format!("{}:{line}", file.display()),
             })
         })

@@ -68,8 +68,7 @@ llm = "/m/qwen.gguf"
 
 #[test]
 fn integer_sizes_and_never() {
-    let c =
-        parse("[daemon]\nidle_exit = \"0\"\n[memory]\nreserve = 0\nbudget = 1048576\n").unwrap();
+    let c = parse("[daemon]\nidle_exit = \"0\"\n[memory]\nreserve = 0\nbudget = 1048576\n").unwrap();
     assert_eq!(c.daemon.idle_exit, crate::units::Timeout::NEVER);
     assert_eq!(c.memory.reserve.0, 0);
     assert_eq!(c.memory.budget.0, 1 << 20);
@@ -161,11 +160,7 @@ fn dropins_add_models_and_names_stay_unique() {
     )
     .unwrap();
     let d1 = Path::new("/etc/vramd/models.d/10-image.toml");
-    let dropin = parse_dropin(
-        d1,
-        "[[models]]\nname = \"img\"\nkind = \"image\"\npath = \"sd.gguf\"\n",
-    )
-    .unwrap();
+    let dropin = parse_dropin(d1, "[[models]]\nname = \"img\"\nkind = \"image\"\npath = \"sd.gguf\"\n").unwrap();
     let c = Config::assemble(main, vec![dropin]).unwrap();
     assert_eq!(c.models.len(), 2);
     assert_eq!(
@@ -180,17 +175,12 @@ fn dropins_add_models_and_names_stay_unique() {
         "[[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"/a\"\n",
     )
     .unwrap();
-    let dup = parse_dropin(
-        d1,
-        "\n[[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"/b\"\n",
-    )
-    .unwrap();
+    let dup = parse_dropin(d1, "\n[[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"/b\"\n").unwrap();
     let e = Config::assemble(main, vec![dup]).unwrap_err();
     assert_eq!(e.file, d1);
     assert_eq!(e.at.map(|a| a.0), Some(2));
     assert!(
-        e.message
-            .contains("defined twice (first at /etc/vramd/vramd.toml:1)"),
+        e.message.contains("defined twice (first at /etc/vramd/vramd.toml:1)"),
         "{e}"
     );
 }

@@ -40,10 +40,7 @@ impl Activated {
             .arg("-E")
             .arg(format!("NOTIFY_SOCKET={}", self.notify.path.display()))
             .arg("-E")
-            .arg(format!(
-                "VRAMD_CONFIG={}",
-                self.dir.path().join("vramd.toml").display()
-            ))
+            .arg(format!("VRAMD_CONFIG={}", self.dir.path().join("vramd.toml").display()))
             .arg("-E")
             .arg("RUST_LOG=debug");
         for e in extra_env {
@@ -83,8 +80,7 @@ fn wait_for_path(p: &Path) {
     panic!("{} never appeared", p.display());
 }
 
-const CONFIG: &str =
-    "[daemon]\nsocket = \"SOCK\"\nidle_exit = \"1s\"\n[memory]\nbackend = \"budget\"\n";
+const CONFIG: &str = "[daemon]\nsocket = \"SOCK\"\nidle_exit = \"1s\"\n[memory]\nbackend = \"budget\"\n";
 
 #[test]
 fn serves_the_passed_fd_notifies_idles_out_and_is_activated_again() {
@@ -107,10 +103,7 @@ fn serves_the_passed_fd_notifies_idles_out_and_is_activated_again() {
             .any(|l| l.starts_with("STATUS=0 of 0 models loaded; memory 0 B used of 8.0 GiB")),
         "{ready:?}"
     );
-    assert!(
-        !own.exists(),
-        "a socket-activated daemon must not bind its own socket"
-    );
+    assert!(!own.exists(), "a socket-activated daemon must not bind its own socket");
 
     // Nothing loaded, nobody connected: it exits 0 after idle_exit.
     let status = wait_exit(&mut child, Duration::from_secs(15)).expect("idle exit");
@@ -139,11 +132,7 @@ fn serves_the_passed_fd_notifies_idles_out_and_is_activated_again() {
 
 #[test]
 fn api_tcp_fd_serves_the_same_api_and_watchdog_pings() {
-    let a = Activated::new(
-        &CONFIG
-            .replace("SOCK", "/nonexistent/x.sock")
-            .replace("\"1s\"", "\"0\""),
-    );
+    let a = Activated::new(&CONFIG.replace("SOCK", "/nonexistent/x.sock").replace("\"1s\"", "\"0\""));
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap().port()

@@ -47,10 +47,7 @@ fn status_lists_memory_and_every_model() {
     // A model whose file is missing says so instead of failing on first use.
     assert_eq!(models[1]["kind"], "image");
     assert_eq!(models[1]["state"], "failed");
-    assert!(models[1]["error"]
-        .as_str()
-        .unwrap()
-        .contains("/nonexistent/sd.gguf"));
+    assert!(models[1]["error"].as_str().unwrap().contains("/nonexistent/sd.gguf"));
 }
 
 #[test]
@@ -65,11 +62,7 @@ fn models_in_openai_list_format() {
         .map(|x| x["id"].as_str().unwrap())
         .collect();
     assert_eq!(ids, ["chat", "sd"]);
-    assert!(m["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .all(|x| x["object"] == "model"));
+    assert!(m["data"].as_array().unwrap().iter().all(|x| x["object"] == "model"));
 }
 
 #[test]
@@ -86,43 +79,26 @@ fn wrong_method_is_405_json_with_allow() {
     let r = http(&d.socket, "DELETE", "/v1/status", &[], b"");
     let e = r.error(405);
     assert_eq!(e["code"], "method_not_allowed");
-    assert!(
-        r.header("allow").is_some_and(|a| a.contains("GET")),
-        "{:?}",
-        r.headers
-    );
+    assert!(r.header("allow").is_some_and(|a| a.contains("GET")), "{:?}", r.headers);
 }
 
 #[test]
 fn bad_json_is_400() {
     let d = with_models();
-    let e = d
-        .post_json("/v1/models/chat/unload", "{\"mode\": ")
-        .error(400);
+    let e = d.post_json("/v1/models/chat/unload", "{\"mode\": ").error(400);
     assert_eq!(e["code"], "invalid_json");
     let e = d
         .post_json("/v1/models/chat/unload", "{\"mode\": \"sideways\"}")
         .error(400);
     assert!(e["message"].as_str().unwrap().contains("sideways"), "{e}");
-    let r = http(
-        &d.socket,
-        "POST",
-        "/v1/models/chat/unload",
-        &[],
-        b"{\"mode\":\"soft\"}",
-    );
-    assert!(r.error(400)["message"]
-        .as_str()
-        .unwrap()
-        .contains("Content-Type"));
+    let r = http(&d.socket, "POST", "/v1/models/chat/unload", &[], b"{\"mode\":\"soft\"}");
+    assert!(r.error(400)["message"].as_str().unwrap().contains("Content-Type"));
 }
 
 #[test]
 fn unknown_model_is_404() {
     let d = with_models();
-    let e = d
-        .post_json("/v1/models/nope/unload", "{\"mode\":\"soft\"}")
-        .error(404);
+    let e = d.post_json("/v1/models/nope/unload", "{\"mode\":\"soft\"}").error(404);
     assert_eq!(e["code"], "model_not_found");
     assert_eq!(e["param"], "model");
 }
@@ -153,10 +129,7 @@ fn body_over_max_body_is_413() {
         &d.socket,
         "POST",
         "/v1/models/m/unload",
-        &[
-            ("Content-Type", "application/json"),
-            ("Transfer-Encoding", "chunked"),
-        ],
+        &[("Content-Type", "application/json"), ("Transfer-Encoding", "chunked")],
         format!("{:x}\r\n{big}\r\n0\r\n\r\n", big.len()).as_bytes(),
     );
     r.error(413);
@@ -165,17 +138,7 @@ fn body_over_max_body_is_413() {
 #[test]
 fn request_id_is_echoed() {
     let d = Daemon::start(BASE_CONFIG);
-    let r = http(
-        &d.socket,
-        "GET",
-        "/health",
-        &[("X-Request-Id", "webui-42")],
-        b"",
-    );
+    let r = http(&d.socket, "GET", "/health", &[("X-Request-Id", "webui-42")], b"");
     assert_eq!(r.header("x-request-id"), Some("webui-42"));
-    assert!(
-        d.log().contains("webui-42"),
-        "request_id not in the log:\n{}",
-        d.log()
-    );
+    assert!(d.log().contains("webui-42"), "request_id not in the log:\n{}", d.log());
 }

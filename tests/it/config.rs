@@ -29,10 +29,7 @@ fn rejects(text: &str, expect: &str) {
     let out = vramd(dir.path(), &["--config", cfg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(
-        err.contains(&format!("{}:", cfg.display())),
-        "no file name in {err:?}"
-    );
+    assert!(err.contains(&format!("{}:", cfg.display())), "no file name in {err:?}");
     assert!(err.contains(expect), "expected {expect:?} in {err:?}");
     assert!(
         !dir.path().join("vramd.sock").exists(),
@@ -46,10 +43,7 @@ fn bad_files_give_file_line_and_reason() {
         "[daemon]\nidle_exit = \"5m\"\nsoket = \"/x\"\n",
         ":3:1: unknown field `soket`",
     );
-    rejects(
-        "[memory]\nbudget = \"lots\"\n",
-        ":2:10: invalid size \"lots\"",
-    );
+    rejects("[memory]\nbudget = \"lots\"\n", ":2:10: invalid size \"lots\"");
     rejects(
         "[memory]\nbudget = \"1GiB\"\nreserve = \"4GiB\"\n",
         ":3:11: memory reserve (4GiB) must be smaller",
@@ -78,14 +72,18 @@ fn missing_explicit_file_is_an_error() {
 fn check_config_prints_the_resolved_configuration_with_dropins() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("vramd.toml");
-    std::fs::write(&cfg, "[memory]\nbudget = \"12GiB\"\n[[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"chat.gguf\"\n").unwrap();
-    std::fs::create_dir(dir.path().join("models.d")).unwrap();
-    std::fs::write(dir.path().join("models.d/20-sd.toml"), "[[models]]\nname = \"sd\"\nkind = \"image\"\ndiffusion_model = \"/m/dit.gguf\"\nvae = \"/m/vae.gguf\"\n").unwrap();
     std::fs::write(
-        dir.path().join("models.d/example.toml.sample"),
-        "this is not toml",
+        &cfg,
+        "[memory]\nbudget = \"12GiB\"\n[[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"chat.gguf\"\n",
     )
     .unwrap();
+    std::fs::create_dir(dir.path().join("models.d")).unwrap();
+    std::fs::write(
+        dir.path().join("models.d/20-sd.toml"),
+        "[[models]]\nname = \"sd\"\nkind = \"image\"\ndiffusion_model = \"/m/dit.gguf\"\nvae = \"/m/vae.gguf\"\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("models.d/example.toml.sample"), "this is not toml").unwrap();
     // VRAMD_CONFIG is the second way to name the file.
     let out = Command::new(VRAMD)
         .arg("--check-config")
@@ -94,21 +92,12 @@ fn check_config_prints_the_resolved_configuration_with_dropins() {
         .unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let text = String::from_utf8(out.stdout).unwrap();
-    assert!(
-        text.contains(&format!("# read {}", cfg.display())),
-        "{text}"
-    );
+    assert!(text.contains(&format!("# read {}", cfg.display())), "{text}");
     assert!(text.contains("20-sd.toml"), "{text}");
     assert!(text.contains("budget = \"12GiB\""), "{text}");
+    assert!(text.contains("idle_exit = \"5m\""), "defaults are printed too: {text}");
     assert!(
-        text.contains("idle_exit = \"5m\""),
-        "defaults are printed too: {text}"
-    );
-    assert!(
-        text.contains(&format!(
-            "path = \"{}\"",
-            dir.path().join("chat.gguf").display()
-        )),
+        text.contains(&format!("path = \"{}\"", dir.path().join("chat.gguf").display())),
         "{text}"
     );
     assert!(text.contains("diffusion_model = \"/m/dit.gguf\""), "{text}");
@@ -144,10 +133,7 @@ fn bad_dropin_names_the_dropin() {
         "[[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"/a\"\ncontext = 4096\n",
     )
     .unwrap();
-    let out = vramd(
-        dir.path(),
-        &["--config", cfg.to_str().unwrap(), "--check-config"],
-    );
+    let out = vramd(dir.path(), &["--config", cfg.to_str().unwrap(), "--check-config"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
         stderr(&out).contains(&format!("{}:5:1: unknown field `context`", bad.display())),

@@ -29,11 +29,7 @@ fn half_sent_request(d: &Daemon) -> (UnixStream, &'static [u8]) {
 fn wait_for_log(d: &Daemon, needle: &str) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while !d.log().contains(needle) {
-        assert!(
-            Instant::now() < deadline,
-            "{needle:?} never logged:\n{}",
-            d.log()
-        );
+        assert!(Instant::now() < deadline, "{needle:?} never logged:\n{}", d.log());
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -53,10 +49,7 @@ fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
     notify.wait_for("STOPPING=1", Duration::from_secs(5));
     wait_for_log(&d, "waiting for in-flight requests");
     // Not accepting any more: the socket file is gone.
-    assert!(
-        !d.socket.exists(),
-        "socket file should be removed on shutdown"
-    );
+    assert!(!d.socket.exists(), "socket file should be removed on shutdown");
     s.write_all(rest).unwrap();
     let r = read_response(&mut s);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
@@ -67,8 +60,7 @@ fn sigterm_lets_in_flight_requests_finish_and_exits_zero() {
 
 #[test]
 fn drain_is_bounded_by_shutdown_timeout() {
-    let config = format!("{BASE_CONFIG}{MODEL}")
-        .replace("[daemon]\n", "[daemon]\nshutdown_timeout = \"1s\"\n");
+    let config = format!("{BASE_CONFIG}{MODEL}").replace("[daemon]\n", "[daemon]\nshutdown_timeout = \"1s\"\n");
     let mut d = Daemon::start(&config);
     let (_s, _rest) = half_sent_request(&d); // never finished
     std::thread::sleep(Duration::from_millis(200));
@@ -115,11 +107,7 @@ fn second_daemon_refuses_a_live_socket() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("already serving on"), "{err}");
-    assert_eq!(
-        d.get("/health").status,
-        200,
-        "the first daemon must keep serving"
-    );
+    assert_eq!(d.get("/health").status, 200, "the first daemon must keep serving");
 }
 
 #[test]

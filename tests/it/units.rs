@@ -37,10 +37,7 @@ fn units_verify() {
         .arg("verify")
         .arg("--man=no")
         .args(&paths));
-    assert!(
-        !out.contains("Unknown key") && !out.contains("Invalid"),
-        "{out}"
-    );
+    assert!(!out.contains("Unknown key") && !out.contains("Invalid"), "{out}");
     let sec = run(Command::new("systemd-analyze")
         .args(["security", "--offline=true"])
         .arg(&paths[1]));
@@ -79,9 +76,7 @@ fn sysusers_and_tmpfiles_apply_in_a_root() {
     let group = std::fs::read_to_string(root.path().join("etc/group")).unwrap();
     assert!(group.lines().any(|l| l.starts_with("vramd:")), "{group}");
     assert!(
-        group
-            .lines()
-            .any(|l| l.starts_with("video:") && l.contains("vramd")),
+        group.lines().any(|l| l.starts_with("video:") && l.contains("vramd")),
         "{group}"
     );
 

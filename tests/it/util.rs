@@ -16,8 +16,7 @@ use std::time::{Duration, Instant};
 pub const VRAMD: &str = env!("CARGO_BIN_EXE_vramd");
 
 /// A configuration with nothing loaded-by-default and idle exit off: tests opt in to more.
-pub const BASE_CONFIG: &str =
-    "[daemon]\nidle_exit = \"0\"\n[memory]\nbackend = \"budget\"\nbudget = \"8GiB\"\n";
+pub const BASE_CONFIG: &str = "[daemon]\nidle_exit = \"0\"\n[memory]\nbackend = \"budget\"\nbudget = \"8GiB\"\n";
 
 pub struct Daemon {
     pub dir: tempfile::TempDir,
@@ -37,11 +36,7 @@ impl Daemon {
     }
 
     /// Starts the daemon in a folder the test prepared (its socket is `<dir>/vramd.sock`).
-    pub fn start_in(
-        dir: tempfile::TempDir,
-        config: &str,
-        adjust: impl FnOnce(&mut Command),
-    ) -> Daemon {
+    pub fn start_in(dir: tempfile::TempDir, config: &str, adjust: impl FnOnce(&mut Command)) -> Daemon {
         let cfg = dir.path().join("vramd.toml");
         std::fs::write(&cfg, config).unwrap();
         let socket = dir.path().join("vramd.sock");
@@ -142,22 +137,13 @@ impl Response {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
-            panic!(
-                "body is not JSON ({e}): {}",
-                String::from_utf8_lossy(&self.body)
-            )
-        })
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", String::from_utf8_lossy(&self.body)))
     }
 
     /// Asserts the vramd error shape and returns the error object.
     pub fn error(&self, status: u16) -> serde_json::Value {
-        assert_eq!(
-            self.status,
-            status,
-            "body: {}",
-            String::from_utf8_lossy(&self.body)
-        );
+        assert_eq!(self.status, status, "body: {}", String::from_utf8_lossy(&self.body));
         assert_eq!(self.header("content-type"), Some("application/json"));
         let v = self.json();
         let e = v["error"].clone();
@@ -168,27 +154,14 @@ impl Response {
 }
 
 /// One HTTP/1.1 request over a fresh connection to a Unix socket.
-pub fn http(
-    socket: &Path,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) -> Response {
-    let mut s =
-        UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
+pub fn http(socket: &Path, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut s = UnixStream::connect(socket).unwrap_or_else(|e| panic!("connect {}: {e}", socket.display()));
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
     send_request(&mut s, method, path, headers, body);
     read_response(&mut s)
 }
 
-pub fn send_request(
-    s: &mut impl Write,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: &[u8],
-) {
+pub fn send_request(s: &mut impl Write, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) {
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: vramd\r\nConnection: close\r\n");
     for (k, v) in headers {
         req.push_str(&format!("{k}: {v}\r\n"));
@@ -215,14 +188,7 @@ fn parse_response(raw: &[u8]) -> Response {
         .unwrap_or_else(|| panic!("no header end in {:?}", String::from_utf8_lossy(raw)));
     let head = std::str::from_utf8(&raw[..end]).unwrap();
     let mut lines = head.split("\r\n");
-    let status = lines
-        .next()
-        .unwrap()
-        .split(' ')
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
     let headers: Vec<(String, String)> = lines
         .filter_map(|l| l.split_once(':'))
         .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_owned()))
@@ -231,27 +197,15 @@ fn parse_response(raw: &[u8]) -> Response {
     let chunked = headers
         .iter()
         .any(|(k, v)| k == "transfer-encoding" && v.eq_ignore_ascii_case("chunked"));
-    let body = if chunked {
-        dechunk(rest)
-    } else {
-        rest.to_vec()
-    };
-    Response {
-        status,
-        headers,
-        body,
-    }
+    let body = if chunked { dechunk(rest) } else { rest.to_vec() };
+    Response { status, headers, body }
 }
 
 fn dechunk(mut rest: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     loop {
-        let nl = rest
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .expect("chunk size line");
-        let size =
-            usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().trim(), 16).unwrap();
+        let nl = rest.windows(2).position(|w| w == b"\r\n").expect("chunk size line");
+        let size = usize::from_str_radix(std::str::from_utf8(&rest[..nl]).unwrap().trim(), 16).unwrap();
         rest = &rest[nl + 2..];
         if size == 0 {
             return out;
@@ -303,9 +257,6 @@ impl NotifySocket {
                 return msg;
             }
         }
-        panic!(
-            "no {line:?} on NOTIFY_SOCKET within {limit:?}; saw {:?}",
-            self.seen
-        );
+        panic!("no {line:?} on NOTIFY_SOCKET within {limit:?}; saw {:?}", self.seen);
     }
 }

@@ -1,0 +1,184 @@
+//! The arbiter task: the one owner of all VRAM state.
+//!
+//! HTTP (and later D-Bus) handlers never touch the [`Registry`]; they send a [`Command`]
+//! and await its reply, or read the latest [`Snapshot`] from a `watch` channel. One owner
+//! means no lock ordering to get wrong and one place where decisions are made. Slow work
+//! (starting a worker, loading, unloading) runs in tasks the arbiter spawns; they report
+//! back as internal events, so the arbiter itself never waits on I/O.
+
+mod task;
+
+use std::sync::Arc;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot, watch};
+use vramd_protocol::Health;
+pub use vramd_protocol::UnloadMode;
+
+use crate::config::Config;
+use crate::memory::MemorySource;
+use crate::registry::{ModelState, Snapshot};
+use crate::worker::client::WorkerClient;
+use crate::worker::WorkerPaths;
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct UnloadOutcome {
+    pub model: String,
+    pub mode: UnloadMode,
+    pub state: ModelState,
+    pub freed_bytes: u64,
+}
+
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct LoadOutcome {
+    pub model: String,
+    pub state: ModelState,
+    /// Load time; `null` when it was already loaded.
+    pub load_ms: Option<u64>,
+    pub bytes: vramd_protocol::Bytes,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ArbiterError {
+    #[error("model {0:?} is not configured")]
+    UnknownModel(String),
+    #[error("model {model:?} has failed: {reason}")]
+    ModelFailed { model: String, reason: String },
+    #[error("model {model:?} could not be started: {reason}")]
+    WorkerFailed { model: String, reason: String },
+    #[error("model {model:?} is busy: {reason}")]
+    Busy { model: String, reason: String },
+    #[error("the arbiter has stopped")]
+    Stopped,
+}
+
+pub(crate) enum Command {
+    Acquire {
+        model: String,
+        reply: oneshot::Sender<Result<Lease, ArbiterError>>,
+    },
+    Load {
+        model: String,
+        reply: oneshot::Sender<Result<LoadOutcome, ArbiterError>>,
+    },
+    Unload {
+        model: String,
+        mode: UnloadMode,
+        reply: oneshot::Sender<Result<UnloadOutcome, ArbiterError>>,
+    },
+}
+
+/// Internal events, from tasks the arbiter spawned and from dropped leases.
+pub(crate) enum Event {
+    Release {
+        model: String,
+        seq: u64,
+        report: Option<Health>,
+    },
+    LoadDone {
+        model: String,
+        seq: u64,
+        result: task::LoadResult,
+    },
+    SoftUnloadDone {
+        model: String,
+        seq: u64,
+        result: Result<Health, String>,
+    },
+    WorkerExit {
+        model: String,
+        seq: u64,
+        exit: crate::worker::process::Exit,
+    },
+}
+
+/// The right to use a loaded model's worker for one request. While it lives the model is
+/// busy and cannot be evicted; dropping it tells the arbiter the request is over.
+pub struct Lease {
+    pub model: String,
+    pub client: WorkerClient,
+    /// How long this request waited for the model to load, when it had to.
+    pub load_ms: Option<u64>,
+    pub context_length: u32,
+    seq: u64,
+    report: Option<Health>,
+    events: mpsc::UnboundedSender<Event>,
+}
+
+impl Lease {
+    /// Records what the worker reported at the end of the request.
+    pub fn report(&mut self, health: Health) {
+        self.report = Some(health);
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        let _ = self.events.send(Event::Release {
+            model: std::mem::take(&mut self.model),
+            seq: self.seq,
+            report: self.report.take(),
+        });
+    }
+}
+
+/// What handlers hold: a way to send commands and to read the latest snapshot.
+#[derive(Clone)]
+pub struct ArbiterHandle {
+    tx: mpsc::Sender<Command>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+}
+
+impl ArbiterHandle {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.borrow().clone()
+    }
+
+    /// A receiver that wakes on every state change (status line, idle exit).
+    pub fn subscribe(&self) -> watch::Receiver<Arc<Snapshot>> {
+        self.snapshot.clone()
+    }
+
+    /// Gets a lease on `model`, loading it first if needed.
+    pub async fn acquire(&self, model: &str) -> Result<Lease, ArbiterError> {
+        self.ask(|reply| Command::Acquire {
+            model: model.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn load(&self, model: &str) -> Result<LoadOutcome, ArbiterError> {
+        self.ask(|reply| Command::Load {
+            model: model.to_owned(),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn unload(&self, model: &str, mode: UnloadMode) -> Result<UnloadOutcome, ArbiterError> {
+        self.ask(|reply| Command::Unload {
+            model: model.to_owned(),
+            mode,
+            reply,
+        })
+        .await
+    }
+
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, ArbiterError>>) -> Command,
+    ) -> Result<T, ArbiterError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| ArbiterError::Stopped)?;
+        rx.await.map_err(|_| ArbiterError::Stopped)?
+    }
+}
+
+/// Starts the arbiter task.
+pub fn spawn(config: Arc<Config>, source: Box<dyn MemorySource>, paths: WorkerPaths) -> ArbiterHandle {
+    let (tx, rx) = mpsc::channel(256);
+    let (snapshot, task) = task::Arbiter::new(config, source, paths);
+    tokio::spawn(task.run(rx));
+    ArbiterHandle { tx, snapshot }
+}

@@ -1,0 +1,184 @@
+//! The daemon's side of the worker protocol (`vramd-protocol`): HTTP/1.1 over the worker's
+//! private Unix socket, one connection per call. Dropping a generation stream closes its
+//! connection, which is how the worker learns that the client went away.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use vramd_protocol::{GenerateEvent, GenerateRequest, Health, WorkerError};
+
+/// Why a call to a worker failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The worker answered with an error of its own.
+    #[error("{0}")]
+    Worker(WorkerError, StatusCode),
+    /// The worker is unreachable or broke the connection (crashed, killed).
+    #[error("worker connection failed: {0}")]
+    Transport(String),
+    /// The worker answered something that is not the protocol.
+    #[error("worker protocol violation: {0}")]
+    Protocol(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct WorkerClient {
+    socket: PathBuf,
+}
+
+impl WorkerClient {
+    pub fn new(socket: &Path) -> WorkerClient {
+        WorkerClient {
+            socket: socket.to_owned(),
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    pub async fn health(&self) -> Result<Health, CallError> {
+        let resp = self.send("GET", vramd_protocol::HEALTH, None::<&()>).await?;
+        read_json(resp).await
+    }
+
+    pub async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R, CallError> {
+        let resp = self.send("POST", path, Some(body)).await?;
+        read_json(resp).await
+    }
+
+    /// Starts a generation. Errors the worker reports before streaming come back as
+    /// [`CallError::Worker`]; afterwards events arrive through [`EventStream`].
+    pub async fn generate(&self, req: &GenerateRequest) -> Result<EventStream, CallError> {
+        let resp = self.send("POST", vramd_protocol::GENERATE, Some(req)).await?;
+        if !resp.status().is_success() {
+            return Err(read_json::<()>(resp).await.expect_err("non-success status is an error"));
+        }
+        Ok(EventStream {
+            body: resp.into_body(),
+            buf: BytesMut::new(),
+        })
+    }
+
+    async fn send<B: Serialize>(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<hyper::Response<Incoming>, CallError> {
+        let transport = |e: &dyn std::fmt::Display| CallError::Transport(e.to_string());
+        let stream = tokio::net::UnixStream::connect(&self.socket)
+            .await
+            .map_err(|e| transport(&e))?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| transport(&e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let bytes = match body {
+            Some(b) => serde_json::to_vec(b).map_err(|e| CallError::Protocol(e.to_string()))?,
+            None => Vec::new(),
+        };
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "worker")
+            .header("content-type", "application/json")
+            .body(Full::new(bytes::Bytes::from(bytes)))
+            .map_err(|e| CallError::Protocol(e.to_string()))?;
+        sender.send_request(req).await.map_err(|e| transport(&e))
+    }
+}
+
+async fn read_json<R: DeserializeOwned>(resp: hyper::Response<Incoming>) -> Result<R, CallError> {
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| CallError::Transport(e.to_string()))?
+        .to_bytes();
+    if !status.is_success() {
+        return match serde_json::from_slice::<WorkerError>(&body) {
+            Ok(e) => Err(CallError::Worker(e, status)),
+            Err(_) => Err(CallError::Protocol(format!(
+                "status {status}: {}",
+                String::from_utf8_lossy(&body)
+            ))),
+        };
+    }
+    serde_json::from_slice(&body).map_err(|e| CallError::Protocol(format!("{e}: {}", String::from_utf8_lossy(&body))))
+}
+
+/// The NDJSON event stream of one generation.
+pub struct EventStream {
+    body: Incoming,
+    buf: BytesMut,
+}
+
+impl EventStream {
+    /// The next event; `Ok(None)` at a clean end. A stream that ends without `done` or
+    /// `error` (the worker died) is a [`CallError::Transport`].
+    pub async fn next(&mut self) -> Result<Option<GenerateEvent>, CallError> {
+        loop {
+            if let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
+                let line = self.buf.split_to(nl + 1);
+                let line = &line[..nl];
+                if line.iter().all(u8::is_ascii_whitespace) {
+                    continue;
+                }
+                return serde_json::from_slice(line)
+                    .map(Some)
+                    .map_err(|e| CallError::Protocol(format!("bad event line: {e}")));
+            }
+            match self.body.frame().await {
+                Some(Ok(frame)) => {
+                    if let Ok(mut data) = frame.into_data() {
+                        while data.has_remaining() {
+                            let chunk = data.chunk();
+                            self.buf.extend_from_slice(chunk);
+                            let n = chunk.len();
+                            data.advance(n);
+                        }
+                    }
+                }
+                Some(Err(e)) => return Err(CallError::Transport(e.to_string())),
+                None if self.buf.is_empty() => return Ok(None),
+                None => return Err(CallError::Protocol("stream ended inside an event line".into())),
+            }
+        }
+    }
+}
+
+/// Polls `GET /internal/health` until it answers, the deadline passes, or `alive` says the
+/// process is gone.
+pub async fn wait_ready(
+    client: &WorkerClient,
+    deadline: Duration,
+    mut alive: impl FnMut() -> bool,
+) -> Result<Health, String> {
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(10);
+    loop {
+        match client.health().await {
+            Ok(h) => return Ok(h),
+            Err(e) if started.elapsed() >= deadline => {
+                return Err(format!("worker did not become ready within {deadline:?}: {e}"))
+            }
+            Err(_) => {}
+        }
+        if !alive() {
+            return Err("worker exited before it became ready".into());
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(200));
+    }
+}

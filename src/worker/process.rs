@@ -1,0 +1,216 @@
+//! Starting, watching and stopping worker processes.
+//!
+//! A worker gets its socket path on the command line, a pipe as stdin (it exits when the
+//! pipe closes, so it cannot outlive the daemon even if `PR_SET_PDEATHSIG` misses) and a
+//! pipe as stderr, whose lines are logged under the model's name and kept for failure
+//! reasons. A watcher task owns the child, reaps it, and reports how it ended.
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncBufReadExt;
+use tokio::process::Command;
+use tokio::sync::{oneshot, watch};
+
+use super::client::{wait_ready, WorkerClient};
+
+/// How a worker process ended.
+#[derive(Clone, Debug)]
+pub struct Exit {
+    pub pid: u32,
+    /// `exit status 1`, `killed by signal 9`.
+    pub status: String,
+    /// Whether the daemon asked for it (hard unload, restart).
+    pub requested: bool,
+    /// Its last stderr lines, for the failure reason.
+    pub last_lines: Vec<String>,
+}
+
+impl Exit {
+    /// The most telling line: the last error line it logged, else the exit status.
+    pub fn reason(&self) -> String {
+        let err = self
+            .last_lines
+            .iter()
+            .rev()
+            .find(|l| l.contains("ERROR") || l.contains("error"));
+        match err {
+            Some(l) => format!("worker {} ({})", self.status, l.trim()),
+            None => format!("worker {}", self.status),
+        }
+    }
+}
+
+/// A running worker.
+pub struct Worker {
+    pub client: WorkerClient,
+    pub pid: u32,
+    stop: Option<oneshot::Sender<()>>,
+    exit: watch::Receiver<Option<Exit>>,
+}
+
+impl Worker {
+    /// Stops the process (SIGTERM, then SIGKILL after a grace period). The exit is reported
+    /// through the `on_exit` callback given to [`spawn`], with `requested = true`.
+    pub fn stop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits up to `within` for the process to end, for a failure's reason: a worker whose
+    /// connection broke has usually just died and logged why.
+    pub async fn exited(&mut self, within: Duration) -> Option<Exit> {
+        let _ = tokio::time::timeout(within, self.exit.wait_for(Option::is_some)).await;
+        self.exit.borrow().clone()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("worker binary {0} not found (set [daemon] worker_dir)")]
+    Missing(PathBuf),
+    #[error("cannot start worker {0}: {1}")]
+    Exec(PathBuf, std::io::Error),
+    #[error("{reason}")]
+    NotReady { reason: String },
+}
+
+const LAST_LINES: usize = 20;
+const STOP_GRACE: Duration = Duration::from_secs(3);
+
+/// Starts `binary --socket <socket>` and waits until it answers its health check.
+/// `on_exit` is called once, from the watcher task, when the process ends.
+pub async fn spawn(
+    binary: &Path,
+    socket: PathBuf,
+    model: &str,
+    ready_within: Duration,
+    on_exit: impl FnOnce(Exit) + Send + 'static,
+) -> Result<Worker, SpawnError> {
+    if !binary.is_file() {
+        return Err(SpawnError::Missing(binary.to_owned()));
+    }
+    let _ = std::fs::remove_file(&socket);
+    let mut cmd = Command::new(binary);
+    cmd.arg("--socket")
+        .arg(&socket)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    for var in [
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+    ] {
+        cmd.env_remove(var);
+    }
+    // SAFETY: prctl is async-signal-safe; this runs in the child between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|e| SpawnError::Exec(binary.to_owned(), e))?;
+    let pid = child.id().unwrap_or(0);
+    let stdin = child.stdin.take();
+    let lines = Arc::new(Mutex::new(VecDeque::with_capacity(LAST_LINES)));
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(forward_stderr(stderr, model.to_owned(), pid, lines.clone()));
+    }
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let (exit_tx, exit_rx) = watch::channel(None::<Exit>);
+    tokio::spawn(async move {
+        let requested = tokio::select! {
+            _ = child.wait() => false,
+            _ = stop_rx => true,
+        };
+        let status = if requested {
+            terminate(&mut child).await
+        } else {
+            child.wait().await
+        };
+        drop(stdin);
+        // Give the stderr forwarder a moment to drain the last lines.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let status = match status {
+            Ok(s) => describe(s),
+            Err(e) => format!("wait failed: {e}"),
+        };
+        let last_lines = lines.lock().expect("stderr lines").iter().cloned().collect();
+        let exit = Exit {
+            pid,
+            status,
+            requested,
+            last_lines,
+        };
+        let _ = exit_tx.send(Some(exit.clone()));
+        on_exit(exit);
+    });
+    let client = WorkerClient::new(&socket);
+    let mut worker = Worker {
+        client,
+        pid,
+        stop: Some(stop_tx),
+        exit: exit_rx.clone(),
+    };
+    if let Err(reason) = wait_ready(&worker.client, ready_within, || exit_rx.borrow().is_none()).await {
+        worker.stop();
+        let reason = match worker.exited(Duration::from_secs(1)).await {
+            Some(exit) if !exit.requested => format!("{reason}: {}", exit.reason()),
+            _ => reason,
+        };
+        return Err(SpawnError::NotReady { reason });
+    }
+    Ok(worker)
+}
+
+async fn terminate(child: &mut tokio::process::Child) -> std::io::Result<std::process::ExitStatus> {
+    if let Some(pid) = child.id() {
+        // SAFETY: plain kill(2) on our own child, which has not been reaped yet.
+        unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    }
+    match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    }
+}
+
+fn describe(s: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (s.code(), s.signal()) {
+        (Some(c), _) => format!("exited with status {c}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => "ended".into(),
+    }
+}
+
+async fn forward_stderr(
+    stderr: tokio::process::ChildStderr,
+    model: String,
+    pid: u32,
+    keep: Arc<Mutex<VecDeque<String>>>,
+) {
+    let mut lines = tokio::io::BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::info!(target: "vramd::worker", model = %model, pid, "{line}");
+        let mut keep = keep.lock().expect("stderr lines");
+        if keep.len() == LAST_LINES {
+            keep.pop_front();
+        }
+        keep.push_back(line);
+    }
+}
