@@ -161,10 +161,12 @@ impl Sampling {
         if self.n.is_some_and(|n| n != 1) {
             return Err(invalid("n", "only n = 1 is supported"));
         }
-        let max_tokens = self
-            .max_completion_tokens
-            .or(self.max_tokens)
-            .unwrap_or(DEFAULT_MAX_TOKENS);
+        let max_tokens = match self.max_completion_tokens.or(self.max_tokens) {
+            Some(n) => n,
+            // Not asked for: the default, within the context.
+            None if context > 1 => DEFAULT_MAX_TOKENS.min(context - 1),
+            None => DEFAULT_MAX_TOKENS,
+        };
         if max_tokens == 0 {
             return Err(invalid("max_tokens", "`max_tokens` must be at least 1"));
         }
@@ -293,6 +295,7 @@ mod tests {
     fn sampling_defaults_and_limits() {
         let p = Sampling::default().params(4096).unwrap();
         assert_eq!(p.max_tokens, DEFAULT_MAX_TOKENS);
+        assert_eq!(Sampling::default().params(64).unwrap().max_tokens, 63);
         assert!(p.stop.is_empty());
         let s: Sampling = serde_json::from_str(r#"{"max_tokens":8,"temperature":0,"seed":7,"stop":"\n"}"#).unwrap();
         let p = s.params(4096).unwrap();

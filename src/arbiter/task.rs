@@ -106,12 +106,15 @@ impl Arbiter {
 
     pub async fn run(mut self, mut commands: mpsc::Receiver<Command>) {
         loop {
+            // Events first: a lease released before its response was sent must be seen
+            // before any command the client sends after reading that response.
             tokio::select! {
+                biased;
+                Some(ev) = self.events_rx.recv() => self.event(ev),
                 cmd = commands.recv() => match cmd {
                     Some(cmd) => self.command(cmd),
                     None => return,
                 },
-                Some(ev) = self.events_rx.recv() => self.event(ev),
             }
             let snapshot = take_snapshot(&self.registry, &self.config.memory, self.source.as_mut());
             self.publish.send_replace(snapshot);

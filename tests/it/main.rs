@@ -7,3 +7,4 @@ mod config;
 mod lifecycle;
 mod units;
 mod util;
+mod workers;

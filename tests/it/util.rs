@@ -260,3 +260,66 @@ impl NotifySocket {
         panic!("no {line:?} on NOTIFY_SOCKET within {limit:?}; saw {:?}", self.seen);
     }
 }
+
+/// A folder to use as `[daemon] worker_dir` whose `vramd-llm-worker` is the fake worker
+/// (`examples/fake-worker.rs`, built by `cargo test`; its header says how to drive it).
+pub fn fake_worker_dir() -> tempfile::TempDir {
+    let examples = Path::new(VRAMD).parent().unwrap().join("examples");
+    let fake = examples.join("fake-worker");
+    assert!(
+        fake.is_file(),
+        "{} is missing: build it with `cargo build --examples`",
+        fake.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(&fake, dir.path().join("vramd-llm-worker")).unwrap();
+    dir
+}
+
+impl Daemon {
+    /// The `/v1/status` entry of one model.
+    pub fn model_status(&self, name: &str) -> serde_json::Value {
+        let s = self.get("/v1/status").json();
+        s["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no model {name} in {s}"))
+    }
+
+    /// Polls until `pred` holds for the model's status entry, or panics after `limit`.
+    pub fn wait_model(
+        &self,
+        name: &str,
+        limit: Duration,
+        pred: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let deadline = Instant::now() + limit;
+        loop {
+            let m = self.model_status(name);
+            if pred(&m) {
+                return m;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "model {name} never reached the expected state: {m}"
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+}
+
+pub fn pid_alive(pid: u64) -> bool {
+    // Zombies still have a /proc entry; a reaped process does not.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// Reads Server-Sent Events `data:` payloads from a response body.
+pub fn sse_data(body: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(body)
+        .split("\n\n")
+        .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_owned))
+        .collect()
+}

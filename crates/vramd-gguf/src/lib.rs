@@ -8,7 +8,7 @@
 //!
 //! - [`read`]: [`GgufFile::open`] memory-maps a file and parses header, metadata and tensor table
 //!   without touching tensor data.
-//! - [`write`]: [`GgufWriter`] builds GGUF v3 files with correct alignment.
+//! - [`write`](mod@write): [`GgufWriter`] builds GGUF v3 files with correct alignment.
 //! - [`quant`]: f32 → f16 / Q8_0 / Q4_0 conversion, so writers can emit quantized tensors.
 //! - [`llama`]: a tiny random-weight llama model that llama.cpp's loader accepts.
 //! - [`manifest`]: random-weight stable-diffusion.cpp models from a tensor-shape manifest.
