@@ -83,17 +83,18 @@ async fn generate(
     stream: bool,
 ) -> Result<Response, ApiError> {
     let queued = Instant::now();
-    let lease = state.arbiter.acquire(&model).await?;
-    let queued_ms = queued.elapsed().as_millis() as u64;
     let req = GenerateRequest {
         request_id: request_id.clone(),
         input,
         params,
     };
-    let mut events = lease.client.generate(&req).await?;
+    let (lease, mut events) = start(&state, &model, &req).await.map_err(|e| for_flavor(e, flavor))?;
+    let queued_ms = queued.elapsed().as_millis() as u64;
     match events.next().await? {
         Some(GenerateEvent::Started { .. }) => {}
-        Some(GenerateEvent::Error { error }) => return Err(CallError::Worker(error, Default::default()).into()),
+        Some(GenerateEvent::Error { error }) => {
+            return Err(for_flavor(CallError::Worker(error, Default::default()).into(), flavor))
+        }
         other => return Err(CallError::Protocol(format!("expected `started`, got {other:?}")).into()),
     }
     let meta = Meta {
@@ -110,6 +111,41 @@ async fn generate(
         Ok(sse(meta, lease, events))
     } else {
         collect(meta, lease, events).await
+    }
+}
+
+/// Leases the model and starts the generation. A worker that cannot even be reached has
+/// just died: the arbiter learns it within moments and starts a new one, so try again
+/// (twice at most) instead of failing a request that never reached any worker.
+async fn start(state: &AppState, model: &str, req: &GenerateRequest) -> Result<(Lease, EventStream), ApiError> {
+    let mut attempts = 0;
+    loop {
+        let lease = state.arbiter.acquire(model).await?;
+        match lease.client.generate(req).await {
+            Ok(events) => return Ok((lease, events)),
+            Err(CallError::Transport(e)) if attempts < 2 => {
+                attempts += 1;
+                tracing::warn!(model, "worker unreachable ({e}); retrying on a restarted worker");
+                drop(lease);
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Worker errors about the input name `messages`; a completion's input is `prompt`.
+fn for_flavor(e: ApiError, flavor: Flavor) -> ApiError {
+    match e {
+        ApiError::InvalidRequest { message, param }
+            if flavor == Flavor::Text && param.as_deref() == Some("messages") =>
+        {
+            ApiError::InvalidRequest {
+                message,
+                param: Some("prompt".into()),
+            }
+        }
+        other => other,
     }
 }
 

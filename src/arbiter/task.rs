@@ -160,7 +160,19 @@ impl Arbiter {
                     },
                 )
             }
-            ModelState::Loaded | ModelState::SoftUnloaded | ModelState::Busy => self.serve(model, waiter),
+            ModelState::Loaded | ModelState::SoftUnloaded | ModelState::Busy => {
+                // A worker that died a moment ago may not have been reported yet: never hand
+                // out a dead one.
+                let dead = self.rt(model).worker.as_ref().and_then(Worker::exit);
+                match dead {
+                    Some(exit) => {
+                        let seq = self.rt(model).seq;
+                        self.worker_exit(model, seq, exit);
+                        self.request(model, waiter)
+                    }
+                    None => self.serve(model, waiter),
+                }
+            }
             ModelState::Loading | ModelState::Unloading => self.rt(model).waiters.push(waiter),
             ModelState::Unloaded => {
                 self.rt(model).waiters.push(waiter);

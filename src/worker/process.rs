@@ -61,6 +61,11 @@ impl Worker {
         }
     }
 
+    /// How the process ended, if it has.
+    pub fn exit(&self) -> Option<Exit> {
+        self.exit.borrow().clone()
+    }
+
     /// Waits up to `within` for the process to end, for a failure's reason: a worker whose
     /// connection broke has usually just died and logged why.
     pub async fn exited(&mut self, within: Duration) -> Option<Exit> {
