@@ -5,6 +5,7 @@ mod activation;
 mod api;
 mod config;
 mod lifecycle;
+mod llm;
 mod units;
 mod util;
 mod workers;

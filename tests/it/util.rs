@@ -171,8 +171,13 @@ pub fn send_request(s: &mut impl Write, method: &str, path: &str, headers: &[(&s
         req.push_str(&format!("Content-Length: {}\r\n", body.len()));
     }
     req.push_str("\r\n");
-    s.write_all(req.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
+    // One write: a server that answers before reading the body (an early 400) and closes
+    // must not turn into a broken pipe here; the response is what the test wants to see.
+    let mut bytes = req.into_bytes();
+    bytes.extend_from_slice(body);
+    if let Err(e) = s.write_all(&bytes) {
+        assert_eq!(e.kind(), std::io::ErrorKind::BrokenPipe, "sending the request: {e}");
+    }
 }
 
 pub fn read_response(s: &mut impl Read) -> Response {
