@@ -56,6 +56,7 @@ fn health(m: &Option<Model>) -> Health {
         peak_bytes: bytes.total,
         pid: std::process::id(),
         device: "cpu".into(),
+        image: None,
     }
 }
 

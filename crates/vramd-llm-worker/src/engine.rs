@@ -109,6 +109,7 @@ fn empty_health() -> Health {
         peak_bytes: 0,
         pid: std::process::id(),
         device: "cpu".into(),
+        image: None,
     }
 }
 

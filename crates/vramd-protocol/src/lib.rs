@@ -13,6 +13,11 @@
 //! | `POST /internal/unload` | [`UnloadRequest`] | [`Health`] after the unload |
 //! | `POST /internal/generate` | [`GenerateRequest`] | a stream of [`GenerateEvent`]s |
 //!
+//! The image worker serves `health` and `unload` the same way, takes an
+//! [`ImageLoadRequest`] on `POST /internal/load` (answering [`ImageLoadResponse`]) and
+//! generates with `POST /internal/images` ([`ImageRequest`] → a stream of [`ImageEvent`]s).
+//! For it a soft unload is a hard one: stable-diffusion.cpp keeps no droppable context.
+//!
 //! `generate` answers `200` with `Content-Type: application/x-ndjson`: one JSON
 //! [`GenerateEvent`] per line, `started` first, then `token`s, then exactly one `done` or
 //! `error`. A client that closes the connection cancels the generation; the worker notices
@@ -33,6 +38,7 @@ pub const HEALTH: &str = "/internal/health";
 pub const LOAD: &str = "/internal/load";
 pub const UNLOAD: &str = "/internal/unload";
 pub const GENERATE: &str = "/internal/generate";
+pub const IMAGES: &str = "/internal/images";
 
 /// Bytes a model holds, by part.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -82,6 +88,43 @@ pub struct Health {
     pub pid: u32,
     /// Where the weights live: `cpu`, or the GPU backend such as `cuda:0`.
     pub device: String,
+    /// Image workers only: weights per component and what the last generation measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<ImageHealth>,
+}
+
+/// What an image worker knows about its memory, for the arbiter's VAE estimates.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageHealth {
+    /// Bytes of weights per component (`diffusion_model`, `clip_l`, `llm`, `vae`, `taesd`, …)
+    /// as stable-diffusion.cpp allocated them.
+    pub components: Vec<ComponentBytes>,
+    /// Where the VAE of the current context runs.
+    pub vae_backend: VaePlacement,
+    /// Compute peaks of the last generation, if any.
+    pub last: Option<GenerationPeaks>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentBytes {
+    pub name: String,
+    pub bytes: u64,
+    /// `gpu`/`cpu`: where this component's params buffer lives.
+    pub device: String,
+}
+
+/// Measured compute-buffer peaks of one generation, per phase, with its resolution.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GenerationPeaks {
+    pub width: u32,
+    pub height: u32,
+    /// Text encoders and diffusion sampling.
+    pub sampling_bytes: u64,
+    /// VAE (or TAESD) decode.
+    pub vae_decode_bytes: u64,
+    pub vae: VaePlacement,
+    pub sampling_ms: u64,
+    pub vae_decode_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -245,6 +288,100 @@ pub enum ErrorCode {
     /// A chat request for a model without a chat template.
     NoChatTemplate,
     Internal,
+}
+
+/// Where an image's VAE decode runs. `tiled` decodes in tiles on the same device, without
+/// reloading; `cpu` needs the context re-created with the VAE on the CPU (from the page cache).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VaePlacement {
+    #[default]
+    Gpu,
+    Tiled,
+    Cpu,
+}
+
+/// The files of an image model, as configured: one checkpoint `model`, or components.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageFiles {
+    pub model: Option<PathBuf>,
+    pub diffusion_model: Option<PathBuf>,
+    pub vae: Option<PathBuf>,
+    pub taesd: Option<PathBuf>,
+    pub clip_l: Option<PathBuf>,
+    pub clip_g: Option<PathBuf>,
+    pub t5xxl: Option<PathBuf>,
+    pub llm: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageLoadRequest {
+    pub model: String,
+    pub files: ImageFiles,
+    /// Memory-map the weights so they come from the page cache.
+    pub mmap: bool,
+    /// CPU threads; 0 means the worker picks.
+    pub threads: u32,
+    /// `cpu` creates the context with the VAE on the CPU; anything else on the device.
+    pub vae: VaePlacement,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageLoadResponse {
+    pub health: Health,
+    pub load_ms: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImageRequest {
+    pub request_id: String,
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub width: u32,
+    pub height: u32,
+    pub steps: u32,
+    pub cfg_scale: f32,
+    /// `None`: random; the seed used is reported with each image.
+    pub seed: Option<i64>,
+    /// stable-diffusion.cpp sampler name (`euler_a`, `euler`, `dpm++2m`, …).
+    pub sampler: String,
+    /// stable-diffusion.cpp scheduler name (`discrete`, `karras`, …); empty = the default.
+    pub scheduler: String,
+    /// Images to make, one after another, seeds counting up.
+    pub batch_count: u32,
+    /// Where this generation's VAE decode runs. `cpu` on a worker whose context has the VAE
+    /// on the device re-creates the context first (and the reverse for `gpu`/`tiled`).
+    pub vae: VaePlacement,
+    /// Text chunks to write into each PNG (A1111 puts the parameters under `parameters`).
+    pub png_text: Vec<(String, String)>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ImageEvent {
+    /// Work began; `switch_ms` is the time spent re-creating the context for another VAE
+    /// placement (0 when none was needed).
+    Started {
+        switch_ms: u64,
+    },
+    /// A sampling step finished (`step` counts from 1, over all images of the batch).
+    Progress {
+        step: u32,
+        steps: u32,
+    },
+    /// One finished image: a PNG, base64-encoded, and the seed that made it.
+    Image {
+        index: u32,
+        seed: i64,
+        png_base64: String,
+    },
+    Done {
+        health: Health,
+        peaks: GenerationPeaks,
+    },
+    Error {
+        error: WorkerError,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
