@@ -12,6 +12,7 @@ pub mod listeners;
 pub mod logging;
 pub mod memory;
 pub mod notify;
+pub mod planner;
 pub mod registry;
 pub mod server;
 pub mod units;

@@ -1,0 +1,436 @@
+//! One test per rule of the ladder, then properties over random registries.
+
+use proptest::prelude::*;
+
+use super::*;
+
+const GIB: u64 = 1 << 30;
+const MIB: u64 = 1 << 20;
+const NOW: u64 = 1_000_000;
+
+fn llm(name: &str, weights: u64, context: u64, idle_secs: u64) -> ModelView {
+    ModelView {
+        name: name.into(),
+        kind: ModelKind::Llm,
+        state: ModelState::Loaded,
+        weights,
+        context,
+        last_used: Some(NOW - idle_secs),
+        in_flight: 0,
+        pinned: false,
+        priority: 0,
+    }
+}
+
+fn image_model(name: &str, weights: u64) -> ModelView {
+    ModelView {
+        kind: ModelKind::Image,
+        ..llm(name, weights, 0, 30)
+    }
+}
+
+fn unloaded_image(name: &str) -> ModelView {
+    ModelView {
+        state: ModelState::Unloaded,
+        weights: 0,
+        last_used: None,
+        ..image_model(name, 0)
+    }
+}
+
+fn mem(total: u64) -> Memory {
+    Memory {
+        total,
+        reserve: 0,
+        device_free: None,
+    }
+}
+
+/// An image request: load `load`, sample with `work`, VAE decode `gpu`/`tiled` bytes.
+fn image_need(load: u64, work: u64, gpu: u64, tiled: u64) -> Need {
+    Need {
+        model: "sd".into(),
+        load,
+        work,
+        vae: Some(VaeNeed { gpu, tiled, cpu: 0 }),
+    }
+}
+
+fn steps(p: &Plan) -> Vec<String> {
+    p.actions
+        .iter()
+        .map(|a| match &a.step {
+            Step::SoftUnload { model, .. } => format!("soft {model}"),
+            Step::HardUnload { model, .. } => format!("hard {model}"),
+            Step::VaeTiled { .. } => "tiled".into(),
+            Step::VaeOnCpu { .. } => "cpu".into(),
+        })
+        .collect()
+}
+
+#[test]
+fn fits_so_everything_stays_loaded() {
+    let models = [llm("chat", 2 * GIB, GIB, 5), unloaded_image("sd")];
+    let p = plan(
+        &models,
+        mem(8 * GIB),
+        &image_need(2 * GIB, GIB, 2 * GIB, 200 * MIB),
+        NOW,
+        &Policy::default(),
+    );
+    assert_eq!(p.outcome, Outcome::Proceed { vae: VaePlacement::Gpu });
+    assert!(p.actions.is_empty());
+    assert_eq!((p.free, p.need), (5 * GIB, 4 * GIB));
+}
+
+#[test]
+fn soft_unload_comes_first_least_recently_used_first() {
+    let models = [
+        llm("recent", 2 * GIB, GIB, 10),
+        llm("old", 2 * GIB, GIB, 100),
+        unloaded_image("sd"),
+    ];
+    // 2 GiB free; the image needs 2.5 GiB at GPU placement: one soft unload is enough.
+    let p = plan(
+        &models,
+        mem(8 * GIB),
+        &image_need(GIB, GIB / 2, GIB + GIB / 2, 100 * MIB),
+        NOW,
+        &Policy::default(),
+    );
+    assert_eq!(steps(&p), ["soft old"]);
+    assert_eq!(p.outcome, Outcome::Proceed { vae: VaePlacement::Gpu });
+    assert!(
+        p.actions[0].reason.contains("old is idle for 1m40s"),
+        "{}",
+        p.actions[0].reason
+    );
+}
+
+#[test]
+fn vae_is_tiled_then_moved_to_cpu_rather_than_evicting_the_llm() {
+    let models = [llm("chat", 4 * GIB, GIB, 60), unloaded_image("sd")];
+    let policy = Policy::default();
+    // 3 GiB free. Load 2 GiB + VAE 2 GiB on GPU = 4 GiB; soft frees 1 GiB -> 4 GiB free: fits.
+    let p = plan(
+        &models,
+        mem(8 * GIB),
+        &image_need(2 * GIB, GIB, 2 * GIB, 200 * MIB),
+        NOW,
+        &policy,
+    );
+    assert_eq!(steps(&p), ["soft chat"]);
+    // A bigger VAE: after the soft unload (4 GiB free), tiling (2.2 GiB) fits.
+    let p = plan(
+        &models,
+        mem(8 * GIB),
+        &image_need(2 * GIB, GIB, 3 * GIB, 200 * MIB),
+        NOW,
+        &policy,
+    );
+    assert_eq!(steps(&p), ["soft chat", "tiled"]);
+    assert_eq!(
+        p.outcome,
+        Outcome::Proceed {
+            vae: VaePlacement::Tiled
+        }
+    );
+    // Tiling still too big: the VAE goes to the CPU, the LLM keeps its weights.
+    let p = plan(
+        &models,
+        mem(8 * GIB),
+        &image_need(3 * GIB + GIB / 2, GIB / 2, 3 * GIB, GIB),
+        NOW,
+        &policy,
+    );
+    assert_eq!(steps(&p), ["soft chat", "tiled", "cpu"]);
+    assert_eq!(p.outcome, Outcome::Proceed { vae: VaePlacement::Cpu });
+    assert!(p.actions[2].reason.contains("on the CPU"), "{}", p.actions[2].reason);
+}
+
+#[test]
+fn an_llm_idle_for_ten_minutes_goes_before_the_vae_moves_to_the_cpu() {
+    let policy = Policy::default();
+    let need = image_need(3 * GIB + GIB / 2, GIB / 2, 3 * GIB, GIB);
+    // Idle 9 minutes: the VAE moves to the CPU.
+    let models = [llm("chat", 4 * GIB, GIB, 9 * 60), unloaded_image("sd")];
+    assert_eq!(
+        steps(&plan(&models, mem(8 * GIB), &need, NOW, &policy)),
+        ["soft chat", "tiled", "cpu"]
+    );
+    // Idle 10 minutes: the LLM is unloaded and the image gets its VAE back on the GPU.
+    let models = [llm("chat", 4 * GIB, GIB, 10 * 60), unloaded_image("sd")];
+    let p = plan(&models, mem(8 * GIB), &need, NOW, &policy);
+    assert_eq!(steps(&p), ["soft chat", "hard chat"]);
+    assert_eq!(p.outcome, Outcome::Proceed { vae: VaePlacement::Gpu });
+    assert!(p.actions[1].reason.contains("an idle LLM goes first"));
+    // The hard unload frees only what the soft one left.
+    assert_eq!(
+        p.actions[1].step,
+        Step::HardUnload {
+            model: "chat".into(),
+            frees: 4 * GIB
+        }
+    );
+}
+
+#[test]
+fn hard_unload_in_lru_order_when_nothing_else_helps() {
+    let models = [
+        llm("a", 3 * GIB, 0, 50),
+        llm("b", 3 * GIB, 0, 100),
+        ModelView {
+            state: ModelState::SoftUnloaded,
+            ..llm("c", GIB, 0, 10)
+        },
+    ];
+    let need = Need {
+        model: "d".into(),
+        load: 5 * GIB,
+        work: 0,
+        vae: None,
+    };
+    let p = plan(&models, mem(8 * GIB), &need, NOW, &Policy::default());
+    assert_eq!(steps(&p), ["hard b", "hard a"]);
+    assert_eq!(p.free, GIB);
+}
+
+#[test]
+fn busy_and_pinned_models_are_never_evicted() {
+    let busy = ModelView {
+        in_flight: 1,
+        ..llm("busy", 3 * GIB, GIB, 1000)
+    };
+    let pinned = ModelView {
+        pinned: true,
+        ..llm("pinned", 2 * GIB, GIB, 1000)
+    };
+    let idle = llm("idle", GIB, 0, 5);
+    let need = Need {
+        model: "x".into(),
+        load: 2 * GIB,
+        work: 0,
+        vae: None,
+    };
+    let models = [busy, pinned, idle];
+    // 1 GiB free, 1 GiB idle: the idle model goes.
+    let p = plan(&models, mem(9 * GIB), &need, NOW, &Policy::default());
+    assert_eq!(steps(&p), ["hard idle"]);
+    // More than the idle one can give: wait for the busy model rather than evict anything.
+    let need = Need { load: 3 * GIB, ..need };
+    let p = plan(&models, mem(9 * GIB), &need, NOW, &Policy::default());
+    assert!(p.actions.is_empty());
+    assert!(
+        matches!(&p.outcome, Outcome::Wait { model, .. } if model == "busy"),
+        "{:?}",
+        p.outcome
+    );
+}
+
+#[test]
+fn what_can_never_fit_is_rejected_before_anything_is_evicted() {
+    let models = [llm("chat", 2 * GIB, GIB, 5000)];
+    let over = Need {
+        model: "big".into(),
+        load: 9 * GIB,
+        work: 0,
+        vae: None,
+    };
+    let p = plan(&models, mem(8 * GIB), &over, NOW, &Policy::default());
+    assert!(matches!(p.outcome, Outcome::TooLarge { .. }), "{:?}", p.outcome);
+    assert!(p.actions.is_empty());
+    // Fits the budget, but only with the pinned model gone: 503, nothing evicted.
+    let models = [
+        ModelView {
+            pinned: true,
+            ..llm("chat", 5 * GIB, GIB, 5000)
+        },
+        llm("other", GIB, 0, 5000),
+    ];
+    let need = Need { load: 3 * GIB, ..over };
+    let p = plan(&models, mem(8 * GIB), &need, NOW, &Policy::default());
+    assert!(
+        matches!(p.outcome, Outcome::Busy { retry_after: 5, .. }),
+        "{:?}",
+        p.outcome
+    );
+    assert!(p.actions.is_empty());
+}
+
+#[test]
+fn an_unloading_model_is_waited_for_not_revived() {
+    let unloading = ModelView {
+        state: ModelState::Unloading,
+        ..llm("chat", 4 * GIB, 0, 5)
+    };
+    // Even with the VAE on the CPU the image needs 6 GiB; 4 GiB are free until chat is gone.
+    let need = image_need(3 * GIB, 3 * GIB, 3 * GIB, 3 * GIB);
+    let p = plan(&[unloading], mem(8 * GIB), &need, NOW, &Policy::default());
+    assert!(
+        matches!(&p.outcome, Outcome::Wait { model, reason } if model == "chat" && reason.contains("unloading")),
+        "{:?}",
+        p.outcome
+    );
+}
+
+#[test]
+fn reserve_and_device_free_limit_what_is_free() {
+    let models = [llm("chat", GIB, 0, 5)];
+    let m = Memory {
+        total: 8 * GIB,
+        reserve: GIB,
+        device_free: Some(3 * GIB),
+    };
+    assert_eq!(
+        free_bytes(&models, m),
+        2 * GIB,
+        "the device knows better than the registry"
+    );
+    let m = Memory { device_free: None, ..m };
+    assert_eq!(free_bytes(&models, m), 6 * GIB);
+}
+
+#[test]
+fn a_ladder_without_hard_steps_rejects_instead_of_half_evicting() {
+    let policy = Policy {
+        ladder: vec![Rung::Soft],
+        ..Policy::default()
+    };
+    let models = [llm("chat", 5 * GIB, GIB, 5)];
+    let need = Need {
+        model: "x".into(),
+        load: 4 * GIB,
+        work: 0,
+        vae: None,
+    };
+    let p = plan(&models, mem(8 * GIB), &need, NOW, &policy);
+    assert!(matches!(p.outcome, Outcome::Busy { .. }), "{:?}", p.outcome);
+    assert!(p.actions.is_empty(), "no soft unload for a request that will not run");
+}
+
+#[test]
+fn the_request_s_own_model_is_not_evicted_for_it() {
+    let models = [ModelView {
+        state: ModelState::SoftUnloaded,
+        ..llm("chat", 6 * GIB, 0, 5)
+    }];
+    let need = Need {
+        model: "chat".into(),
+        load: GIB,
+        work: 0,
+        vae: None,
+    };
+    let p = plan(&models, mem(8 * GIB), &need, NOW, &Policy::default());
+    assert_eq!(p.outcome, Outcome::Proceed { vae: VaePlacement::Gpu });
+    let need = Need { load: 3 * GIB, ..need };
+    let p = plan(&models, mem(8 * GIB), &need, NOW, &Policy::default());
+    assert!(matches!(p.outcome, Outcome::TooLarge { .. }), "{:?}", p.outcome);
+}
+
+fn arb_model(i: usize) -> impl Strategy<Value = ModelView> {
+    (
+        any::<bool>(),
+        0u64..3 * GIB,
+        0u64..GIB,
+        prop::option::of(0u64..3600),
+        0u32..2,
+        prop::bool::weighted(0.2),
+        0usize..4,
+        -1i32..2,
+    )
+        .prop_map(
+            move |(is_llm, weights, context, idle, in_flight, pinned, state, priority)| {
+                let state = [
+                    ModelState::Loaded,
+                    ModelState::SoftUnloaded,
+                    ModelState::Unloaded,
+                    ModelState::Unloading,
+                ][state];
+                let (weights, context) = match state {
+                    ModelState::Unloaded => (0, 0),
+                    ModelState::SoftUnloaded => (weights, 0),
+                    _ => (weights, if is_llm { context } else { 0 }),
+                };
+                ModelView {
+                    name: format!("m{i}"),
+                    kind: if is_llm { ModelKind::Llm } else { ModelKind::Image },
+                    state: if in_flight > 0 && state == ModelState::Loaded {
+                        ModelState::Busy
+                    } else {
+                        state
+                    },
+                    weights,
+                    context,
+                    last_used: idle.map(|s| NOW - s),
+                    in_flight: if state == ModelState::Loaded { in_flight } else { 0 },
+                    pinned,
+                    priority,
+                }
+            },
+        )
+}
+
+fn arb_models() -> impl Strategy<Value = Vec<ModelView>> {
+    (0usize..8).prop_flat_map(|n| (0..n).map(arb_model).collect::<Vec<_>>())
+}
+
+fn arb_need() -> impl Strategy<Value = Need> {
+    (
+        0u64..8 * GIB,
+        0u64..2 * GIB,
+        prop::option::of((0u64..4 * GIB, 0u64..GIB)),
+    )
+        .prop_map(|(load, work, vae)| Need {
+            model: "req".into(),
+            load,
+            work,
+            vae: vae.map(|(gpu, tiled)| VaeNeed {
+                gpu,
+                tiled: tiled.min(gpu),
+                cpu: 0,
+            }),
+        })
+}
+
+proptest! {
+    #[test]
+    fn plans_respect_the_budget_and_the_rules(models in arb_models(), need in arb_need(), total in 4 * GIB..16 * GIB, reserve in 0u64..GIB) {
+        let memory = Memory { total, reserve, device_free: None };
+        // A registry the arbiter can be in: what is held fits the budget.
+        prop_assume!(models.iter().map(|m| m.weights + m.context).sum::<u64>() <= total - reserve);
+        let p = plan(&models, memory, &need, NOW, &Policy::default());
+        // Deterministic.
+        prop_assert_eq!(&p, &plan(&models, memory, &need, NOW, &Policy::default()));
+        // Terminates with a bounded plan.
+        prop_assert!(p.actions.len() <= 2 * models.len() + 2);
+        let mut freed = 0u64;
+        let mut hard: Vec<&str> = Vec::new();
+        for a in &p.actions {
+            match &a.step {
+                Step::SoftUnload { model, frees } | Step::HardUnload { model, frees } => {
+                    let m = models.iter().find(|m| &m.name == model).expect("evicts a known model");
+                    // Never busy, pinned, unloading or the request's own model.
+                    prop_assert!(!m.busy() && !m.pinned && m.state != ModelState::Unloading && m.name != need.model);
+                    prop_assert!(!hard.contains(&model.as_str()), "after a hard unload nothing else happens to it");
+                    if matches!(a.step, Step::HardUnload { .. }) {
+                        hard.push(model);
+                    } else {
+                        prop_assert!(*frees == m.context);
+                    }
+                    freed += frees;
+                }
+                Step::VaeTiled { .. } | Step::VaeOnCpu { .. } => prop_assert!(need.vae.is_some()),
+            }
+            prop_assert!(!a.reason.is_empty());
+        }
+        match &p.outcome {
+            Outcome::Proceed { vae } => {
+                // Never above the budget.
+                prop_assert!(need.peak(*vae) <= p.free + freed, "{:?}", p);
+                let held: u64 = models.iter().map(|m| m.weights + m.context).sum();
+                prop_assert!(held - freed + need.peak(*vae) <= total - reserve.min(total));
+            }
+            _ => prop_assert!(p.actions.is_empty(), "nothing is evicted for a request that does not run"),
+        }
+    }
+}
