@@ -8,6 +8,7 @@ pub mod activity;
 pub mod api;
 pub mod arbiter;
 pub mod config;
+pub mod estimate;
 pub mod listeners;
 pub mod logging;
 pub mod memory;

@@ -1,0 +1,113 @@
+//! Per-model, per-phase corrections learned from measurements, persisted in the state folder.
+//!
+//! Each measured peak updates `factor = measured / raw estimate` as an exponential moving
+//! average (α = 0.5), so a few generations bring estimates onto what this machine really
+//! needs, and one odd run does not throw them off. Factors are clamped to [0.05, 20].
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Text encoders and diffusion sampling.
+    Sampling,
+    /// The VAE (or TAESD) decode on the device.
+    VaeDecode,
+    /// llama.cpp's compute buffers.
+    LlmCompute,
+}
+
+const ALPHA: f64 = 0.5;
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Calibration {
+    /// model → phase → (factor, samples).
+    models: BTreeMap<String, BTreeMap<Phase, Entry>>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+struct Entry {
+    factor: f64,
+    samples: u32,
+}
+
+impl Calibration {
+    pub fn factor(&self, model: &str, phase: Phase) -> Option<f64> {
+        self.models.get(model)?.get(&phase).map(|e| e.factor)
+    }
+
+    /// Records that `phase` of `model` measured `measured` bytes where the raw estimate said
+    /// `raw`.
+    pub fn observe(&mut self, model: &str, phase: Phase, measured: u64, raw: u64) {
+        if raw == 0 || measured == 0 {
+            return;
+        }
+        let ratio = (measured as f64 / raw as f64).clamp(0.05, 20.0);
+        let e = self
+            .models
+            .entry(model.to_owned())
+            .or_default()
+            .entry(phase)
+            .or_insert(Entry {
+                factor: ratio,
+                samples: 0,
+            });
+        if e.samples > 0 {
+            e.factor = ALPHA * ratio + (1.0 - ALPHA) * e.factor;
+        }
+        e.samples += 1;
+    }
+
+    /// Reads `path`; a missing or unreadable file means starting over (logged by the caller).
+    pub fn load(path: &Path) -> Result<Calibration, String> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Calibration::default()),
+            Err(e) => Err(format!("{}: {e}", path.display())),
+        }
+    }
+
+    /// Writes atomically (temporary file, then rename).
+    pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let tmp = path.with_extension("json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("calibration serialises"))?;
+        std::fs::rename(tmp, path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn converges_and_persists() {
+        let mut c = Calibration::default();
+        c.observe("m", Phase::Sampling, 300, 100);
+        assert_eq!(c.factor("m", Phase::Sampling), Some(3.0));
+        c.observe("m", Phase::Sampling, 100, 100);
+        assert_eq!(c.factor("m", Phase::Sampling), Some(2.0));
+        c.observe("m", Phase::Sampling, 1_000_000, 1);
+        assert_eq!(
+            c.factor("m", Phase::Sampling),
+            Some(11.0),
+            "clamped to 20 before averaging"
+        );
+        assert_eq!(c.factor("m", Phase::VaeDecode), None);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state/calibration.json");
+        c.save(&path).unwrap();
+        assert_eq!(Calibration::load(&path).unwrap(), c);
+        assert_eq!(
+            Calibration::load(&dir.path().join("none.json")).unwrap(),
+            Calibration::default()
+        );
+        std::fs::write(&path, "{").unwrap();
+        assert!(Calibration::load(&path).is_err());
+    }
+}
