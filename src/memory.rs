@@ -106,6 +106,7 @@ mod tests {
             backend: BackendKind::Auto,
             budget: ByteSize(1000),
             reserve: ByteSize(100),
+            pin_ram: ByteSize(0),
         }
     }
 

@@ -28,6 +28,11 @@ impl ModelState {
     pub fn holds_memory(self) -> bool {
         !matches!(self, ModelState::Unloaded | ModelState::Failed)
     }
+
+    /// Loaded and idle, neither coming nor going.
+    pub fn settled(self) -> bool {
+        matches!(self, ModelState::Loaded | ModelState::SoftUnloaded)
+    }
 }
 
 pub use vramd_protocol::Bytes;
@@ -55,6 +60,8 @@ pub struct ModelEntry {
     pub context_length: Option<u32>,
     /// Worker crashes and failed starts since the last success.
     pub failures: u32,
+    /// How much of its files the page cache holds.
+    pub page_cache: crate::pagecache::Residency,
 }
 
 #[derive(Clone, Debug)]
@@ -108,6 +115,7 @@ impl ModelEntry {
             load_ms: None,
             context_length: None,
             failures: 0,
+            page_cache: Default::default(),
         }
     }
 

@@ -19,7 +19,7 @@ use vramd_protocol::{FinishReason, GenerateEvent, GenerateRequest, Input, Sampli
 use super::error::error_json;
 use super::openai::{ChatRequest, CompletionRequest};
 use super::{ApiError, ApiJson, AppState, RequestId};
-use crate::arbiter::Lease;
+use crate::arbiter::{Job, Lease};
 use crate::config::ModelKind;
 use crate::worker::client::{CallError, EventStream};
 
@@ -105,7 +105,7 @@ async fn generate(
         ),
         created: crate::registry::unix_secs(SystemTime::now()),
         model,
-        vramd: json!({"load_ms": lease.load_ms, "queued_ms": queued_ms}),
+        vramd: json!({"load_ms": lease.load_ms, "queued_ms": queued_ms, "actions": lease.actions}),
     };
     if stream {
         Ok(sse(meta, lease, events))
@@ -120,7 +120,7 @@ async fn generate(
 async fn start(state: &AppState, model: &str, req: &GenerateRequest) -> Result<(Lease, EventStream), ApiError> {
     let mut attempts = 0;
     loop {
-        let lease = state.arbiter.acquire(model).await?;
+        let lease = state.arbiter.acquire(model, Job::Text).await?;
         match lease.client.generate(req).await {
             Ok(events) => return Ok((lease, events)),
             Err(CallError::Transport(e)) if attempts < 2 => {

@@ -37,6 +37,12 @@ pub enum ApiError {
     WorkerFailed(String),
     #[error("{0}")]
     Busy(String),
+    /// Not enough memory now: 503 with `Retry-After`.
+    #[error("{message}")]
+    NoMemory { message: String, retry_after: u64 },
+    /// More than the whole memory budget: 507.
+    #[error("{0}")]
+    TooLarge(String),
 }
 
 #[derive(Serialize)]
@@ -64,6 +70,12 @@ impl ApiError {
             ApiError::ModelFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "model_failed"),
             ApiError::WorkerFailed(_) => (StatusCode::BAD_GATEWAY, "server_error", "worker_failed"),
             ApiError::Busy(_) => (StatusCode::CONFLICT, "invalid_request_error", "model_busy"),
+            ApiError::NoMemory { .. } => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "insufficient_memory"),
+            ApiError::TooLarge(_) => (
+                StatusCode::INSUFFICIENT_STORAGE,
+                "invalid_request_error",
+                "exceeds_memory_budget",
+            ),
         }
     }
 }
@@ -75,6 +87,11 @@ impl From<ArbiterError> for ApiError {
             ArbiterError::ModelFailed { .. } => ApiError::ModelFailed(e.to_string()),
             ArbiterError::WorkerFailed { .. } => ApiError::WorkerFailed(e.to_string()),
             ArbiterError::Busy { .. } => ApiError::Busy(e.to_string()),
+            ArbiterError::NoMemory { retry_after, .. } => ApiError::NoMemory {
+                message: e.to_string(),
+                retry_after,
+            },
+            ArbiterError::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
             ArbiterError::Stopped => ApiError::Unavailable(e.to_string()),
         }
     }
@@ -115,7 +132,12 @@ impl IntoResponse for ApiError {
             ApiError::UnknownModel(_) => Some("model"),
             _ => None,
         };
-        error_response(status, &self.to_string(), kind, code, param)
+        let mut resp = error_response(status, &self.to_string(), kind, code, param);
+        if let ApiError::NoMemory { retry_after, .. } = self {
+            resp.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        resp
     }
 }
 

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, ApiJson, AppState};
-use crate::arbiter::{LoadOutcome, UnloadMode, UnloadOutcome};
+use crate::arbiter::{EstimateJob, LoadOutcome, UnloadMode, UnloadOutcome};
 
 pub async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
@@ -54,4 +54,40 @@ pub async fn unload(
 /// Loads a model now (and, for a `failed` model, tries again).
 pub async fn load(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<LoadOutcome>, ApiError> {
     Ok(Json(state.arbiter.load(&name).await?))
+}
+
+pub async fn pin(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    state.arbiter.set_pinned(&name, true).await?;
+    Ok(Json(json!({"model": name, "pinned": true})))
+}
+
+pub async fn unpin(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+    state.arbiter.set_pinned(&name, false).await?;
+    Ok(Json(json!({"model": name, "pinned": false})))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EstimateQuery {
+    model: String,
+    width: Option<u32>,
+    height: Option<u32>,
+    context: Option<u32>,
+}
+
+/// `GET /v1/estimate?model=…&width=…&height=…` (images) or `&context=…` (LLMs).
+pub async fn estimate(
+    State(state): State<AppState>,
+    query: Result<axum::extract::Query<EstimateQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Value>, ApiError> {
+    let axum::extract::Query(q) = query.map_err(|e| ApiError::InvalidRequest {
+        message: e.body_text(),
+        param: None,
+    })?;
+    let job = EstimateJob {
+        width: q.width,
+        height: q.height,
+        context: q.context,
+    };
+    Ok(Json(state.arbiter.estimate(&q.model, job).await?))
 }

@@ -5,6 +5,7 @@
 
 mod completions;
 mod error;
+mod events;
 mod handlers;
 mod openai;
 
@@ -41,6 +42,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/status", get(handlers::status))
         .route("/v1/models", get(handlers::models))
         .route("/v1/models/{name}/load", post(handlers::load))
+        .route("/v1/models/{name}/pin", post(handlers::pin))
+        .route("/v1/models/{name}/unpin", post(handlers::unpin))
+        .route("/v1/estimate", get(handlers::estimate))
+        .route("/v1/events", get(events::stream))
         .route("/v1/models/{name}/unload", post(handlers::unload))
         .route("/v1/chat/completions", post(completions::chat))
         .route("/v1/completions", post(completions::completion))

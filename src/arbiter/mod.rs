@@ -1,11 +1,14 @@
 //! The arbiter task: the one owner of all VRAM state.
 //!
-//! HTTP (and later D-Bus) handlers never touch the [`Registry`]; they send a [`Command`]
-//! and await its reply, or read the latest [`Snapshot`] from a `watch` channel. One owner
-//! means no lock ordering to get wrong and one place where decisions are made. Slow work
-//! (starting a worker, loading, unloading) runs in tasks the arbiter spawns; they report
-//! back as internal events, so the arbiter itself never waits on I/O.
+//! HTTP (and D-Bus) handlers never touch the [`Registry`](crate::registry::Registry); they
+//! send a [`Command`] and await its reply, or read the latest [`Snapshot`] from a `watch`
+//! channel. One owner means no lock ordering to get wrong and one place where decisions are
+//! made. Decisions come from the pure [`planner`](crate::planner); slow work (starting a
+//! worker, loading, unloading) runs in tasks the arbiter spawns, which report back as
+//! internal events, so the arbiter itself never waits on I/O.
 
+mod lifecycle;
+mod queue;
 mod task;
 
 use std::sync::Arc;
@@ -13,13 +16,24 @@ use std::sync::Arc;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 use vramd_protocol::Health;
-pub use vramd_protocol::UnloadMode;
+pub use vramd_protocol::{UnloadMode, VaePlacement};
 
 use crate::config::Config;
+use crate::events::EventFeed;
 use crate::memory::MemorySource;
+use crate::planner::Action;
 use crate::registry::{ModelState, Snapshot};
 use crate::worker::client::WorkerClient;
 use crate::worker::WorkerPaths;
+
+/// What a request will do with its model, which decides how much memory it needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Job {
+    /// Text generation (or anything that needs the model loaded and nothing more).
+    Text,
+    /// One image of this size (batches run one image at a time).
+    Image { width: u32, height: u32 },
+}
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct UnloadOutcome {
@@ -36,6 +50,8 @@ pub struct LoadOutcome {
     /// Load time; `null` when it was already loaded.
     pub load_ms: Option<u64>,
     pub bytes: vramd_protocol::Bytes,
+    /// What the arbiter did to make room.
+    pub actions: Vec<Action>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -48,6 +64,16 @@ pub enum ArbiterError {
     WorkerFailed { model: String, reason: String },
     #[error("model {model:?} is busy: {reason}")]
     Busy { model: String, reason: String },
+    /// Not enough memory now; it may be later.
+    #[error("not enough GPU memory for {model:?} now: {reason}")]
+    NoMemory {
+        model: String,
+        reason: String,
+        retry_after: u64,
+    },
+    /// More than the whole budget: it never will be.
+    #[error("{model:?} can never fit: {reason}")]
+    TooLarge { model: String, reason: String },
     #[error("the arbiter has stopped")]
     Stopped,
 }
@@ -55,6 +81,7 @@ pub enum ArbiterError {
 pub(crate) enum Command {
     Acquire {
         model: String,
+        job: Job,
         reply: oneshot::Sender<Result<Lease, ArbiterError>>,
     },
     Load {
@@ -66,6 +93,24 @@ pub(crate) enum Command {
         mode: UnloadMode,
         reply: oneshot::Sender<Result<UnloadOutcome, ArbiterError>>,
     },
+    SetPinned {
+        model: String,
+        pinned: bool,
+        reply: oneshot::Sender<Result<(), ArbiterError>>,
+    },
+    Estimate {
+        model: String,
+        job: EstimateJob,
+        reply: oneshot::Sender<Result<serde_json::Value, ArbiterError>>,
+    },
+}
+
+/// What to estimate: an image size, an LLM context, or just the model.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EstimateJob {
+    pub width: Option<u32>,
+    pub height: Option<u32>,
+    pub context: Option<u32>,
 }
 
 /// Internal events, from tasks the arbiter spawned and from dropped leases.
@@ -73,12 +118,13 @@ pub(crate) enum Event {
     Release {
         model: String,
         seq: u64,
-        report: Option<Health>,
+        job: Job,
+        report: Option<Report>,
     },
     LoadDone {
         model: String,
         seq: u64,
-        result: task::LoadResult,
+        result: lifecycle::LoadResult,
     },
     SoftUnloadDone {
         model: String,
@@ -92,6 +138,12 @@ pub(crate) enum Event {
     },
 }
 
+/// What a finished request measured.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub health: Health,
+}
+
 /// The right to use a loaded model's worker for one request. While it lives the model is
 /// busy and cannot be evicted; dropping it tells the arbiter the request is over.
 pub struct Lease {
@@ -100,15 +152,20 @@ pub struct Lease {
     /// How long this request waited for the model to load, when it had to.
     pub load_ms: Option<u64>,
     pub context_length: u32,
+    /// Where this request's VAE decode runs (images).
+    pub vae: VaePlacement,
+    /// What the arbiter did to make room for this request, in order.
+    pub actions: Vec<Action>,
+    job: Job,
     seq: u64,
-    report: Option<Health>,
+    report: Option<Report>,
     events: mpsc::UnboundedSender<Event>,
 }
 
 impl Lease {
     /// Records what the worker reported at the end of the request.
     pub fn report(&mut self, health: Health) {
-        self.report = Some(health);
+        self.report = Some(Report { health });
     }
 }
 
@@ -117,16 +174,18 @@ impl Drop for Lease {
         let _ = self.events.send(Event::Release {
             model: std::mem::take(&mut self.model),
             seq: self.seq,
+            job: self.job,
             report: self.report.take(),
         });
     }
 }
 
-/// What handlers hold: a way to send commands and to read the latest snapshot.
+/// What handlers hold: a way to send commands, read the latest snapshot and follow events.
 #[derive(Clone)]
 pub struct ArbiterHandle {
     tx: mpsc::Sender<Command>,
     snapshot: watch::Receiver<Arc<Snapshot>>,
+    events: EventFeed,
 }
 
 impl ArbiterHandle {
@@ -139,10 +198,15 @@ impl ArbiterHandle {
         self.snapshot.clone()
     }
 
-    /// Gets a lease on `model`, loading it first if needed.
-    pub async fn acquire(&self, model: &str) -> Result<Lease, ArbiterError> {
+    pub fn events(&self) -> &EventFeed {
+        &self.events
+    }
+
+    /// Gets a lease on `model` for `job`, making room and loading it first if needed.
+    pub async fn acquire(&self, model: &str, job: Job) -> Result<Lease, ArbiterError> {
         self.ask(|reply| Command::Acquire {
             model: model.to_owned(),
+            job,
             reply,
         })
         .await
@@ -165,6 +229,24 @@ impl ArbiterHandle {
         .await
     }
 
+    pub async fn set_pinned(&self, model: &str, pinned: bool) -> Result<(), ArbiterError> {
+        self.ask(|reply| Command::SetPinned {
+            model: model.to_owned(),
+            pinned,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn estimate(&self, model: &str, job: EstimateJob) -> Result<serde_json::Value, ArbiterError> {
+        self.ask(|reply| Command::Estimate {
+            model: model.to_owned(),
+            job,
+            reply,
+        })
+        .await
+    }
+
     async fn ask<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, ArbiterError>>) -> Command,
@@ -178,7 +260,7 @@ impl ArbiterHandle {
 /// Starts the arbiter task.
 pub fn spawn(config: Arc<Config>, source: Box<dyn MemorySource>, paths: WorkerPaths) -> ArbiterHandle {
     let (tx, rx) = mpsc::channel(256);
-    let (snapshot, task) = task::Arbiter::new(config, source, paths);
+    let (snapshot, events, task) = task::Arbiter::new(config, source, paths);
     tokio::spawn(task.run(rx));
-    ArbiterHandle { tx, snapshot }
+    ArbiterHandle { tx, snapshot, events }
 }

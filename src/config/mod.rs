@@ -121,6 +121,8 @@ pub struct MemoryConfig {
     pub backend: BackendKind,
     pub budget: ByteSize,
     pub reserve: ByteSize,
+    /// RAM that model files may be locked into (`mlock`); 0 locks nothing.
+    pub pin_ram: ByteSize,
 }
 
 /// Component files of an image model, for models not shipped as one checkpoint.
@@ -247,6 +249,12 @@ pub struct ModelConfig {
     /// Set for `llm` models only.
     #[serde(flatten)]
     pub llm_options: Option<LlmOptions>,
+    /// Never evicted to make room.
+    pub pinned: bool,
+    /// Among idle models, lower priority is evicted first.
+    pub priority: i32,
+    /// Unload after this long unused; `"0"`: stay loaded while memory allows.
+    pub keep_alive: Timeout,
     /// Where it was defined (`file:line`), for messages.
     #[serde(skip)]
     pub origin: String,
@@ -257,7 +265,32 @@ pub struct ModelConfig {
 pub struct Config {
     pub daemon: DaemonConfig,
     pub memory: MemoryConfig,
+    pub policy: PolicyConfig,
     pub models: Vec<ModelConfig>,
+}
+
+/// How the arbiter makes room (see `planner` for the ladder's rungs).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct PolicyConfig {
+    /// The steps tried, in order, when a request does not fit.
+    pub ladder: Vec<crate::planner::Rung>,
+    /// LLMs idle this long are the first to be unloaded.
+    pub llm_idle_first: Timeout,
+    /// How long a request may wait for a busy model before a 503.
+    pub wait_timeout: Timeout,
+    /// The `Retry-After` of a 503 when memory is short.
+    pub retry_after: Timeout,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            ladder: crate::planner::Policy::default().ladder,
+            llm_idle_first: Timeout(Some(Duration::from_secs(600))),
+            wait_timeout: Timeout(Some(Duration::from_secs(60))),
+            retry_after: Timeout(Some(Duration::from_secs(5))),
+        }
+    }
 }
 
 impl Default for DaemonConfig {
@@ -282,6 +315,7 @@ impl Default for MemoryConfig {
             backend: BackendKind::Auto,
             budget: ByteSize(8 << 30),
             reserve: ByteSize(512 << 20),
+            pin_ram: ByteSize(0),
         }
     }
 }
@@ -292,6 +326,7 @@ impl Config {
         Config {
             daemon: DaemonConfig::default(),
             memory: MemoryConfig::default(),
+            policy: PolicyConfig::default(),
             models: Vec::new(),
         }
     }

@@ -8,10 +8,12 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::PolicyConfig;
 use super::{
     BackendKind, Config, ConfigError, DaemonConfig, GpuLayers, ImageComponents, LlmOptions, MemoryConfig, ModelConfig,
     ModelKind, ModelSource,
 };
+use crate::planner::Rung;
 use crate::units::{ByteSize, Timeout};
 
 #[derive(Deserialize, Default)]
@@ -22,7 +24,18 @@ struct MainFile {
     #[serde(default)]
     memory: MemorySection,
     #[serde(default)]
+    policy: PolicySection,
+    #[serde(default)]
     models: Vec<Spanned<ModelTable>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PolicySection {
+    ladder: Option<Vec<Rung>>,
+    llm_idle_first: Option<Timeout>,
+    wait_timeout: Option<Timeout>,
+    retry_after: Option<Timeout>,
 }
 
 #[derive(Deserialize)]
@@ -52,6 +65,7 @@ struct MemorySection {
     backend: Option<BackendKind>,
     budget: Option<Spanned<ByteSize>>,
     reserve: Option<Spanned<ByteSize>>,
+    pin_ram: Option<ByteSize>,
 }
 
 #[derive(Deserialize)]
@@ -72,6 +86,9 @@ struct ModelTable {
     threads: Option<u32>,
     mmap: Option<bool>,
     batch: Option<u32>,
+    pinned: Option<bool>,
+    priority: Option<i32>,
+    keep_alive: Option<Timeout>,
 }
 
 /// The parsed main file.
@@ -142,10 +159,24 @@ pub fn parse_main(file: &Path, text: &str) -> Result<RawMain, ConfigError> {
         backend: m.backend.unwrap_or(defaults.memory.backend),
         budget,
         reserve,
+        pin_ram: m.pin_ram.unwrap_or(defaults.memory.pin_ram),
     };
     let models = convert_models(file, text, raw.models)?;
+    let p = raw.policy;
+    let dp = PolicyConfig::default();
+    let policy = PolicyConfig {
+        ladder: p.ladder.unwrap_or(dp.ladder),
+        llm_idle_first: p.llm_idle_first.unwrap_or(dp.llm_idle_first),
+        wait_timeout: p.wait_timeout.unwrap_or(dp.wait_timeout),
+        retry_after: p.retry_after.unwrap_or(dp.retry_after),
+    };
     Ok(RawMain {
-        config: Config { daemon, memory, models },
+        config: Config {
+            daemon,
+            memory,
+            policy,
+            models,
+        },
     })
 }
 
@@ -248,6 +279,9 @@ fn convert_models(file: &Path, text: &str, tables: Vec<Spanned<ModelTable>>) -> 
                 kind: t.kind,
                 source,
                 llm_options: (t.kind == ModelKind::Llm).then_some(llm),
+                pinned: t.pinned.unwrap_or(false),
+                priority: t.priority.unwrap_or(0),
+                keep_alive: t.keep_alive.unwrap_or(Timeout::NEVER),
                 origin: format!("{}:{line}", file.display()),
             })
         })

@@ -1,0 +1,584 @@
+//! Model lifecycles: `unloaded → loading → loaded ⇄ busy`, `loaded → unloading →
+//! soft_unloaded | unloaded`, and `failed` when a model cannot work (a load error, or
+//! [`MAX_FAILURES`] worker crashes in a row).
+
+use std::path::Path;
+use std::time::{Duration, Instant, SystemTime};
+
+use vramd_protocol::{
+    Bytes, Health, ImageFiles, ImageLoadRequest, ImageLoadResponse, LoadOptions, LoadRequest, LoadResponse, UnloadMode,
+    UnloadRequest, VaePlacement,
+};
+
+use super::queue::{Granted, Waiter};
+use super::task::{reject, Arbiter, UnloadReply};
+use super::{ArbiterError, Event, Job, Lease, LoadOutcome, Report, UnloadOutcome};
+use crate::config::{GpuLayers, ModelConfig, ModelKind, ModelSource};
+use crate::estimate::{self, Phase};
+use crate::events::EventKind;
+use crate::registry::{unix_secs, ModelState};
+use crate::worker::client::CallError;
+use crate::worker::process::{self, Worker};
+
+/// Worker crashes or failed starts in a row before a model is marked `failed`.
+pub const MAX_FAILURES: u32 = 3;
+
+pub(crate) type LoadResult = Result<Loaded, LoadFailure>;
+
+pub(crate) struct Loaded {
+    worker: Worker,
+    health: Health,
+    context_length: Option<u32>,
+    ms: u64,
+}
+
+#[derive(Debug)]
+pub(crate) enum LoadFailure {
+    /// The model itself is bad (the worker said so): retrying will not help.
+    Model(String),
+    /// The worker could not start or died while loading.
+    Worker(String),
+}
+
+/// What the arbiter keeps per model beside its registry entry.
+#[derive(Default)]
+pub(super) struct Runtime {
+    pub worker: Option<Worker>,
+    /// Bumped for every worker, so late events from an old one are recognised.
+    pub seq: u64,
+    /// Requests granted memory, waiting for the load to finish.
+    pub waiters: Vec<Granted>,
+    unload_waiters: Vec<(UnloadMode, u64, UnloadReply)>,
+    /// Why the model is being unloaded (for the event), when the arbiter decided it.
+    unload_reason: Option<String>,
+    last_failure: Option<Instant>,
+    /// The load time to report to requests that waited for it.
+    just_loaded_ms: Option<u64>,
+    /// Whether the page cache held the files when the load started.
+    warm: bool,
+    /// What the model held when it was last fully loaded: better than any estimate.
+    pub known: Option<Bytes>,
+}
+
+impl Arbiter {
+    /// Answers a granted request on a model whose worker is up.
+    pub(super) fn serve(&mut self, model: &str, granted: Granted) {
+        let (seq, load_ms, client) = {
+            let rt = self.rt(model);
+            let client = rt.worker.as_ref().expect("serving needs a worker").client.clone();
+            (rt.seq, rt.just_loaded_ms, client)
+        };
+        let events = self.reply_later();
+        let entry = self.registry.get_mut(model).expect("entry");
+        match granted.waiter {
+            Waiter::Acquire(reply) => {
+                entry.in_flight += 1;
+                entry.state = ModelState::Busy;
+                entry.last_used = Some(unix_secs(SystemTime::now()));
+                let lease = Lease {
+                    model: model.to_owned(),
+                    client,
+                    load_ms,
+                    context_length: entry.context_length.unwrap_or(0),
+                    vae: granted.vae,
+                    actions: granted.actions,
+                    job: granted.job,
+                    seq,
+                    report: None,
+                    events,
+                };
+                if let Err(Ok(lease)) = reply.send(Ok(lease)) {
+                    drop(lease); // the requester went away; its drop releases the model
+                }
+            }
+            Waiter::Load(reply) => {
+                let _ = reply.send(Ok(LoadOutcome {
+                    model: model.to_owned(),
+                    state: entry.state,
+                    load_ms,
+                    bytes: entry.bytes,
+                    actions: granted.actions,
+                }));
+            }
+        }
+    }
+
+    pub(super) fn start_load(&mut self, model: &str) {
+        let cfg = self.config.model(model).expect("configured").clone();
+        let need = self.need_for(model, Job::Text).load;
+        let warm = self.files.get(model).is_some_and(|f| {
+            let r = f
+                .iter()
+                .map(|f| f.residency())
+                .fold(Default::default(), crate::pagecache::Residency::combine);
+            r.warm()
+        });
+        let entry = self.registry.get_mut(model).expect("entry");
+        entry.state = ModelState::Loading;
+        let backoff = backoff(entry.failures);
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        // An image whose VAE must run on the CPU gets a context made that way from the start.
+        let vae = self
+            .rt(model)
+            .waiters
+            .iter()
+            .map(|g| g.vae)
+            .find(|v| *v == VaePlacement::Cpu)
+            .unwrap_or_default();
+        let rt = self.rt(model);
+        rt.seq = seq;
+        rt.warm = warm;
+        let wait = rt
+            .last_failure
+            .map_or(Duration::ZERO, |t| backoff.saturating_sub(t.elapsed()));
+        self.bus.publish(EventKind::ModelLoading {
+            model: model.to_owned(),
+            bytes: need,
+            reason: if wait.is_zero() {
+                "requested".into()
+            } else {
+                format!("restarting after a crash, in {} ms", wait.as_millis())
+            },
+        });
+        let binary = self.paths.binary(cfg.kind);
+        let socket = self.paths.socket(seq);
+        let ready_within = self
+            .config
+            .daemon
+            .worker_start_timeout
+            .0
+            .unwrap_or(Duration::from_secs(3600));
+        let events = self.reply_later();
+        tokio::spawn(async move {
+            tokio::time::sleep(wait).await;
+            let name = cfg.name.clone();
+            let result = load(&cfg, &binary, socket, seq, ready_within, vae, events.clone()).await;
+            let _ = events.send(Event::LoadDone {
+                model: name,
+                seq,
+                result,
+            });
+        });
+    }
+
+    pub(super) fn load_done(&mut self, model: &str, seq: u64, result: LoadResult) {
+        if self.rt(model).seq != seq {
+            if let Ok(mut stale) = result {
+                stale.worker.stop();
+            }
+            return;
+        }
+        let entry = self.registry.get_mut(model).expect("entry");
+        match result {
+            Ok(loaded) => {
+                let restarted = entry.failures > 0;
+                entry.state = ModelState::Loaded;
+                entry.report(&loaded.health);
+                entry.load_ms = Some(loaded.ms);
+                entry.context_length = loaded.context_length;
+                entry.error = None;
+                let (pid, bytes) = (loaded.worker.pid, loaded.health.bytes);
+                let rt = self.rt(model);
+                rt.worker = Some(loaded.worker);
+                rt.just_loaded_ms = Some(loaded.ms);
+                rt.known = Some(bytes);
+                let from_page_cache = rt.warm;
+                if restarted {
+                    self.bus.publish(EventKind::WorkerRestarted {
+                        model: model.to_owned(),
+                        pid,
+                    });
+                }
+                self.bus.publish(EventKind::ModelLoaded {
+                    model: model.to_owned(),
+                    bytes: bytes.total,
+                    load_ms: loaded.ms,
+                    from_page_cache,
+                });
+                for g in std::mem::take(&mut self.rt(model).waiters) {
+                    self.serve(model, g);
+                }
+                self.rt(model).just_loaded_ms = None;
+            }
+            Err(LoadFailure::Model(reason)) => {
+                tracing::warn!(model, "load failed: {reason}");
+                entry.fail(reason.clone());
+                entry.failures += 1;
+                self.fail_waiters(model, |m| ArbiterError::ModelFailed {
+                    model: m,
+                    reason: reason.clone(),
+                });
+            }
+            Err(LoadFailure::Worker(reason)) => {
+                self.bus.publish(EventKind::WorkerCrashed {
+                    model: model.to_owned(),
+                    reason: reason.clone(),
+                });
+                self.count_failure(model, reason.clone());
+                self.fail_waiters(model, |m| ArbiterError::WorkerFailed {
+                    model: m,
+                    reason: reason.clone(),
+                });
+            }
+        }
+    }
+
+    pub(super) fn release(&mut self, model: &str, seq: u64, job: Job, report: Option<Report>) {
+        let current = self.rt(model).seq == seq && self.rt(model).worker.is_some();
+        let entry = self.registry.get_mut(model).expect("entry");
+        entry.in_flight = entry.in_flight.saturating_sub(1);
+        entry.last_used = Some(unix_secs(SystemTime::now()));
+        if !current {
+            return;
+        }
+        if entry.in_flight == 0 && entry.state == ModelState::Busy {
+            entry.state = ModelState::Loaded;
+        }
+        let Some(report) = report else { return };
+        entry.report(&report.health);
+        // A completed request proves the worker works.
+        entry.failures = 0;
+        let context_length = entry.context_length.unwrap_or(0);
+        let bytes = report.health.bytes;
+        let image = self.config.model(model).is_some_and(|m| m.kind == ModelKind::Image);
+        let rt = self.rt(model);
+        rt.last_failure = None;
+        if bytes.context > 0 || image {
+            rt.known = Some(bytes);
+        }
+        self.calibrate(model, job, &report.health, context_length);
+    }
+
+    /// Teaches the estimator what this request measured.
+    fn calibrate(&mut self, model: &str, job: Job, health: &Health, context_length: u32) {
+        let before = self.calibration.clone();
+        match (self.shapes.get(model), job) {
+            (Some(super::task::Shape::Llm(s)), Job::Text) if health.bytes.compute > 0 => {
+                let raw = estimate::llm(s, context_length, None, model).compute;
+                self.calibration
+                    .observe(model, Phase::LlmCompute, health.bytes.compute, raw);
+            }
+            (Some(super::task::Shape::Image(w)), Job::Image { .. }) => {
+                if let Some(last) = health.image.as_ref().and_then(|i| i.last.as_ref()) {
+                    let raw = |p| estimate::raw_image_phase(w, last.width, last.height, p);
+                    self.calibration
+                        .observe(model, Phase::Sampling, last.sampling_bytes, raw(Phase::Sampling));
+                    if last.vae == VaePlacement::Gpu {
+                        self.calibration
+                            .observe(model, Phase::VaeDecode, last.vae_decode_bytes, raw(Phase::VaeDecode));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if self.calibration != before {
+            self.save_calibration();
+        }
+    }
+
+    /// `POST /v1/models/{name}/unload`: a person asked; busy models are refused, not waited for.
+    pub(super) fn unload(&mut self, model: &str, mode: UnloadMode, reply: UnloadReply) {
+        let Some(entry) = self.registry.get(model) else {
+            let _ = reply.send(Err(ArbiterError::UnknownModel(model.to_owned())));
+            return;
+        };
+        let busy = |reason: String| ArbiterError::Busy {
+            model: model.to_owned(),
+            reason,
+        };
+        let done = |state| UnloadOutcome {
+            model: model.to_owned(),
+            mode,
+            state,
+            freed_bytes: 0,
+        };
+        let image = entry.kind == ModelKind::Image;
+        match entry.state {
+            ModelState::Unloaded | ModelState::Failed => drop(reply.send(Ok(done(entry.state)))),
+            ModelState::SoftUnloaded if mode == UnloadMode::Soft => drop(reply.send(Ok(done(entry.state)))),
+            ModelState::Loading => drop(reply.send(Err(busy("it is loading".into())))),
+            ModelState::Busy => drop(reply.send(Err(busy(format!("{} request(s) in flight", entry.in_flight))))),
+            ModelState::Unloading => {
+                let before = entry.bytes.total;
+                self.rt(model).unload_waiters.push((mode, before, reply));
+            }
+            ModelState::Loaded | ModelState::SoftUnloaded => {
+                let before = entry.bytes.total;
+                self.rt(model).unload_waiters.push((mode, before, reply));
+                let reason = "requested".to_owned();
+                // An image worker has no context to drop apart from its model.
+                if mode == UnloadMode::Hard || image {
+                    self.evict_hard(model, reason)
+                } else {
+                    self.evict_soft(model, reason)
+                }
+            }
+        }
+    }
+
+    pub(super) fn evict_soft(&mut self, model: &str, reason: String) {
+        self.registry.get_mut(model).expect("entry").state = ModelState::Unloading;
+        self.mark_evicting(model);
+        let events = self.reply_later();
+        let rt = self.rt(model);
+        rt.unload_reason = Some(reason);
+        let (client, seq, name) = (
+            rt.worker.as_ref().expect("worker").client.clone(),
+            rt.seq,
+            model.to_owned(),
+        );
+        tokio::spawn(async move {
+            let req = UnloadRequest { mode: UnloadMode::Soft };
+            let result = client
+                .post::<_, Health>(vramd_protocol::UNLOAD, &req)
+                .await
+                .map_err(|e| e.to_string());
+            let _ = events.send(Event::SoftUnloadDone {
+                model: name,
+                seq,
+                result,
+            });
+        });
+    }
+
+    /// Stops the model's worker: the only way to give back every byte, CUDA context included.
+    pub(super) fn evict_hard(&mut self, model: &str, reason: String) {
+        self.registry.get_mut(model).expect("entry").state = ModelState::Unloading;
+        self.mark_evicting(model);
+        let rt = self.rt(model);
+        rt.unload_reason = Some(reason);
+        rt.worker.as_mut().expect("resident models have a worker").stop();
+    }
+
+    /// Evictions the queue's head asked for hold the queue until they settle.
+    fn mark_evicting(&mut self, model: &str) {
+        let for_head = self.pending.front().is_some_and(|h| {
+            h.done
+                .last()
+                .is_some_and(|a| matches!(&a.step, crate::planner::Step::SoftUnload { model: m, .. } | crate::planner::Step::HardUnload { model: m, .. } if m == model))
+        });
+        if for_head {
+            self.evicting = Some(model.to_owned());
+        }
+    }
+
+    pub(super) fn soft_unload_done(&mut self, model: &str, seq: u64, result: Result<Health, String>) {
+        if self.rt(model).seq != seq {
+            return;
+        }
+        match result {
+            Ok(health) => {
+                let entry = self.registry.get_mut(model).expect("entry");
+                let freed = entry.bytes.total.saturating_sub(health.bytes.total);
+                entry.report(&health);
+                entry.state = ModelState::SoftUnloaded;
+                let reason = self.rt(model).unload_reason.take().unwrap_or_default();
+                self.bus.publish(EventKind::ModelSoftUnloaded {
+                    model: model.to_owned(),
+                    freed_bytes: freed,
+                    reason,
+                });
+                self.settle_unload(model);
+            }
+            // A worker that cannot drop its context is stopped instead: that frees it all.
+            Err(e) => {
+                tracing::warn!(model, "soft unload failed ({e}); stopping the worker instead");
+                let rt = self.rt(model);
+                if let Some(w) = rt.worker.as_mut() {
+                    w.stop();
+                }
+            }
+        }
+    }
+
+    pub(super) fn worker_exit(&mut self, model: &str, seq: u64, exit: process::Exit) {
+        let rt = self.rt(model);
+        if rt.seq != seq || rt.worker.is_none() {
+            return; // an old worker, or one whose failed load was already handled
+        }
+        rt.worker = None;
+        let reason = rt.unload_reason.take();
+        let entry = self.registry.get_mut(model).expect("entry");
+        let freed = entry.bytes.total;
+        entry.clear_worker();
+        if exit.requested {
+            entry.state = ModelState::Unloaded;
+            self.bus.publish(EventKind::ModelUnloaded {
+                model: model.to_owned(),
+                freed_bytes: freed,
+                reason: reason.unwrap_or_else(|| "stopped".into()),
+            });
+            // Keep its pages in RAM so that loading it again is fast.
+            for f in self.files.get(model).into_iter().flatten() {
+                f.will_need();
+            }
+        } else {
+            let reason = exit.reason();
+            self.bus.publish(EventKind::WorkerCrashed {
+                model: model.to_owned(),
+                reason: reason.clone(),
+            });
+            self.count_failure(model, reason);
+        }
+        self.settle_unload(model);
+    }
+
+    /// Answers unload waiters once the model left `unloading`, and lets the queue go on.
+    fn settle_unload(&mut self, model: &str) {
+        let entry = self.registry.get(model).expect("entry");
+        let (state, now) = (entry.state, entry.bytes.total);
+        for (mode, before, reply) in std::mem::take(&mut self.rt(model).unload_waiters) {
+            let _ = reply.send(Ok(UnloadOutcome {
+                model: model.to_owned(),
+                mode,
+                state,
+                freed_bytes: before.saturating_sub(now),
+            }));
+        }
+        if self.evicting.as_deref() == Some(model) {
+            self.evicting = None;
+        }
+        // Requests granted before a crash: their model is gone, load it again for them.
+        if state == ModelState::Unloaded && !self.rt(model).waiters.is_empty() {
+            self.start_load(model);
+        }
+    }
+
+    fn count_failure(&mut self, model: &str, reason: String) {
+        let rt = self.rt(model);
+        rt.worker = None;
+        rt.last_failure = Some(Instant::now());
+        let entry = self.registry.get_mut(model).expect("entry");
+        entry.failures += 1;
+        if entry.failures >= MAX_FAILURES {
+            let n = entry.failures;
+            entry.fail(format!("worker failed {n} times in a row; last: {reason}"));
+        } else {
+            entry.clear_worker();
+            entry.state = ModelState::Unloaded;
+            entry.error = Some(reason);
+        }
+    }
+
+    fn fail_waiters(&mut self, model: &str, err: impl Fn(String) -> ArbiterError) {
+        for g in std::mem::take(&mut self.rt(model).waiters) {
+            reject(g.waiter, err(model.to_owned()));
+        }
+    }
+}
+
+/// Restart delay after `failures` crashes in a row: 0.5 s, 1 s, 2 s, … at most 30 s.
+pub fn backoff(failures: u32) -> Duration {
+    match failures {
+        0 => Duration::ZERO,
+        n => Duration::from_millis(500u64.saturating_mul(1 << (n - 1).min(6))).min(Duration::from_secs(30)),
+    }
+}
+
+async fn load(
+    cfg: &ModelConfig,
+    binary: &Path,
+    socket: std::path::PathBuf,
+    seq: u64,
+    ready_within: Duration,
+    vae: VaePlacement,
+    events: tokio::sync::mpsc::UnboundedSender<Event>,
+) -> LoadResult {
+    let started = Instant::now();
+    let name = cfg.name.clone();
+    let on_exit = move |exit| {
+        let _ = events.send(Event::WorkerExit { model: name, seq, exit });
+    };
+    let mut worker = process::spawn(binary, socket, &cfg.name, ready_within, on_exit)
+        .await
+        .map_err(|e| LoadFailure::Worker(e.to_string()))?;
+    let result = match cfg.kind {
+        ModelKind::Llm => load_llm(cfg, &worker).await,
+        ModelKind::Image => load_image(cfg, &worker, vae).await,
+    };
+    match result {
+        Ok((health, context_length)) => Ok(Loaded {
+            worker,
+            health,
+            context_length,
+            ms: started.elapsed().as_millis() as u64,
+        }),
+        Err(CallError::Worker(e, _)) => {
+            worker.stop();
+            Err(LoadFailure::Model(e.message))
+        }
+        Err(e) => {
+            let reason = match worker.exited(Duration::from_secs(2)).await {
+                Some(exit) => exit.reason(),
+                None => e.to_string(),
+            };
+            worker.stop();
+            Err(LoadFailure::Worker(reason))
+        }
+    }
+}
+
+async fn load_llm(cfg: &ModelConfig, worker: &Worker) -> Result<(Health, Option<u32>), CallError> {
+    let (ModelSource::File { path }, Some(llm)) = (&cfg.source, &cfg.llm_options) else {
+        return Err(CallError::Protocol("an llm model has one file and llm options".into()));
+    };
+    let req = LoadRequest {
+        model: cfg.name.clone(),
+        path: path.clone(),
+        options: LoadOptions {
+            context_length: llm.context_length,
+            gpu_layers: match llm.gpu_layers {
+                GpuLayers::All => u32::MAX,
+                GpuLayers::Count(n) => n,
+            },
+            threads: llm.threads,
+            mmap: llm.mmap,
+            batch: llm.batch,
+        },
+    };
+    let resp: LoadResponse = worker.client.post(vramd_protocol::LOAD, &req).await?;
+    Ok((resp.health, Some(resp.context_length)))
+}
+
+async fn load_image(cfg: &ModelConfig, worker: &Worker, vae: VaePlacement) -> Result<(Health, Option<u32>), CallError> {
+    let files = match &cfg.source {
+        ModelSource::File { path } => ImageFiles {
+            model: Some(path.clone()),
+            ..Default::default()
+        },
+        ModelSource::Components(c) => ImageFiles {
+            model: None,
+            diffusion_model: c.diffusion_model.clone(),
+            vae: c.vae.clone(),
+            taesd: c.taesd.clone(),
+            clip_l: c.clip_l.clone(),
+            clip_g: c.clip_g.clone(),
+            t5xxl: c.t5xxl.clone(),
+            llm: c.llm.clone(),
+        },
+    };
+    let req = ImageLoadRequest {
+        model: cfg.name.clone(),
+        files,
+        mmap: true,
+        threads: 0,
+        vae,
+    };
+    let resp: ImageLoadResponse = worker.client.post(vramd_protocol::LOAD, &req).await?;
+    Ok((resp.health, None))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(0), Duration::ZERO);
+        assert_eq!(backoff(1), Duration::from_millis(500));
+        assert_eq!(backoff(2), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(2));
+        assert_eq!(backoff(40), Duration::from_secs(30));
+    }
+}

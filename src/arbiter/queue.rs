@@ -1,0 +1,314 @@
+//! Requests waiting for memory, served in arrival order, and the execution of plans.
+//!
+//! The request at the head of the queue is planned ([`crate::planner::plan`]); if the plan
+//! evicts something, the arbiter performs its first eviction, waits for it to finish and
+//! plans again, so every step is decided on the state as it is. A request that must wait
+//! for a busy model stays at the head (bounded by `[policy] wait_timeout`); later requests
+//! queue behind it and are never served out of order.
+
+use std::time::{Instant, SystemTime};
+
+use tokio::sync::oneshot;
+
+use super::task::{reject, Arbiter, Shape};
+use super::{ArbiterError, Job, Lease, LoadOutcome};
+use crate::config::ModelKind;
+use crate::estimate;
+use crate::events::EventKind;
+use crate::planner::{self, Action, Memory, ModelView, Need, Outcome, Policy, Step, VaeNeed, VaePlacement};
+use crate::registry::{unix_secs, ModelState};
+
+pub(super) enum Waiter {
+    Acquire(oneshot::Sender<Result<Lease, ArbiterError>>),
+    Load(oneshot::Sender<Result<LoadOutcome, ArbiterError>>),
+}
+
+pub(super) struct Pending {
+    pub model: String,
+    pub job: Job,
+    pub waiter: Waiter,
+    pub since: Instant,
+    /// Whether `request_queued` was published for it.
+    pub queued: bool,
+    /// What was done for it so far.
+    pub done: Vec<Action>,
+}
+
+/// A request that may go ahead, waiting only for its model to finish loading.
+pub(super) struct Granted {
+    pub waiter: Waiter,
+    pub job: Job,
+    pub vae: VaePlacement,
+    pub actions: Vec<Action>,
+}
+
+impl Arbiter {
+    pub(super) fn enqueue(&mut self, model: String, job: Job, waiter: Waiter) {
+        if self.config.model(&model).is_none() {
+            return reject(waiter, ArbiterError::UnknownModel(model));
+        }
+        self.pending.push_back(Pending {
+            model,
+            job,
+            waiter,
+            since: Instant::now(),
+            queued: false,
+            done: Vec::new(),
+        });
+    }
+
+    /// Serves the head of the queue as far as memory allows.
+    pub(super) fn drive(&mut self) {
+        while self.evicting.is_none() {
+            let Some(head) = self.pending.front() else { return };
+            let model = head.model.clone();
+            let entry = self.registry.get(&model).expect("queued models are configured");
+            match entry.state {
+                ModelState::Failed => {
+                    let reason = entry.error.clone().unwrap_or_default();
+                    let head = self.pending.pop_front().expect("head");
+                    reject(head.waiter, ArbiterError::ModelFailed { model, reason });
+                    continue;
+                }
+                // Settles soon; plan it then (never revive a model in the middle of an unload).
+                ModelState::Loading | ModelState::Unloading => return,
+                _ => {}
+            }
+            let need = self.need_for(&model, head.job);
+            let policy = Policy {
+                ladder: self.config.policy.ladder.clone(),
+                llm_idle_first: self.config.policy.llm_idle_first.0.map_or(u64::MAX, |d| d.as_secs()),
+                retry_after: self.config.policy.retry_after.0.map_or(5, |d| d.as_secs().max(1)),
+            };
+            let memory = self.memory();
+            let plan = planner::plan(&self.views(), memory, &need, unix_secs(SystemTime::now()), &policy);
+            match plan.outcome {
+                Outcome::Proceed { vae } => {
+                    if let Some(action) = plan.actions.iter().find(|a| is_eviction(&a.step)).cloned() {
+                        if !self.pending[0].done.iter().any(|a| is_eviction(&a.step)) {
+                            self.bus.publish(EventKind::MemoryPressure {
+                                model: model.clone(),
+                                need_bytes: plan.need,
+                                free_bytes: plan.free,
+                                reason: format!("{} free, making room", crate::units::format_size_human(plan.free)),
+                            });
+                        }
+                        self.pending[0].done.push(action.clone());
+                        self.execute(action);
+                        return;
+                    }
+                    let mut head = self.pending.pop_front().expect("head");
+                    for a in plan.actions {
+                        self.publish_vae(&model, head.job, &a);
+                        head.done.push(a);
+                    }
+                    self.grant(head, vae);
+                }
+                Outcome::Wait { model: busy, reason } => {
+                    let head = &mut self.pending[0];
+                    if !head.queued {
+                        head.queued = true;
+                        let reason = format!("waiting for {busy}: {reason}");
+                        self.bus.publish(EventKind::RequestQueued { model, reason });
+                    }
+                    return;
+                }
+                Outcome::Busy { reason, retry_after } => {
+                    let head = self.pending.pop_front().expect("head");
+                    self.bus.publish(EventKind::RequestRejected {
+                        model: model.clone(),
+                        status: 503,
+                        reason: reason.clone(),
+                    });
+                    reject(
+                        head.waiter,
+                        ArbiterError::NoMemory {
+                            model,
+                            reason,
+                            retry_after,
+                        },
+                    );
+                }
+                Outcome::TooLarge { reason } => {
+                    let head = self.pending.pop_front().expect("head");
+                    self.bus.publish(EventKind::RequestRejected {
+                        model: model.clone(),
+                        status: 507,
+                        reason: reason.clone(),
+                    });
+                    reject(head.waiter, ArbiterError::TooLarge { model, reason });
+                }
+            }
+        }
+    }
+
+    /// Rejects the head when it has waited longer than `[policy] wait_timeout`.
+    pub(super) fn expire_waits(&mut self) {
+        let Some(limit) = self.config.policy.wait_timeout.0 else {
+            return;
+        };
+        let expired = self
+            .pending
+            .front()
+            .is_some_and(|h| h.queued && h.since.elapsed() >= limit);
+        if expired && self.evicting.is_none() {
+            let head = self.pending.pop_front().expect("head");
+            let reason = format!("waited {} for memory", crate::units::format_duration(limit));
+            self.bus.publish(EventKind::RequestRejected {
+                model: head.model.clone(),
+                status: 503,
+                reason: reason.clone(),
+            });
+            let retry_after = self.config.policy.retry_after.0.map_or(5, |d| d.as_secs().max(1));
+            reject(
+                head.waiter,
+                ArbiterError::NoMemory {
+                    model: head.model,
+                    reason,
+                    retry_after,
+                },
+            );
+        }
+    }
+
+    fn grant(&mut self, head: Pending, vae: VaePlacement) {
+        let granted = Granted {
+            waiter: head.waiter,
+            job: head.job,
+            vae,
+            actions: head.done,
+        };
+        let state = self.registry.get(&head.model).expect("entry").state;
+        if state == ModelState::Unloaded {
+            self.rt(&head.model).waiters.push(granted);
+            self.start_load(&head.model);
+        } else {
+            self.serve(&head.model, granted);
+        }
+    }
+
+    fn execute(&mut self, action: Action) {
+        match action.step {
+            Step::SoftUnload { model, .. } => self.evict_soft(&model, action.reason),
+            Step::HardUnload { model, .. } => self.evict_hard(&model, action.reason),
+            Step::VaeTiled { .. } | Step::VaeOnCpu { .. } => unreachable!("not an eviction"),
+        }
+    }
+
+    fn publish_vae(&mut self, model: &str, job: Job, action: &Action) {
+        let Job::Image { width, height } = job else { return };
+        let (model, reason) = (model.to_owned(), action.reason.clone());
+        match action.step {
+            Step::VaeTiled { .. } => self.bus.publish(EventKind::VaeTiled {
+                model,
+                width,
+                height,
+                reason,
+            }),
+            Step::VaeOnCpu { .. } => self.bus.publish(EventKind::VaeOnCpu {
+                model,
+                width,
+                height,
+                reason,
+            }),
+            _ => return,
+        };
+    }
+
+    pub(super) fn memory(&mut self) -> Memory {
+        let reading = self.source.read();
+        Memory {
+            total: reading.map_or(self.config.memory.budget.0, |r| r.total),
+            reserve: self.config.memory.reserve.0,
+            device_free: reading.map(|r| r.free),
+        }
+    }
+
+    /// The registry as the planner sees it.
+    pub(super) fn views(&self) -> Vec<ModelView> {
+        self.registry
+            .models()
+            .iter()
+            .map(|e| {
+                let cfg = self.config.model(&e.name).expect("configured");
+                let llm = e.kind == ModelKind::Llm;
+                ModelView {
+                    name: e.name.clone(),
+                    kind: e.kind,
+                    state: e.state,
+                    weights: if llm { e.bytes.weights } else { e.bytes.total },
+                    context: if llm { e.bytes.context + e.bytes.compute } else { 0 },
+                    last_used: e.last_used,
+                    in_flight: e.in_flight,
+                    pinned: e.pinned,
+                    priority: cfg.priority,
+                }
+            })
+            .collect()
+    }
+
+    /// What `job` on `model` needs beyond what the model holds: measured figures when it
+    /// was loaded before, estimates otherwise.
+    pub(super) fn need_for(&self, model: &str, job: Job) -> Need {
+        let entry = self.registry.get(model).expect("configured");
+        let cfg = self.config.model(model).expect("configured");
+        let known = self.runtime.get(model).and_then(|rt| rt.known);
+        let shape = self.shapes.get(model).expect("every model has a shape");
+        let mut need = Need {
+            model: model.to_owned(),
+            load: 0,
+            work: 0,
+            vae: None,
+        };
+        let resident = matches!(
+            entry.state,
+            ModelState::Loaded | ModelState::Busy | ModelState::SoftUnloaded
+        );
+        match (cfg.kind, shape) {
+            (ModelKind::Llm, shape) => {
+                let est = match shape {
+                    Shape::Llm(s) => {
+                        let ctx = cfg.llm_options.as_ref().map_or(0, |o| o.context_length);
+                        let e = estimate::llm(s, ctx, Some(&self.calibration), model);
+                        (e.weights, e.context + e.compute)
+                    }
+                    Shape::Opaque(b) => (*b, 0),
+                    Shape::Image(_) => (0, 0),
+                };
+                let (weights, context) = known.map_or(est, |b| (b.weights, b.context + b.compute));
+                need.load = match entry.state {
+                    ModelState::SoftUnloaded => context,
+                    ModelState::Unloaded | ModelState::Failed => weights + context,
+                    _ => 0,
+                };
+            }
+            (ModelKind::Image, shape) => {
+                let weights = match shape {
+                    Shape::Image(w) => w.clone(),
+                    Shape::Opaque(b) => crate::estimate::ImageWeights {
+                        components: vec![("model".into(), *b)],
+                        taesd: false,
+                    },
+                    Shape::Llm(_) => Default::default(),
+                };
+                if !resident {
+                    need.load = known.map_or(weights.total(), |b| b.total);
+                }
+                if let Job::Image { width, height } = job {
+                    let e = estimate::image(&weights, width, height, Some(&self.calibration), model);
+                    need.work = e.sampling;
+                    need.vae = Some(VaeNeed {
+                        gpu: e.vae_gpu,
+                        tiled: e.vae_tiled,
+                        cpu: e.vae_cpu,
+                    });
+                }
+            }
+        }
+        need
+    }
+}
+
+fn is_eviction(step: &Step) -> bool {
+    matches!(step, Step::SoftUnload { .. } | Step::HardUnload { .. })
+}

@@ -1,0 +1,216 @@
+//! What vramd did, as events: for the WebUI (`GET /v1/events`, Server-Sent Events), for
+//! D-Bus signals, and for the log.
+//!
+//! The arbiter is the only publisher. Subscribers get every event after they subscribe, and
+//! a late subscriber can ask for a replay of the last [`REPLAY`] first.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// Events kept for late subscribers.
+pub const REPLAY: usize = 256;
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum EventKind {
+    ModelLoading {
+        model: String,
+        /// What the load is expected to take.
+        bytes: u64,
+        reason: String,
+    },
+    ModelLoaded {
+        model: String,
+        bytes: u64,
+        load_ms: u64,
+        /// Whether the weights were already in RAM (page cache) when the load started.
+        from_page_cache: bool,
+    },
+    ModelSoftUnloaded {
+        model: String,
+        freed_bytes: u64,
+        reason: String,
+    },
+    ModelUnloaded {
+        model: String,
+        freed_bytes: u64,
+        reason: String,
+    },
+    VaeTiled {
+        model: String,
+        width: u32,
+        height: u32,
+        reason: String,
+    },
+    VaeOnCpu {
+        model: String,
+        width: u32,
+        height: u32,
+        reason: String,
+    },
+    RequestQueued {
+        model: String,
+        reason: String,
+    },
+    RequestRejected {
+        model: String,
+        status: u16,
+        reason: String,
+    },
+    WorkerCrashed {
+        model: String,
+        reason: String,
+    },
+    WorkerRestarted {
+        model: String,
+        pid: u32,
+    },
+    MemoryPressure {
+        model: String,
+        need_bytes: u64,
+        free_bytes: u64,
+        reason: String,
+    },
+}
+
+impl EventKind {
+    /// The SSE event name: the `type` tag.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::ModelLoading { .. } => "model_loading",
+            EventKind::ModelLoaded { .. } => "model_loaded",
+            EventKind::ModelSoftUnloaded { .. } => "model_soft_unloaded",
+            EventKind::ModelUnloaded { .. } => "model_unloaded",
+            EventKind::VaeTiled { .. } => "vae_tiled",
+            EventKind::VaeOnCpu { .. } => "vae_on_cpu",
+            EventKind::RequestQueued { .. } => "request_queued",
+            EventKind::RequestRejected { .. } => "request_rejected",
+            EventKind::WorkerCrashed { .. } => "worker_crashed",
+            EventKind::WorkerRestarted { .. } => "worker_restarted",
+            EventKind::MemoryPressure { .. } => "memory_pressure",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Event {
+    /// Counts from 1 in each daemon run.
+    pub id: u64,
+    /// Unix time in seconds, with milliseconds.
+    pub at: f64,
+    #[serde(flatten)]
+    pub kind: EventKind,
+}
+
+/// The publishing side, owned by the arbiter; [`EventFeed`] is the reading side.
+pub struct EventBus {
+    next_id: u64,
+    tx: broadcast::Sender<Arc<Event>>,
+    recent: Arc<Mutex<VecDeque<Arc<Event>>>>,
+}
+
+/// Subscribing to events, from anywhere.
+#[derive(Clone)]
+pub struct EventFeed {
+    tx: broadcast::Sender<Arc<Event>>,
+    recent: Arc<Mutex<VecDeque<Arc<Event>>>>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        EventBus {
+            next_id: 1,
+            tx: broadcast::channel(1024).0,
+            recent: Arc::new(Mutex::new(VecDeque::with_capacity(REPLAY))),
+        }
+    }
+}
+
+impl EventBus {
+    pub fn feed(&self) -> EventFeed {
+        EventFeed {
+            tx: self.tx.clone(),
+            recent: self.recent.clone(),
+        }
+    }
+
+    pub fn publish(&mut self, kind: EventKind) -> Arc<Event> {
+        let at = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| (d.as_millis() as f64) / 1000.0);
+        let event = Arc::new(Event {
+            id: self.next_id,
+            at,
+            kind,
+        });
+        self.next_id += 1;
+        tracing::info!(
+            event = event.kind.name(),
+            "{}",
+            serde_json::to_string(&event.kind).unwrap_or_default()
+        );
+        let mut recent = self.recent.lock().expect("events lock");
+        if recent.len() == REPLAY {
+            recent.pop_front();
+        }
+        recent.push_back(event.clone());
+        // Publishing under the lock orders replay and live delivery for subscribers.
+        let _ = self.tx.send(event.clone());
+        event
+    }
+}
+
+impl EventFeed {
+    /// The last `replay` events and a receiver for everything after them, with no gap and no
+    /// duplicate between the two.
+    pub fn subscribe(&self, replay: usize) -> (Vec<Arc<Event>>, broadcast::Receiver<Arc<Event>>) {
+        let recent = self.recent.lock().expect("events lock");
+        let rx = self.tx.subscribe();
+        let skip = recent.len().saturating_sub(replay);
+        (recent.iter().skip(skip).cloned().collect(), rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crashed(n: u32) -> EventKind {
+        EventKind::WorkerCrashed {
+            model: format!("m{n}"),
+            reason: "x".into(),
+        }
+    }
+
+    #[test]
+    fn replay_then_live_without_gaps() {
+        let mut bus = EventBus::default();
+        let feed = bus.feed();
+        for n in 0..3 {
+            bus.publish(crashed(n));
+        }
+        let (replayed, mut rx) = feed.subscribe(2);
+        assert_eq!(replayed.iter().map(|e| e.id).collect::<Vec<_>>(), [2, 3]);
+        bus.publish(crashed(3));
+        assert_eq!(rx.try_recv().unwrap().id, 4);
+        let json = serde_json::to_value(&*replayed[0]).unwrap();
+        assert_eq!(json["type"], "worker_crashed");
+        assert_eq!(json["model"], "m1");
+        assert!(json["at"].as_f64().unwrap() > 1.6e9);
+    }
+
+    #[test]
+    fn replay_keeps_only_the_last_ones() {
+        let mut bus = EventBus::default();
+        for n in 0..(REPLAY as u32 + 10) {
+            bus.publish(crashed(n));
+        }
+        let (replayed, _) = bus.feed().subscribe(usize::MAX);
+        assert_eq!(replayed.len(), REPLAY);
+        assert_eq!(replayed[0].id, 11);
+    }
+}
