@@ -7,6 +7,7 @@
 pub mod activity;
 pub mod api;
 pub mod arbiter;
+pub mod clock;
 pub mod config;
 pub mod estimate;
 pub mod events;

@@ -62,6 +62,8 @@ pub struct ModelEntry {
     pub failures: u32,
     /// How much of its files the page cache holds.
     pub page_cache: crate::pagecache::Residency,
+    /// What NVML says the worker process uses on the device (CUDA context included).
+    pub device_bytes: Option<u64>,
 }
 
 #[derive(Clone, Debug)]
@@ -80,6 +82,10 @@ impl Registry {
         &self.models
     }
 
+    pub fn models_mut(&mut self) -> impl Iterator<Item = &mut ModelEntry> {
+        self.models.iter_mut()
+    }
+
     pub fn get(&self, name: &str) -> Option<&ModelEntry> {
         self.models.iter().find(|m| m.name == name)
     }
@@ -90,7 +96,7 @@ impl Registry {
 
     /// Bytes held by all models together.
     pub fn held_bytes(&self) -> u64 {
-        self.models.iter().map(|m| m.bytes.total).sum()
+        self.models.iter().map(ModelEntry::held).sum()
     }
 
     pub fn loaded_count(&self) -> usize {
@@ -116,6 +122,7 @@ impl ModelEntry {
             context_length: None,
             failures: 0,
             page_cache: Default::default(),
+            device_bytes: None,
         }
     }
 
@@ -130,6 +137,13 @@ impl ModelEntry {
         self.bytes = Bytes::default();
         self.pid = None;
         self.device = None;
+        self.device_bytes = None;
+    }
+
+    /// What it holds: the worker's own account or NVML's figure for its process, whichever
+    /// is larger (NVML also sees the CUDA context; the worker sees buffers NVML has not yet).
+    pub fn held(&self) -> u64 {
+        self.bytes.total.max(self.device_bytes.unwrap_or(0))
     }
 
     /// Takes what a worker reported.

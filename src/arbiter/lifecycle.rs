@@ -3,7 +3,7 @@
 //! [`MAX_FAILURES`] worker crashes in a row).
 
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use vramd_protocol::{
     Bytes, Health, ImageFiles, ImageLoadRequest, ImageLoadResponse, LoadOptions, LoadRequest, LoadResponse, UnloadMode,
@@ -16,12 +16,15 @@ use super::{ArbiterError, Event, Job, Lease, LoadOutcome, Report, UnloadOutcome}
 use crate::config::{GpuLayers, ModelConfig, ModelKind, ModelSource};
 use crate::estimate::{self, Phase};
 use crate::events::EventKind;
-use crate::registry::{unix_secs, ModelState};
+use crate::registry::ModelState;
 use crate::worker::client::CallError;
 use crate::worker::process::{self, Worker};
 
 /// Worker crashes or failed starts in a row before a model is marked `failed`.
 pub const MAX_FAILURES: u32 = 3;
+
+/// How long to wait for a device to report the memory of a stopped worker as free.
+const SETTLE_LIMIT: Duration = Duration::from_secs(3);
 
 pub(crate) type LoadResult = Result<Loaded, LoadFailure>;
 
@@ -74,7 +77,7 @@ impl Arbiter {
             Waiter::Acquire(reply) => {
                 entry.in_flight += 1;
                 entry.state = ModelState::Busy;
-                entry.last_used = Some(unix_secs(SystemTime::now()));
+                entry.last_used = Some(crate::clock::now_unix());
                 let lease = Lease {
                     model: model.to_owned(),
                     client,
@@ -228,7 +231,7 @@ impl Arbiter {
         let current = self.rt(model).seq == seq && self.rt(model).worker.is_some();
         let entry = self.registry.get_mut(model).expect("entry");
         entry.in_flight = entry.in_flight.saturating_sub(1);
-        entry.last_used = Some(unix_secs(SystemTime::now()));
+        entry.last_used = Some(crate::clock::now_unix());
         if !current {
             return;
         }
@@ -344,6 +347,10 @@ impl Arbiter {
 
     /// Stops the model's worker: the only way to give back every byte, CUDA context included.
     pub(super) fn evict_hard(&mut self, model: &str, reason: String) {
+        let held = self.registry.get(model).expect("entry").held();
+        if let Some(free) = self.memory().device_free {
+            self.settling = Some((Instant::now() + SETTLE_LIMIT, free + held / 10 * 9));
+        }
         self.registry.get_mut(model).expect("entry").state = ModelState::Unloading;
         self.mark_evicting(model);
         let rt = self.rt(model);

@@ -6,7 +6,7 @@
 //! for a busy model stays at the head (bounded by `[policy] wait_timeout`); later requests
 //! queue behind it and are never served out of order.
 
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use tokio::sync::oneshot;
 
@@ -16,7 +16,7 @@ use crate::config::ModelKind;
 use crate::estimate;
 use crate::events::EventKind;
 use crate::planner::{self, Action, Memory, ModelView, Need, Outcome, Policy, Step, VaeNeed, VaePlacement};
-use crate::registry::{unix_secs, ModelState};
+use crate::registry::ModelState;
 
 pub(super) enum Waiter {
     Acquire(oneshot::Sender<Result<Lease, ArbiterError>>),
@@ -59,6 +59,13 @@ impl Arbiter {
 
     /// Serves the head of the queue as far as memory allows.
     pub(super) fn drive(&mut self) {
+        if let Some((until, want)) = self.settling {
+            let free = self.memory().device_free.unwrap_or(u64::MAX);
+            if free < want && Instant::now() < until {
+                return; // the tick drives again
+            }
+            self.settling = None;
+        }
         while self.evicting.is_none() {
             let Some(head) = self.pending.front() else { return };
             let model = head.model.clone();
@@ -81,7 +88,7 @@ impl Arbiter {
                 retry_after: self.config.policy.retry_after.0.map_or(5, |d| d.as_secs().max(1)),
             };
             let memory = self.memory();
-            let plan = planner::plan(&self.views(), memory, &need, unix_secs(SystemTime::now()), &policy);
+            let plan = planner::plan(&self.views(), memory, &need, crate::clock::now_unix(), &policy);
             match plan.outcome {
                 Outcome::Proceed { vae } => {
                     if let Some(action) = plan.actions.iter().find(|a| is_eviction(&a.step)).cloned() {
@@ -232,11 +239,13 @@ impl Arbiter {
             .map(|e| {
                 let cfg = self.config.model(&e.name).expect("configured");
                 let llm = e.kind == ModelKind::Llm;
+                // NVML's excess over the worker's account (the CUDA context) goes with the weights.
+                let unaccounted = e.held() - e.bytes.total;
                 ModelView {
                     name: e.name.clone(),
                     kind: e.kind,
                     state: e.state,
-                    weights: if llm { e.bytes.weights } else { e.bytes.total },
+                    weights: unaccounted + if llm { e.bytes.weights } else { e.bytes.total },
                     context: if llm { e.bytes.context + e.bytes.compute } else { 0 },
                     last_used: e.last_used,
                     in_flight: e.in_flight,

@@ -19,7 +19,7 @@ use crate::estimate::{self, Calibration, ImageWeights, LlmShape};
 use crate::events::{EventBus, EventFeed};
 use crate::memory::{MemoryFigures, MemorySource};
 use crate::pagecache::{MappedFile, Residency};
-use crate::registry::{unix_secs, Registry, Snapshot};
+use crate::registry::{Registry, Snapshot};
 use crate::worker::WorkerPaths;
 
 const TICK: Duration = Duration::from_millis(500);
@@ -54,6 +54,9 @@ pub(crate) struct Arbiter {
     calibration_path: PathBuf,
     pub(super) files: HashMap<String, Vec<MappedFile>>,
     residency_at: Instant,
+    /// After a hard unload on a real device: wait (until the instant) for its free memory
+    /// to reach the figure, since the driver returns memory a moment after the process dies.
+    pub(super) settling: Option<(Instant, u64)>,
 }
 
 impl Arbiter {
@@ -113,6 +116,7 @@ impl Arbiter {
             calibration_path,
             files,
             residency_at: Instant::now(),
+            settling: None,
         };
         arbiter.refresh_residency();
         (snapshot, feed, arbiter)
@@ -185,10 +189,24 @@ impl Arbiter {
     }
 
     fn tick(&mut self) {
+        self.measure_processes();
         self.expire_waits();
         self.keep_alive();
         if self.residency_at.elapsed() >= RESIDENCY_EVERY {
             self.refresh_residency();
+        }
+    }
+
+    /// NVML's per-process figures into the registry (no-op on the budget backend).
+    fn measure_processes(&mut self) {
+        let used = self.source.per_process();
+        if used.is_empty() && self.source.name() == crate::memory::BackendName::Budget {
+            return;
+        }
+        for e in self.registry.models_mut() {
+            e.device_bytes = e
+                .pid
+                .and_then(|pid| used.iter().find(|(p, _)| *p == pid).map(|(_, b)| *b));
         }
     }
 
@@ -210,7 +228,7 @@ impl Arbiter {
         if self.evicting.is_some() || !self.pending.is_empty() {
             return;
         }
-        let now = unix_secs(SystemTime::now());
+        let now = crate::clock::now_unix();
         let expired: Vec<String> = self
             .config
             .models

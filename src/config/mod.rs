@@ -123,6 +123,8 @@ pub struct MemoryConfig {
     pub reserve: ByteSize,
     /// RAM that model files may be locked into (`mlock`); 0 locks nothing.
     pub pin_ram: ByteSize,
+    /// The GPU (NVML index) vramd manages.
+    pub device: u32,
 }
 
 /// Component files of an image model, for models not shipped as one checkpoint.
@@ -316,6 +318,7 @@ impl Default for MemoryConfig {
             budget: ByteSize(8 << 30),
             reserve: ByteSize(512 << 20),
             pin_ram: ByteSize(0),
+            device: 0,
         }
     }
 }

@@ -66,6 +66,7 @@ struct MemorySection {
     budget: Option<Spanned<ByteSize>>,
     reserve: Option<Spanned<ByteSize>>,
     pin_ram: Option<ByteSize>,
+    device: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -160,6 +161,7 @@ pub fn parse_main(file: &Path, text: &str) -> Result<RawMain, ConfigError> {
         budget,
         reserve,
         pin_ram: m.pin_ram.unwrap_or(defaults.memory.pin_ram),
+        device: m.device.unwrap_or(defaults.memory.device),
     };
     let models = convert_models(file, text, raw.models)?;
     let p = raw.policy;

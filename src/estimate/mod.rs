@@ -25,8 +25,9 @@ const VAE_TILED_BYTES: u64 = 176 << 20;
 const TAESD_DIVISOR: u64 = 16;
 /// Diffusion sampling activations, per latent pixel (an 8×8 block of output pixels).
 const SAMPLING_BYTES_PER_LATENT: u64 = 32 << 10;
-/// Fixed part of the sampling compute (text encoders, graph overhead).
-const SAMPLING_BASE: u64 = 64 << 20;
+/// The part of sampling compute that scales with the model (text encoders, graph
+/// overhead): a quarter of the weights.
+const SAMPLING_WEIGHTS_DIVISOR: u64 = 4;
 /// llama.cpp's physical batch for prompt processing, which sizes its compute buffer.
 const UBATCH: u64 = 512;
 
@@ -86,7 +87,7 @@ pub fn image(
     let latent = pixels / 64;
     let divisor = if weights.taesd { TAESD_DIVISOR } else { 1 };
     let raw_vae = VAE_BYTES_PER_PIXEL * pixels / divisor;
-    let raw_sampling = SAMPLING_BASE + SAMPLING_BYTES_PER_LATENT * latent;
+    let raw_sampling = weights.total() / SAMPLING_WEIGHTS_DIVISOR + SAMPLING_BYTES_PER_LATENT * latent;
     let vae_factor = calibration.and_then(|c| c.factor(model, Phase::VaeDecode));
     let sampling_factor = calibration.and_then(|c| c.factor(model, Phase::Sampling));
     let vae_gpu = apply(raw_vae, vae_factor);
