@@ -97,6 +97,7 @@ async fn serve(
         config: config.clone(),
         arbiter: arbiter.clone(),
         activity: activity.clone(),
+        progress: Default::default(),
     });
     let idle_limit = config.daemon.idle_exit.0;
     let shutdown = {

@@ -117,7 +117,11 @@ async fn generate(
 /// Leases the model and starts the generation. A worker that cannot even be reached has
 /// just died: the arbiter learns it within moments and starts a new one, so try again
 /// (twice at most) instead of failing a request that never reached any worker.
-async fn start(state: &AppState, model: &str, req: &GenerateRequest) -> Result<(Lease, EventStream), ApiError> {
+async fn start(
+    state: &AppState,
+    model: &str,
+    req: &GenerateRequest,
+) -> Result<(Lease, EventStream<GenerateEvent>), ApiError> {
     let mut attempts = 0;
     loop {
         let lease = state.arbiter.acquire(model, Job::Text).await?;
@@ -195,7 +199,7 @@ fn usage(prompt: u32, completion: u32) -> Value {
     json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
 }
 
-async fn collect(meta: Meta, mut lease: Lease, mut events: EventStream) -> Result<Response, ApiError> {
+async fn collect(meta: Meta, mut lease: Lease, mut events: EventStream<GenerateEvent>) -> Result<Response, ApiError> {
     let mut text = String::new();
     loop {
         match events.next().await? {
@@ -221,7 +225,7 @@ async fn collect(meta: Meta, mut lease: Lease, mut events: EventStream) -> Resul
 
 /// Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`. A failure after
 /// the stream started becomes an `error` event (what OpenAI clients raise on) and no DONE.
-fn sse(meta: Meta, lease: Lease, events: EventStream) -> Response {
+fn sse(meta: Meta, lease: Lease, events: EventStream<GenerateEvent>) -> Response {
     enum Phase {
         First,
         Tokens,

@@ -43,6 +43,8 @@ pub enum ApiError {
     /// More than the whole memory budget: 507.
     #[error("{0}")]
     TooLarge(String),
+    #[error("the generation was interrupted")]
+    Interrupted,
 }
 
 #[derive(Serialize)]
@@ -76,6 +78,7 @@ impl ApiError {
                 "invalid_request_error",
                 "exceeds_memory_budget",
             ),
+            ApiError::Interrupted => (StatusCode::CONFLICT, "invalid_request_error", "interrupted"),
         }
     }
 }

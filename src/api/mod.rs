@@ -7,6 +7,7 @@ mod completions;
 mod error;
 mod events;
 mod handlers;
+pub mod images;
 mod openai;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +34,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub arbiter: ArbiterHandle,
     pub activity: Activity,
+    pub progress: images::SharedProgress,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -48,6 +50,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/events", get(events::stream))
         .route("/v1/models/{name}/unload", post(handlers::unload))
         .route("/v1/chat/completions", post(completions::chat))
+        .route("/v1/images/generations", post(images::openai))
+        .route("/sdapi/v1/txt2img", post(images::txt2img))
+        .route("/sdapi/v1/sd-models", get(images::sd_models))
+        .route("/sdapi/v1/progress", get(images::progress))
+        .route("/sdapi/v1/interrupt", post(images::interrupt))
         .route("/v1/completions", post(completions::completion))
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(max_body))

@@ -103,6 +103,10 @@ pub(crate) enum Command {
         job: EstimateJob,
         reply: oneshot::Sender<Result<serde_json::Value, ArbiterError>>,
     },
+    Interrupt {
+        model: String,
+        reply: oneshot::Sender<Result<bool, ArbiterError>>,
+    },
 }
 
 /// What to estimate: an image size, an LLM context, or just the model.
@@ -233,6 +237,16 @@ impl ArbiterHandle {
         self.ask(|reply| Command::SetPinned {
             model: model.to_owned(),
             pinned,
+            reply,
+        })
+        .await
+    }
+
+    /// Stops the worker of `model` in the middle of its work (image generations cannot be
+    /// cancelled any other way); `false` when it had none.
+    pub async fn interrupt(&self, model: &str) -> Result<bool, ArbiterError> {
+        self.ask(|reply| Command::Interrupt {
+            model: model.to_owned(),
             reply,
         })
         .await

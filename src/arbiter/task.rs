@@ -171,6 +171,17 @@ impl Arbiter {
             Command::Estimate { model, job, reply } => {
                 let _ = reply.send(self.estimate(&model, job));
             }
+            Command::Interrupt { model, reply } => {
+                let running = self.runtime.get(&model).is_some_and(|rt| rt.worker.is_some())
+                    && self
+                        .registry
+                        .get(&model)
+                        .is_some_and(|e| e.state != crate::registry::ModelState::Unloading);
+                if running {
+                    self.evict_hard(&model, "interrupted".into());
+                }
+                let _ = reply.send(Ok(running));
+            }
         }
     }
 

@@ -242,6 +242,27 @@ impl Default for LlmOptions {
     }
 }
 
+/// Limits of an image model's requests.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ImageOptions {
+    /// Width and height must be multiples of this (8 for SD1.x latents; 16 or 64 for some).
+    pub size_multiple: u32,
+    /// Largest width or height accepted.
+    pub max_size: u32,
+    /// Most images per request (`n`, `batch_size` × `n_iter`).
+    pub max_batch: u32,
+}
+
+impl Default for ImageOptions {
+    fn default() -> Self {
+        ImageOptions {
+            size_multiple: 8,
+            max_size: 2048,
+            max_batch: 8,
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct ModelConfig {
     pub name: String,
@@ -251,6 +272,9 @@ pub struct ModelConfig {
     /// Set for `llm` models only.
     #[serde(flatten)]
     pub llm_options: Option<LlmOptions>,
+    /// Set for `image` models only.
+    #[serde(flatten)]
+    pub image_options: Option<ImageOptions>,
     /// Never evicted to make room.
     pub pinned: bool,
     /// Among idle models, lower priority is evicted first.

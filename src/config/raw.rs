@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::PolicyConfig;
 use super::{
     BackendKind, Config, ConfigError, DaemonConfig, GpuLayers, ImageComponents, LlmOptions, MemoryConfig, ModelConfig,
     ModelKind, ModelSource,
 };
+use super::{ImageOptions, PolicyConfig};
 use crate::planner::Rung;
 use crate::units::{ByteSize, Timeout};
 
@@ -90,6 +90,9 @@ struct ModelTable {
     pinned: Option<bool>,
     priority: Option<i32>,
     keep_alive: Option<Timeout>,
+    size_multiple: Option<u32>,
+    max_size: Option<u32>,
+    max_batch: Option<u32>,
 }
 
 /// The parsed main file.
@@ -261,6 +264,32 @@ fn convert_models(file: &Path, text: &str, tables: Vec<Spanned<ModelTable>>) -> 
                 ("batch", t.batch.is_some()),
                 ("mmap", t.mmap.is_some()),
             ];
+            let image_only = [
+                ("size_multiple", t.size_multiple.is_some()),
+                ("max_size", t.max_size.is_some()),
+                ("max_batch", t.max_batch.is_some()),
+            ];
+            if let Some((key, _)) = image_only.iter().find(|(_, set)| *set && t.kind != ModelKind::Image) {
+                return Err(err(format!("model {:?}: `{key}` applies to image models only", t.name)));
+            }
+            let di = ImageOptions::default();
+            let image = ImageOptions {
+                size_multiple: t.size_multiple.unwrap_or(di.size_multiple),
+                max_size: t.max_size.unwrap_or(di.max_size),
+                max_batch: t.max_batch.unwrap_or(di.max_batch),
+            };
+            if image.size_multiple == 0 || image.size_multiple % 8 != 0 {
+                return Err(err(format!(
+                    "model {:?}: `size_multiple` must be a multiple of 8",
+                    t.name
+                )));
+            }
+            if image.max_batch == 0 || image.max_size < image.size_multiple {
+                return Err(err(format!(
+                    "model {:?}: `max_batch` must be at least 1 and `max_size` at least `size_multiple`",
+                    t.name
+                )));
+            }
             if let Some((key, _)) = llm_only.iter().find(|(_, set)| *set && t.kind != ModelKind::Llm) {
                 return Err(err(format!("model {:?}: `{key}` applies to llm models only", t.name)));
             }
@@ -281,6 +310,7 @@ fn convert_models(file: &Path, text: &str, tables: Vec<Spanned<ModelTable>>) -> 
                 kind: t.kind,
                 source,
                 llm_options: (t.kind == ModelKind::Llm).then_some(llm),
+                image_options: (t.kind == ModelKind::Image).then_some(image),
                 pinned: t.pinned.unwrap_or(false),
                 priority: t.priority.unwrap_or(0),
                 keep_alive: t.keep_alive.unwrap_or(Timeout::NEVER),

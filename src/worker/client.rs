@@ -12,7 +12,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use vramd_protocol::{GenerateEvent, GenerateRequest, Health, WorkerError};
+use vramd_protocol::{GenerateEvent, GenerateRequest, Health, ImageEvent, ImageRequest, WorkerError};
 
 /// Why a call to a worker failed.
 #[derive(Debug, thiserror::Error)]
@@ -56,14 +56,24 @@ impl WorkerClient {
 
     /// Starts a generation. Errors the worker reports before streaming come back as
     /// [`CallError::Worker`]; afterwards events arrive through [`EventStream`].
-    pub async fn generate(&self, req: &GenerateRequest) -> Result<EventStream, CallError> {
-        let resp = self.send("POST", vramd_protocol::GENERATE, Some(req)).await?;
+    pub async fn generate(&self, req: &GenerateRequest) -> Result<EventStream<GenerateEvent>, CallError> {
+        self.stream(vramd_protocol::GENERATE, req).await
+    }
+
+    /// Starts an image generation (image workers).
+    pub async fn images(&self, req: &ImageRequest) -> Result<EventStream<ImageEvent>, CallError> {
+        self.stream(vramd_protocol::IMAGES, req).await
+    }
+
+    async fn stream<B: Serialize, E>(&self, path: &str, req: &B) -> Result<EventStream<E>, CallError> {
+        let resp = self.send("POST", path, Some(req)).await?;
         if !resp.status().is_success() {
             return Err(read_json::<()>(resp).await.expect_err("non-success status is an error"));
         }
         Ok(EventStream {
             body: resp.into_body(),
             buf: BytesMut::new(),
+            _event: std::marker::PhantomData,
         })
     }
 
@@ -119,15 +129,16 @@ async fn read_json<R: DeserializeOwned>(resp: hyper::Response<Incoming>) -> Resu
 }
 
 /// The NDJSON event stream of one generation.
-pub struct EventStream {
+pub struct EventStream<E> {
     body: Incoming,
     buf: BytesMut,
+    _event: std::marker::PhantomData<fn() -> E>,
 }
 
-impl EventStream {
-    /// The next event; `Ok(None)` at a clean end. A stream that ends without `done` or
-    /// `error` (the worker died) is a [`CallError::Transport`].
-    pub async fn next(&mut self) -> Result<Option<GenerateEvent>, CallError> {
+impl<E: DeserializeOwned> EventStream<E> {
+    /// The next event; `Ok(None)` at a clean end (a worker that died mid-stream shows as a
+    /// [`CallError::Transport`], or as `None` before the final event, which callers check).
+    pub async fn next(&mut self) -> Result<Option<E>, CallError> {
         loop {
             if let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
                 let line = self.buf.split_to(nl + 1);

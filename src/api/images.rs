@@ -1,0 +1,599 @@
+//! Image generation: OpenAI's `POST /v1/images/generations` and the AUTOMATIC1111 API that
+//! WebUIs speak (`/sdapi/v1/txt2img`, `sd-models`, `progress`, `interrupt`).
+//!
+//! Both front ends become one [`ImageJob`], validated against the model's limits, leased from
+//! the arbiter (which decides the VAE placement) and run one image at a time on the worker,
+//! so each PNG carries its own seed in the `parameters` text chunk, as A1111 writes it.
+
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use axum::extract::{Extension, State};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use vramd_protocol::{ImageEvent, ImageRequest};
+
+use super::{ApiError, ApiJson, AppState, RequestId};
+use crate::arbiter::{Job, Lease};
+use crate::config::{ImageOptions, ModelKind};
+use crate::worker::client::CallError;
+
+/// stable-diffusion.cpp's samplers, and the A1111 names that map to them.
+const SAMPLERS: &[(&str, &[&str])] = &[
+    ("euler_a", &["Euler a", "euler_a", "k_euler_a"]),
+    ("euler", &["Euler", "euler", "k_euler"]),
+    ("heun", &["Heun", "heun"]),
+    ("dpm2", &["DPM2", "dpm2"]),
+    ("dpm++2s_a", &["DPM++ 2S a", "dpm++2s_a"]),
+    ("dpm++2m", &["DPM++ 2M", "dpm++2m"]),
+    ("dpm++2mv2", &["DPM++ 2M v2", "dpm++2mv2"]),
+    ("ipndm", &["iPNDM", "ipndm"]),
+    ("ipndm_v", &["iPNDM_V", "ipndm_v"]),
+    ("lcm", &["LCM", "lcm"]),
+    ("ddim_trailing", &["DDIM", "ddim", "ddim_trailing"]),
+    ("tcd", &["TCD", "tcd"]),
+];
+const SCHEDULERS: &[&str] = &[
+    "discrete",
+    "karras",
+    "exponential",
+    "ays",
+    "gits",
+    "smoothstep",
+    "sgm_uniform",
+    "simple",
+];
+pub const MAX_STEPS: u32 = 150;
+
+/// A1111's progress, shared by the image handlers and `GET /sdapi/v1/progress`.
+#[derive(Default)]
+pub struct Progress {
+    active: Option<Active>,
+    /// Set by `interrupt`, so the running request reports an interruption, not a crash.
+    interrupted: bool,
+}
+
+struct Active {
+    model: String,
+    started: Instant,
+    /// Images done and total.
+    image: u32,
+    images: u32,
+    step: u32,
+    steps: u32,
+}
+
+pub type SharedProgress = Arc<Mutex<Progress>>;
+
+/// One request, whichever API it came from.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageJob {
+    pub model: String,
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub width: u32,
+    pub height: u32,
+    pub steps: u32,
+    pub cfg_scale: f32,
+    pub seed: i64,
+    pub sampler: String,
+    pub scheduler: String,
+    pub count: u32,
+}
+
+fn invalid(param: &str, message: impl Into<String>) -> ApiError {
+    ApiError::InvalidRequest {
+        message: message.into(),
+        param: Some(param.to_owned()),
+    }
+}
+
+/// Checks a job against the model's limits. Pure.
+pub fn validate(
+    job: &ImageJob,
+    limits: &ImageOptions,
+    size_param: (&str, &str),
+    count_param: &str,
+) -> Result<(), ApiError> {
+    for (value, param) in [(job.width, size_param.0), (job.height, size_param.1)] {
+        if value == 0 || value % limits.size_multiple != 0 {
+            return Err(invalid(
+                param,
+                format!(
+                    "`{param}` must be a positive multiple of {} for this model, got {value}",
+                    limits.size_multiple
+                ),
+            ));
+        }
+        if value > limits.max_size {
+            return Err(invalid(
+                param,
+                format!("`{param}` must be at most {}, got {value}", limits.max_size),
+            ));
+        }
+    }
+    if !(1..=MAX_STEPS).contains(&job.steps) {
+        return Err(invalid(
+            "steps",
+            format!("`steps` must be between 1 and {MAX_STEPS}, got {}", job.steps),
+        ));
+    }
+    if !(1..=limits.max_batch).contains(&job.count) {
+        return Err(invalid(
+            count_param,
+            format!(
+                "`{count_param}` must be between 1 and {}, got {}",
+                limits.max_batch, job.count
+            ),
+        ));
+    }
+    if !(0.0..=30.0).contains(&job.cfg_scale) {
+        return Err(invalid(
+            "cfg_scale",
+            format!("`cfg_scale` must be between 0 and 30, got {}", job.cfg_scale),
+        ));
+    }
+    if job.prompt.is_empty() {
+        return Err(invalid("prompt", "`prompt` must not be empty"));
+    }
+    Ok(())
+}
+
+/// Maps a sampler name (sd.cpp's or A1111's) to sd.cpp's; `None` for the default.
+pub fn sampler(name: Option<&str>, param: &str) -> Result<String, ApiError> {
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return Ok("euler_a".into());
+    };
+    SAMPLERS
+        .iter()
+        .find(|(_, names)| names.iter().any(|n| n.eq_ignore_ascii_case(name)))
+        .map(|(s, _)| (*s).to_owned())
+        .ok_or_else(|| {
+            let known: Vec<&str> = SAMPLERS.iter().map(|(s, _)| *s).collect();
+            invalid(param, format!("unknown sampler {name:?}; known: {}", known.join(", ")))
+        })
+}
+
+pub fn scheduler(name: Option<&str>) -> Result<String, ApiError> {
+    match name.filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case("automatic")) {
+        None => Ok(String::new()),
+        Some(n) => SCHEDULERS
+            .iter()
+            .find(|s| s.eq_ignore_ascii_case(n))
+            .map(|s| (*s).to_owned())
+            .ok_or_else(|| {
+                invalid(
+                    "scheduler",
+                    format!("unknown scheduler {n:?}; known: {}", SCHEDULERS.join(", ")),
+                )
+            }),
+    }
+}
+
+/// A1111's `parameters` text for one image.
+pub fn parameters_text(job: &ImageJob, seed: i64) -> String {
+    let mut s = job.prompt.clone();
+    if !job.negative_prompt.is_empty() {
+        s.push_str(&format!("\nNegative prompt: {}", job.negative_prompt));
+    }
+    s.push_str(&format!(
+        "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {seed}, Size: {}x{}, Model: {}",
+        job.steps, job.sampler, job.cfg_scale, job.width, job.height, job.model
+    ));
+    if !job.scheduler.is_empty() {
+        s.push_str(&format!(", Schedule type: {}", job.scheduler));
+    }
+    s
+}
+
+/// A seed for "random" (-1 / absent): varied, without a random-number crate.
+fn random_seed() -> i64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    ((t as u64 ^ (u64::from(std::process::id()) << 32)) % (1 << 31)) as i64
+}
+
+/// The configured image model `model`, or the error to answer.
+pub fn image_model<'a>(state: &'a AppState, model: &str) -> Result<&'a ImageOptions, ApiError> {
+    let cfg = state
+        .config
+        .model(model)
+        .ok_or_else(|| ApiError::UnknownModel(model.to_owned()))?;
+    match (&cfg.image_options, cfg.kind) {
+        (Some(o), ModelKind::Image) => Ok(o),
+        _ => Err(invalid(
+            "model",
+            format!("model {model:?} is an LLM; use /v1/chat/completions"),
+        )),
+    }
+}
+
+/// What a finished job produced.
+pub struct Generated {
+    pub images: Vec<(i64, String)>,
+    pub vramd: Value,
+}
+
+/// Leases the model and generates `job.count` images one after another.
+pub async fn run(state: &AppState, mut job: ImageJob, request_id: &str) -> Result<Generated, ApiError> {
+    if job.seed < 0 {
+        job.seed = random_seed();
+    }
+    let queued = Instant::now();
+    let mut lease = state
+        .arbiter
+        .acquire(
+            &job.model,
+            Job::Image {
+                width: job.width,
+                height: job.height,
+            },
+        )
+        .await?;
+    let queued_ms = queued.elapsed().as_millis() as u64;
+    {
+        let mut p = state.progress.lock().expect("progress");
+        p.interrupted = false;
+        p.active = Some(Active {
+            model: job.model.clone(),
+            started: Instant::now(),
+            image: 0,
+            images: job.count,
+            step: 0,
+            steps: job.steps,
+        });
+    }
+    let result = generate_all(state, &job, &mut lease, request_id).await;
+    let interrupted = {
+        let mut p = state.progress.lock().expect("progress");
+        p.active = None;
+        std::mem::take(&mut p.interrupted)
+    };
+    let (images, switch_ms) = match result {
+        Ok(r) => r,
+        Err(_) if interrupted => return Err(ApiError::Interrupted),
+        Err(e) => return Err(e),
+    };
+    let seeds: Vec<i64> = images.iter().map(|(s, _)| *s).collect();
+    let vramd = json!({
+        "vae": lease.vae,
+        "actions": lease.actions,
+        "load_ms": lease.load_ms,
+        "queued_ms": queued_ms,
+        "vae_switch_ms": switch_ms,
+        "seeds": seeds,
+    });
+    Ok(Generated { images, vramd })
+}
+
+async fn generate_all(
+    state: &AppState,
+    job: &ImageJob,
+    lease: &mut Lease,
+    request_id: &str,
+) -> Result<(Vec<(i64, String)>, u64), ApiError> {
+    let mut images = Vec::new();
+    let mut switch_ms = 0;
+    for i in 0..job.count {
+        let seed = job.seed + i64::from(i);
+        let req = ImageRequest {
+            request_id: request_id.to_owned(),
+            prompt: job.prompt.clone(),
+            negative_prompt: job.negative_prompt.clone(),
+            width: job.width,
+            height: job.height,
+            steps: job.steps,
+            cfg_scale: job.cfg_scale,
+            seed: Some(seed),
+            sampler: job.sampler.clone(),
+            scheduler: job.scheduler.clone(),
+            batch_count: 1,
+            vae: lease.vae,
+            png_text: vec![("parameters".into(), parameters_text(job, seed))],
+        };
+        let mut events = lease.client.images(&req).await?;
+        loop {
+            match events.next().await? {
+                Some(ImageEvent::Started { switch_ms: ms }) => switch_ms += ms,
+                Some(ImageEvent::Progress { step, steps }) => {
+                    if let Some(a) = state.progress.lock().expect("progress").active.as_mut() {
+                        (a.image, a.step, a.steps) = (i, step, steps);
+                    }
+                }
+                Some(ImageEvent::Image { seed, png_base64, .. }) => images.push((seed, png_base64)),
+                Some(ImageEvent::Done { health, .. }) => {
+                    lease.report(health);
+                    break;
+                }
+                Some(ImageEvent::Error { error }) => return Err(CallError::Worker(error, Default::default()).into()),
+                None => return Err(CallError::Transport("the worker ended the stream early".into()).into()),
+            }
+        }
+    }
+    Ok((images, switch_ms))
+}
+
+// ---- OpenAI ----
+
+#[derive(Deserialize)]
+pub struct OpenAiRequest {
+    model: String,
+    prompt: String,
+    #[serde(default)]
+    negative_prompt: String,
+    n: Option<u32>,
+    size: Option<String>,
+    response_format: Option<String>,
+    steps: Option<u32>,
+    cfg_scale: Option<f32>,
+    seed: Option<i64>,
+    sampler: Option<String>,
+    scheduler: Option<String>,
+}
+
+pub async fn openai(
+    State(state): State<AppState>,
+    Extension(id): Extension<RequestId>,
+    ApiJson(req): ApiJson<OpenAiRequest>,
+) -> Result<Json<Value>, ApiError> {
+    let limits = image_model(&state, &req.model)?;
+    if let Some(f) = req.response_format.as_deref().filter(|f| *f != "b64_json") {
+        return Err(invalid(
+            "response_format",
+            format!("only \"b64_json\" is supported, got {f:?}"),
+        ));
+    }
+    let (width, height) = match req.size.as_deref() {
+        None => (512, 512),
+        Some(s) => s
+            .split_once('x')
+            .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)))
+            .ok_or_else(|| invalid("size", format!("`size` must be \"WIDTHxHEIGHT\", got {s:?}")))?,
+    };
+    let job = ImageJob {
+        model: req.model.clone(),
+        prompt: req.prompt,
+        negative_prompt: req.negative_prompt,
+        width,
+        height,
+        steps: req.steps.unwrap_or(20),
+        cfg_scale: req.cfg_scale.unwrap_or(7.0),
+        seed: req.seed.unwrap_or(-1),
+        sampler: sampler(req.sampler.as_deref(), "sampler")?,
+        scheduler: scheduler(req.scheduler.as_deref())?,
+        count: req.n.unwrap_or(1),
+    };
+    validate(&job, limits, ("size", "size"), "n")?;
+    let out = run(&state, job, &id.0).await?;
+    let data: Vec<Value> = out.images.iter().map(|(_, b64)| json!({"b64_json": b64})).collect();
+    Ok(Json(
+        json!({"created": crate::registry::unix_secs(std::time::SystemTime::now()), "data": data, "vramd": out.vramd}),
+    ))
+}
+
+// ---- AUTOMATIC1111 ----
+
+#[derive(Deserialize)]
+pub struct Txt2Img {
+    prompt: String,
+    #[serde(default)]
+    negative_prompt: String,
+    width: Option<u32>,
+    height: Option<u32>,
+    steps: Option<u32>,
+    cfg_scale: Option<f32>,
+    seed: Option<i64>,
+    sampler_name: Option<String>,
+    sampler_index: Option<String>,
+    scheduler: Option<String>,
+    batch_size: Option<u32>,
+    n_iter: Option<u32>,
+    /// vramd's own: which image model (else `override_settings.sd_model_checkpoint`, else
+    /// the first configured image model).
+    model: Option<String>,
+    override_settings: Option<Value>,
+}
+
+pub async fn txt2img(
+    State(state): State<AppState>,
+    Extension(id): Extension<RequestId>,
+    ApiJson(req): ApiJson<Txt2Img>,
+) -> Result<Json<Value>, ApiError> {
+    let checkpoint = req
+        .override_settings
+        .as_ref()
+        .and_then(|o| o.get("sd_model_checkpoint"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    let model = match req.model.or(checkpoint) {
+        Some(m) => m,
+        None => state
+            .config
+            .models
+            .iter()
+            .find(|m| m.kind == ModelKind::Image)
+            .map(|m| m.name.clone())
+            .ok_or_else(|| invalid("model", "no image model is configured"))?,
+    };
+    let limits = image_model(&state, &model)?;
+    let job = ImageJob {
+        model,
+        prompt: req.prompt,
+        negative_prompt: req.negative_prompt,
+        width: req.width.unwrap_or(512),
+        height: req.height.unwrap_or(512),
+        steps: req.steps.unwrap_or(20),
+        cfg_scale: req.cfg_scale.unwrap_or(7.0),
+        seed: req.seed.unwrap_or(-1),
+        sampler: sampler(
+            req.sampler_name.as_deref().or(req.sampler_index.as_deref()),
+            "sampler_name",
+        )?,
+        scheduler: scheduler(req.scheduler.as_deref())?,
+        count: req.batch_size.unwrap_or(1).saturating_mul(req.n_iter.unwrap_or(1)),
+    };
+    validate(&job, limits, ("width", "height"), "batch_size")?;
+    let parameters = json!({
+        "prompt": job.prompt, "negative_prompt": job.negative_prompt, "width": job.width, "height": job.height,
+        "steps": job.steps, "cfg_scale": job.cfg_scale, "seed": job.seed, "sampler_name": job.sampler,
+        "batch_size": job.count, "model": job.model,
+    });
+    let template = job.clone();
+    let out = run(&state, job, &id.0).await?;
+    let seeds: Vec<i64> = out.images.iter().map(|(s, _)| *s).collect();
+    let info = json!({
+        "prompt": template.prompt, "negative_prompt": template.negative_prompt,
+        "seed": seeds.first(), "all_seeds": seeds, "width": template.width, "height": template.height,
+        "sampler_name": template.sampler, "cfg_scale": template.cfg_scale, "steps": template.steps,
+        "sd_model_name": template.model,
+        "infotexts": seeds.iter().map(|s| parameters_text(&template, *s)).collect::<Vec<_>>(),
+        "vramd": out.vramd,
+    });
+    let images: Vec<&str> = out.images.iter().map(|(_, b)| b.as_str()).collect();
+    Ok(Json(
+        json!({"images": images, "parameters": parameters, "info": info.to_string()}),
+    ))
+}
+
+pub async fn sd_models(State(state): State<AppState>) -> Json<Value> {
+    let models: Vec<Value> = state
+        .config
+        .models
+        .iter()
+        .filter(|m| m.kind == ModelKind::Image)
+        .map(|m| {
+            let file = m.source.files().first().map(|(_, p)| p.display().to_string());
+            json!({"title": m.name, "model_name": m.name, "hash": null, "sha256": null, "filename": file, "config": null})
+        })
+        .collect();
+    Json(Value::Array(models))
+}
+
+pub async fn progress(State(state): State<AppState>) -> Json<Value> {
+    let p = state.progress.lock().expect("progress");
+    let Some(a) = &p.active else {
+        return Json(
+            json!({"progress": 0.0, "eta_relative": 0.0, "state": {"job_count": 0, "job": "", "sampling_step": 0,
+            "sampling_steps": 0, "interrupted": p.interrupted, "skipped": false}, "current_image": null, "textinfo": null}),
+        );
+    };
+    let total = f64::from(a.images * a.steps.max(1));
+    let done = f64::from(a.image * a.steps.max(1) + a.step);
+    let fraction = if total > 0.0 { done / total } else { 0.0 };
+    let elapsed = a.started.elapsed().as_secs_f64();
+    let eta = if fraction > 0.0 {
+        elapsed / fraction - elapsed
+    } else {
+        0.0
+    };
+    Json(json!({
+        "progress": fraction, "eta_relative": eta,
+        "state": {"job_count": 1, "job": a.model, "job_no": a.image, "sampling_step": a.step, "sampling_steps": a.steps,
+                  "interrupted": p.interrupted, "skipped": false},
+        "current_image": null, "textinfo": null,
+    }))
+}
+
+/// Stops the running generation: stable-diffusion.cpp has no cancel call, so the worker is
+/// stopped; the next request starts a new one (weights from the page cache).
+pub async fn interrupt(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let model = {
+        let mut p = state.progress.lock().expect("progress");
+        let Some(a) = &p.active else {
+            return Ok(Json(json!({"interrupted": false})));
+        };
+        let model = a.model.clone();
+        p.interrupted = true;
+        model
+    };
+    let stopped = state.arbiter.interrupt(&model).await?;
+    Ok(Json(json!({"interrupted": stopped, "model": model})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job() -> ImageJob {
+        ImageJob {
+            model: "sd".into(),
+            prompt: "a cat".into(),
+            negative_prompt: "blurry".into(),
+            width: 512,
+            height: 768,
+            steps: 20,
+            cfg_scale: 7.0,
+            seed: 42,
+            sampler: "euler_a".into(),
+            scheduler: String::new(),
+            count: 1,
+        }
+    }
+
+    fn param(e: ApiError) -> String {
+        match e {
+            ApiError::InvalidRequest { param, .. } => param.unwrap(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn limits_name_the_field() {
+        let limits = ImageOptions {
+            size_multiple: 64,
+            max_size: 1024,
+            max_batch: 4,
+        };
+        let v = |j: ImageJob| validate(&j, &limits, ("width", "height"), "batch_size");
+        assert!(v(job()).is_ok());
+        assert_eq!(param(v(ImageJob { width: 500, ..job() }).unwrap_err()), "width");
+        assert_eq!(param(v(ImageJob { height: 2048, ..job() }).unwrap_err()), "height");
+        assert_eq!(param(v(ImageJob { steps: 0, ..job() }).unwrap_err()), "steps");
+        assert_eq!(param(v(ImageJob { steps: 151, ..job() }).unwrap_err()), "steps");
+        assert_eq!(param(v(ImageJob { count: 5, ..job() }).unwrap_err()), "batch_size");
+        assert_eq!(
+            param(
+                v(ImageJob {
+                    cfg_scale: -1.0,
+                    ..job()
+                })
+                .unwrap_err()
+            ),
+            "cfg_scale"
+        );
+        assert_eq!(
+            param(
+                v(ImageJob {
+                    prompt: String::new(),
+                    ..job()
+                })
+                .unwrap_err()
+            ),
+            "prompt"
+        );
+    }
+
+    #[test]
+    fn samplers_accept_both_spellings() {
+        assert_eq!(sampler(Some("Euler a"), "s").unwrap(), "euler_a");
+        assert_eq!(sampler(Some("dpm++2m"), "s").unwrap(), "dpm++2m");
+        assert_eq!(sampler(None, "s").unwrap(), "euler_a");
+        assert_eq!(
+            param(sampler(Some("magic"), "sampler_name").unwrap_err()),
+            "sampler_name"
+        );
+        assert_eq!(scheduler(Some("Karras")).unwrap(), "karras");
+        assert_eq!(scheduler(Some("Automatic")).unwrap(), "");
+        assert!(scheduler(Some("nope")).is_err());
+    }
+
+    #[test]
+    fn parameters_text_is_a1111_s() {
+        assert_eq!(
+            parameters_text(&job(), 43),
+            "a cat\nNegative prompt: blurry\nSteps: 20, Sampler: euler_a, CFG scale: 7, Seed: 43, Size: 512x768, Model: sd"
+        );
+    }
+}
