@@ -2,12 +2,15 @@
 //! daemon's supervision can be tested deterministically and fast (`cargo test` builds it).
 //!
 //! Its behaviour comes from the first line of the "model file" it is asked to load:
-//! - `ok` (or anything else): loads; weights = file size, context = 1000, compute = 500;
-//!   each generated token is `tN ` (N counting from 0), one every `delay_ms`.
+//! - `ok` (or anything else): loads; weights = file size (tests make big sparse files),
+//!   context = 1000, compute = 500; each generated token is `tN ` (N counting from 0), one
+//!   every `delay_ms`; an image (for an image model) is a 1×1 PNG after `steps` progress
+//!   events, one every `delay_ms`.
 //! - `bad`: the load fails with `load_failed` (a corrupt model).
 //! - `crash-on-load`: the process aborts while loading.
 //!
-//! Options as `key=value` words on the same line: `delay_ms=20`.
+//! Options as `key=value` words on the same line: `delay_ms=20`, `context=BYTES`,
+//! `compute=BYTES`. An image model is loaded from `files.model` or `files.diffusion_model`.
 //! Every generation appends one line to `<model file>.log` (`generate N` / `cancelled N` /
 //! `done N`), so tests can see what the worker did after the client left.
 
@@ -30,7 +33,10 @@ struct Model {
     path: PathBuf,
     delay: Duration,
     weights: u64,
+    context: u64,
+    compute: u64,
     soft: bool,
+    image: Option<ImageHealth>,
 }
 
 type Shared = Arc<Mutex<Option<Model>>>;
@@ -46,7 +52,7 @@ fn health(m: &Option<Model>) -> Health {
         Some(m) => (
             WorkerState::Loaded,
             Some(m.name.clone()),
-            Bytes::new(m.weights, 1000, 500),
+            Bytes::new(m.weights, m.context, m.compute),
         ),
     };
     Health {
@@ -56,7 +62,7 @@ fn health(m: &Option<Model>) -> Health {
         peak_bytes: bytes.total,
         pid: std::process::id(),
         device: "cpu".into(),
-        image: None,
+        image: m.as_ref().and_then(|m| m.image.clone()),
     }
 }
 
@@ -68,15 +74,35 @@ fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn load(State(s): State<Shared>, Json(req): Json<LoadRequest>) -> Response {
-    let text = std::fs::read_to_string(&req.path).unwrap_or_default();
-    let first = text.lines().next().unwrap_or("").to_owned();
+/// The first line of the model file: behaviour and `key=value` options.
+fn behaviour(path: &std::path::Path) -> (String, std::collections::HashMap<String, u64>) {
+    let mut first = Vec::new();
+    if let Ok(f) = std::fs::File::open(path) {
+        let _ = std::io::BufRead::read_until(&mut std::io::BufReader::new(f), b'\n', &mut first);
+    }
+    let first = String::from_utf8_lossy(&first).into_owned();
     let mut words = first.split_whitespace();
-    let behaviour = words.next().unwrap_or("ok").to_owned();
-    let delay = words
-        .find_map(|w| w.strip_prefix("delay_ms="))
-        .and_then(|v| v.parse().ok())
-        .map_or(Duration::ZERO, Duration::from_millis);
+    let name = words.next().unwrap_or("ok").to_owned();
+    let opts = words
+        .filter_map(|w| w.split_once('='))
+        .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+        .collect();
+    (name, opts)
+}
+
+async fn load(State(s): State<Shared>, Json(req): Json<serde_json::Value>) -> Response {
+    let name = req["model"].as_str().unwrap_or_default().to_owned();
+    let (path, image) = match req.get("files") {
+        Some(files) => {
+            let f = files["model"]
+                .as_str()
+                .or(files["diffusion_model"].as_str())
+                .unwrap_or_default();
+            (PathBuf::from(f), true)
+        }
+        None => (PathBuf::from(req["path"].as_str().unwrap_or_default()), false),
+    };
+    let (behaviour, opts) = behaviour(&path);
     match behaviour.as_str() {
         "bad" => {
             return error(
@@ -86,32 +112,114 @@ async fn load(State(s): State<Shared>, Json(req): Json<LoadRequest>) -> Response
             )
         }
         "crash-on-load" => {
-            eprintln!("ERROR fake worker: crashing while loading {}", req.path.display());
+            eprintln!("ERROR fake worker: crashing while loading {}", path.display());
             std::process::abort();
         }
         _ => {}
     }
-    let weights = std::fs::metadata(&req.path).map_or(0, |m| m.len());
+    let weights = std::fs::metadata(&path).map_or(0, |m| m.len());
     let mut guard = s.lock().unwrap();
     *guard = Some(Model {
-        name: req.model,
-        path: req.path,
-        delay,
+        name,
+        path,
+        delay: Duration::from_millis(opts.get("delay_ms").copied().unwrap_or(0)),
         weights,
-        soft: false,
-    });
-    Json(LoadResponse {
-        health: health(&guard),
-        load_ms: 1,
-        context_length: if req.options.context_length == 0 {
-            512
+        context: if image {
+            0
         } else {
-            req.options.context_length
+            opts.get("context").copied().unwrap_or(1000)
         },
+        compute: if image {
+            0
+        } else {
+            opts.get("compute").copied().unwrap_or(500)
+        },
+        soft: false,
+        image: image.then(|| ImageHealth {
+            components: vec![ComponentBytes {
+                name: "diffusion_model".into(),
+                bytes: weights,
+                device: "cpu".into(),
+            }],
+            vae_backend: VaePlacement::Gpu,
+            last: None,
+        }),
+    });
+    let health = health(&guard);
+    if image {
+        return Json(ImageLoadResponse { health, load_ms: 1 }).into_response();
+    }
+    let ctx = req["options"]["context_length"].as_u64().unwrap_or(0) as u32;
+    Json(LoadResponse {
+        health,
+        load_ms: 1,
+        context_length: if ctx == 0 { 512 } else { ctx },
         train_context_length: 512,
         has_chat_template: true,
     })
     .into_response()
+}
+
+/// A 1×1 PNG: enough for the daemon, which passes images through.
+const PNG_1X1: &str = "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAIAAACQd1PeAAAADElEQVR4nGP4z8AAAAMBAQDJ/pLvAAAAAElFTkSuQmCC";
+
+async fn images(State(s): State<Shared>, Json(req): Json<ImageRequest>) -> Response {
+    let (delay, path) = {
+        let guard = s.lock().unwrap();
+        let Some(m) = guard.as_ref() else {
+            return error(StatusCode::CONFLICT, ErrorCode::NotLoaded, "no model");
+        };
+        (m.delay, m.path.clone())
+    };
+    note(&path, &format!("image {}x{} vae={:?}", req.width, req.height, req.vae));
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+    tokio::spawn(async move {
+        let line = |e: &ImageEvent| {
+            let mut v = serde_json::to_vec(e).unwrap();
+            v.push(b'\n');
+            v
+        };
+        let _ = tx.send(line(&ImageEvent::Started { switch_ms: 0 })).await;
+        for step in 1..=req.steps {
+            tokio::time::sleep(delay).await;
+            if tx
+                .send(line(&ImageEvent::Progress { step, steps: req.steps }))
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+        let seed = req.seed.unwrap_or(0);
+        let _ = tx
+            .send(line(&ImageEvent::Image {
+                index: 0,
+                seed,
+                png_base64: PNG_1X1.into(),
+            }))
+            .await;
+        let peaks = GenerationPeaks {
+            width: req.width,
+            height: req.height,
+            sampling_bytes: 0,
+            vae_decode_bytes: 0,
+            vae: req.vae,
+            sampling_ms: 0,
+            vae_decode_ms: 0,
+        };
+        let done = ImageEvent::Done {
+            health: health(&s.lock().unwrap()),
+            peaks,
+        };
+        let _ = tx.send(line(&done)).await;
+    });
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
+    });
+    Response::builder()
+        .header("content-type", "application/x-ndjson")
+        .body(Body::from_stream(stream))
+        .unwrap()
 }
 
 async fn unload(State(s): State<Shared>, Json(req): Json<UnloadRequest>) -> Json<Health> {
@@ -224,6 +332,7 @@ async fn main() {
         .route(LOAD, post(load))
         .route(UNLOAD, post(unload))
         .route(GENERATE, post(generate))
+        .route(IMAGES, post(images))
         .with_state(state);
     eprintln!("fake worker {} listening on {socket}", std::process::id());
     axum::serve(listener, app).await.expect("serve");

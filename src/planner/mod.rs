@@ -8,9 +8,10 @@
 //! The ladder, in its default order (`[policy] ladder`):
 //! 1. it fits: proceed, evicting nothing (keep everything loaded that fits);
 //! 2. `soft`: soft-unload idle models (KV cache and compute buffers), least recently used first;
-//! 3. `vae_tiled`: for an image whose VAE decode is what does not fit, decode it in tiles;
-//! 4. `hard_idle`: hard-unload LLMs idle for `llm_idle_first` (default 10 minutes);
-//! 5. `vae_cpu`: decode this image's VAE on the CPU instead of evicting anything else;
+//! 3. `hard_idle`: hard-unload LLMs idle for `llm_idle_first` (default 10 minutes): a model
+//!    nobody used for that long is not worth a slower image;
+//! 4. `vae_tiled`: for an image whose VAE decode is what does not fit, decode it in tiles;
+//! 5. `vae_cpu`: decode this image's VAE on the CPU instead of evicting a model in use;
 //! 6. `hard`: hard-unload idle models, least recently used first.
 //!
 //! Busy and pinned models are never evicted. Before evicting anything the planner checks that
@@ -118,7 +119,7 @@ pub struct Policy {
 impl Default for Policy {
     fn default() -> Self {
         Policy {
-            ladder: vec![Rung::Soft, Rung::VaeTiled, Rung::HardIdle, Rung::VaeCpu, Rung::Hard],
+            ladder: vec![Rung::Soft, Rung::HardIdle, Rung::VaeTiled, Rung::VaeCpu, Rung::Hard],
             llm_idle_first: 600,
             retry_after: 5,
         }

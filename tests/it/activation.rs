@@ -80,7 +80,8 @@ fn wait_for_path(p: &Path) {
     panic!("{} never appeared", p.display());
 }
 
-const CONFIG: &str = "[daemon]\nsocket = \"SOCK\"\nidle_exit = \"1s\"\n[memory]\nbackend = \"budget\"\n";
+const CONFIG: &str =
+    "[daemon]\nsocket = \"SOCK\"\nidle_exit = \"1s\"\nstate_dir = \"/nonexistent/state\"\n[memory]\nbackend = \"budget\"\n";
 
 #[test]
 fn serves_the_passed_fd_notifies_idles_out_and_is_activated_again() {

@@ -3,6 +3,7 @@
 
 mod activation;
 mod api;
+mod arbiter;
 mod config;
 mod lifecycle;
 mod llm;

@@ -38,6 +38,16 @@ impl Daemon {
     /// Starts the daemon in a folder the test prepared (its socket is `<dir>/vramd.sock`).
     pub fn start_in(dir: tempfile::TempDir, config: &str, adjust: impl FnOnce(&mut Command)) -> Daemon {
         let cfg = dir.path().join("vramd.toml");
+        // Never the system's /var/lib/vramd: each daemon gets its own state folder.
+        let config = if config.contains("state_dir") {
+            config.to_owned()
+        } else {
+            let state = format!("[daemon]\nstate_dir = \"{}\"\n", dir.path().join("state").display());
+            match config.contains("[daemon]\n") {
+                true => config.replacen("[daemon]\n", &state, 1),
+                false => format!("{state}{config}"),
+            }
+        };
         std::fs::write(&cfg, config).unwrap();
         let socket = dir.path().join("vramd.sock");
         let log = std::fs::File::create(dir.path().join("vramd.log")).unwrap();

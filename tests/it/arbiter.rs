@@ -1,0 +1,440 @@
+//! The arbiter through the real daemon on the budget backend, with fake workers whose models
+//! are sparse files of a chosen size (the fake reports a model's file size as its weights;
+//! vramd estimates an unreadable model by its file size), so that GiB-sized scenarios run in
+//! milliseconds. The real workers' numbers are checked in `llm.rs` and `images.rs`.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::util::{fake_worker_dir, http, Daemon, Response};
+
+const GIB: u64 = 1 << 30;
+
+struct Scenario {
+    d: Daemon,
+    _workers: tempfile::TempDir,
+    _dir: tempfile::TempDir,
+}
+
+/// A model file: the fake's behaviour line, then zeros up to `size` (sparse: free on disk).
+fn model_file(dir: &Path, name: &str, line: &str, size: u64) -> std::path::PathBuf {
+    let path = dir.join(format!("{name}.bin"));
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(f, "{line}").unwrap();
+    f.set_len(size).unwrap();
+    path
+}
+
+/// A daemon with a 3 GiB budget, `chat` (1.5 GiB weights + 0.5 GiB KV) and `sd` (1 GiB).
+fn scenario(sd_size: u64, extra_env: &[(&str, &Path)]) -> Scenario {
+    let workers = fake_worker_dir();
+    std::os::unix::fs::symlink(
+        workers.path().join("vramd-llm-worker"),
+        workers.path().join("vramd-sd-worker"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let chat = model_file(
+        dir.path(),
+        "chat",
+        &format!("ok context={} compute=0", GIB / 2),
+        GIB + GIB / 2,
+    );
+    let sd = model_file(dir.path(), "sd", "ok delay_ms=1", sd_size);
+    let config = format!(
+        "[daemon]\nidle_exit = \"0\"\nworker_dir = \"{}\"\nstate_dir = \"{}\"\n\
+         [memory]\nbackend = \"budget\"\nbudget = \"3GiB\"\nreserve = 0\n\
+         [policy]\nwait_timeout = \"5s\"\nretry_after = \"7s\"\n\
+         [[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"{}\"\n\
+         [[models]]\nname = \"sd\"\nkind = \"image\"\npath = \"{}\"\n",
+        workers.path().display(),
+        dir.path().join("state").display(),
+        chat.display(),
+        sd.display()
+    );
+    let env: Vec<(String, std::path::PathBuf)> = extra_env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), v.to_path_buf()))
+        .collect();
+    let d = Daemon::start_with(&config, move |c| {
+        for (k, v) in &env {
+            c.env(k, v);
+        }
+    });
+    Scenario {
+        d,
+        _workers: workers,
+        _dir: dir,
+    }
+}
+
+fn chat(d: &Daemon) -> Response {
+    d.post_json(
+        "/v1/completions",
+        &json!({"model": "chat", "prompt": "hi", "max_tokens": 2}).to_string(),
+    )
+}
+
+fn image(d: &Daemon, size: &str) -> Response {
+    d.post_json(
+        "/v1/images/generations",
+        &json!({"model": "sd", "prompt": "a cat", "size": size, "steps": 2, "seed": 1}).to_string(),
+    )
+}
+
+fn ok(r: Response) -> Value {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
+
+/// The events so far, from the replay of `GET /v1/events`: (type, model) pairs.
+fn events(d: &Daemon) -> Vec<Value> {
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    write!(s, "GET /v1/events?replay=256 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let mut r = BufReader::new(s);
+    let mut line = String::new();
+    while r.read_line(&mut line).is_ok_and(|n| n > 0) {
+        if let Some(d) = line.trim_end().strip_prefix("data: ") {
+            out.push(serde_json::from_str(d).unwrap());
+        }
+        line.clear();
+    }
+    out
+}
+
+fn kinds(events: &[Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| format!("{} {}", e["type"].as_str().unwrap(), e["model"].as_str().unwrap_or("-")))
+        .collect()
+}
+
+fn used(d: &Daemon) -> (u64, u64) {
+    let m = d.get("/v1/status").json()["memory"].clone();
+    (m["used_bytes"].as_u64().unwrap(), m["total_bytes"].as_u64().unwrap())
+}
+
+#[test]
+fn chat_then_an_image_that_does_not_fit_soft_unloads_and_tiles_the_vae() {
+    let s = scenario(GIB, &[]);
+    ok(chat(&s.d));
+    assert_eq!(used(&s.d), (2 * GIB, 3 * GIB));
+
+    let v = ok(image(&s.d, "512x512"));
+    assert_eq!(v["data"].as_array().unwrap().len(), 1);
+    assert!(v["data"][0]["b64_json"].as_str().unwrap().starts_with("iVBOR"));
+    let vramd = &v["vramd"];
+    assert_eq!(vramd["vae"], "tiled", "{vramd}");
+    let actions: Vec<&str> = vramd["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["soft_unload", "vae_tiled"], "{vramd}");
+    assert!(vramd["actions"][0]["reason"].as_str().unwrap().contains("chat is idle"));
+
+    let kinds = kinds(&events(&s.d));
+    assert_eq!(
+        kinds,
+        [
+            "model_loading chat",
+            "model_loaded chat",
+            "memory_pressure sd",
+            "model_soft_unloaded chat",
+            "vae_tiled sd",
+            "model_loading sd",
+            "model_loaded sd"
+        ]
+    );
+    let chat_status = s.d.model_status("chat");
+    assert_eq!(chat_status["state"], "soft_unloaded");
+    assert_eq!(chat_status["bytes"]["total"], GIB + GIB / 2, "weights kept");
+    assert!(used(&s.d).0 <= 3 * GIB);
+    // Both stay loaded, and chat gets its KV cache back now that it fits again.
+    ok(chat(&s.d));
+    assert_eq!(s.d.model_status("chat")["state"], "loaded");
+    assert_eq!(s.d.model_status("sd")["state"], "loaded");
+    assert_eq!(used(&s.d), (3 * GIB, 3 * GIB));
+}
+
+#[test]
+fn an_llm_idle_for_ten_minutes_is_unloaded_instead_of_tiling() {
+    let clock = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(clock.path(), "0").unwrap();
+    let s = scenario(GIB, &[("VRAMD_TEST_CLOCK_OFFSET_FILE", clock.path())]);
+    ok(chat(&s.d));
+    std::fs::write(clock.path(), "601").unwrap(); // ten minutes and a second later
+    let v = ok(image(&s.d, "512x512"));
+    let vramd = &v["vramd"];
+    assert_eq!(vramd["vae"], "gpu", "with the idle LLM gone the VAE fits: {vramd}");
+    let actions: Vec<&str> = vramd["actions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(actions, ["soft_unload", "hard_unload"]);
+    assert!(
+        vramd["actions"][1]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("an idle LLM goes first"),
+        "{vramd}"
+    );
+    assert_eq!(s.d.model_status("chat")["state"], "unloaded");
+    let unloaded = events(&s.d)
+        .into_iter()
+        .find(|e| e["type"] == "model_unloaded")
+        .unwrap();
+    assert_eq!(unloaded["freed_bytes"], GIB + GIB / 2);
+}
+
+#[test]
+fn a_request_larger_than_the_budget_is_507_and_evicts_nothing() {
+    let s = scenario(4 * GIB, &[]);
+    ok(chat(&s.d));
+    let r = image(&s.d, "512x512");
+    let e = r.error(507);
+    assert_eq!(e["code"], "exceeds_memory_budget");
+    assert!(
+        e["message"].as_str().unwrap().contains("whole budget is 3.0 GiB"),
+        "{e}"
+    );
+    assert_eq!(s.d.model_status("chat")["state"], "loaded", "nothing evicted");
+    assert!(kinds(&events(&s.d)).contains(&"request_rejected sd".to_owned()));
+}
+
+#[test]
+fn pinned_models_stay_and_the_request_gets_503_with_retry_after() {
+    let s = scenario(GIB, &[]);
+    ok(chat(&s.d));
+    assert_eq!(
+        ok(s.d.post_json("/v1/models/chat/pin", "")),
+        json!({"model": "chat", "pinned": true})
+    );
+    let r = image(&s.d, "512x512");
+    assert_eq!(r.header("retry-after"), Some("7"));
+    assert_eq!(r.error(503)["code"], "insufficient_memory");
+    assert_eq!(s.d.model_status("chat")["state"], "loaded");
+    assert_eq!(s.d.model_status("chat")["pinned"], true);
+    ok(s.d.post_json("/v1/models/chat/unpin", ""));
+    assert_eq!(ok(image(&s.d, "512x512"))["vramd"]["vae"], "tiled");
+}
+
+#[test]
+fn fifty_mixed_requests_from_eight_clients_are_all_answered_within_budget() {
+    let s = scenario(GIB, &[]);
+    let socket = s.d.socket.clone();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (socket, done) = (socket.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut max_used = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let m = http(&socket, "GET", "/v1/status", &[], b"").json()["memory"].clone();
+                max_used = max_used.max(m["used_bytes"].as_u64().unwrap());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            max_used
+        })
+    };
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut statuses = Vec::new();
+                for i in 0..7 {
+                    if c * 7 + i >= 50 {
+                        break;
+                    }
+                    let (path, body) = if (c + i) % 3 == 0 {
+                        let size = if i % 2 == 0 { "512x512" } else { "256x256" };
+                        (
+                            "/v1/images/generations",
+                            json!({"model": "sd", "prompt": "x", "size": size, "steps": 2}),
+                        )
+                    } else {
+                        (
+                            "/v1/completions",
+                            json!({"model": "chat", "prompt": "x", "max_tokens": 2}),
+                        )
+                    };
+                    let r = http(
+                        &socket,
+                        "POST",
+                        path,
+                        &[("Content-Type", "application/json")],
+                        body.to_string().as_bytes(),
+                    );
+                    if r.status == 503 {
+                        assert!(r.header("retry-after").is_some(), "a 503 says when to retry");
+                    } else {
+                        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+                    }
+                    statuses.push(r.status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let max_used = watcher.join().unwrap();
+    assert_eq!(statuses.len(), 50);
+    assert!(statuses.iter().filter(|s| **s == 200).count() >= 25, "{statuses:?}");
+    assert!(max_used <= 3 * GIB, "held {max_used} bytes, above the 3 GiB budget");
+}
+
+#[test]
+fn a1111_txt2img_sd_models_progress_and_interrupt() {
+    let s = scenario(GIB, &[]);
+    let models = ok(s.d.get("/sdapi/v1/sd-models"));
+    assert_eq!(models[0]["model_name"], "sd");
+    let v = ok(s.d.post_json("/sdapi/v1/txt2img", &json!({"prompt": "a cat", "width": 256, "height": 256, "steps": 2, "seed": 5, "batch_size": 2, "sampler_name": "Euler a"}).to_string()));
+    assert_eq!(v["images"].as_array().unwrap().len(), 2);
+    let info: Value = serde_json::from_str(v["info"].as_str().unwrap()).unwrap();
+    assert_eq!(info["all_seeds"], json!([5, 6]));
+    assert!(info["infotexts"][1]
+        .as_str()
+        .unwrap()
+        .contains("Seed: 6, Size: 256x256, Model: sd"));
+    assert_eq!(v["parameters"]["sampler_name"], "euler_a");
+    let idle = ok(s.d.get("/sdapi/v1/progress"));
+    assert_eq!(idle["progress"], 0.0);
+
+    // A slow generation (the fake takes `delay_ms` per step: 1 ms here, so ask for many).
+    let socket = s.d.socket.clone();
+    let slow = std::thread::spawn(move || {
+        let body = json!({"prompt": "slow", "width": 64, "height": 64, "steps": 150, "n_iter": 8});
+        http(
+            &socket,
+            "POST",
+            "/sdapi/v1/txt2img",
+            &[("Content-Type", "application/json")],
+            body.to_string().as_bytes(),
+        )
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let p = ok(s.d.get("/sdapi/v1/progress"));
+        if p["progress"].as_f64().unwrap() > 0.0 {
+            assert_eq!(p["state"]["sampling_steps"], 150);
+            break;
+        }
+        assert!(Instant::now() < deadline, "no progress reported");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let i = ok(s.d.post_json("/sdapi/v1/interrupt", ""));
+    assert_eq!(i["interrupted"], true);
+    let r = slow.join().unwrap();
+    assert_eq!(r.error(409)["code"], "interrupted");
+    // The next one works, on a new worker.
+    ok(s.d.post_json(
+        "/sdapi/v1/txt2img",
+        &json!({"prompt": "again", "width": 64, "height": 64, "steps": 1}).to_string(),
+    ));
+}
+
+#[test]
+fn bad_image_requests_name_the_field() {
+    let s = scenario(GIB, &[]);
+    let post = |path: &str, body: Value| s.d.post_json(path, &body.to_string());
+    let cases = [
+        (
+            "/v1/images/generations",
+            json!({"model": "sd", "prompt": "x", "size": "500x512"}),
+            "size",
+        ),
+        (
+            "/v1/images/generations",
+            json!({"model": "sd", "prompt": "x", "size": "4096x512"}),
+            "size",
+        ),
+        (
+            "/v1/images/generations",
+            json!({"model": "sd", "prompt": "x", "size": "big"}),
+            "size",
+        ),
+        (
+            "/v1/images/generations",
+            json!({"model": "sd", "prompt": "x", "n": 9}),
+            "n",
+        ),
+        (
+            "/v1/images/generations",
+            json!({"model": "sd", "prompt": "x", "steps": 0}),
+            "steps",
+        ),
+        (
+            "/v1/images/generations",
+            json!({"model": "sd", "prompt": "x", "sampler": "magic"}),
+            "sampler",
+        ),
+        (
+            "/v1/images/generations",
+            json!({"model": "sd", "prompt": "x", "response_format": "url"}),
+            "response_format",
+        ),
+        (
+            "/v1/images/generations",
+            json!({"model": "chat", "prompt": "x"}),
+            "model",
+        ),
+        ("/sdapi/v1/txt2img", json!({"prompt": "x", "width": 100}), "width"),
+        ("/sdapi/v1/txt2img", json!({"prompt": "x", "steps": 500}), "steps"),
+        (
+            "/sdapi/v1/txt2img",
+            json!({"prompt": "x", "sampler_name": "nope"}),
+            "sampler_name",
+        ),
+    ];
+    for (path, body, field) in cases {
+        let e = post(path, body.clone()).error(400);
+        assert_eq!(e["param"], field, "{body} → {e}");
+    }
+    let e = post("/v1/images/generations", json!({"model": "nope", "prompt": "x"})).error(404);
+    assert_eq!(e["code"], "model_not_found");
+    assert_eq!(
+        s.d.model_status("sd")["state"],
+        "unloaded",
+        "nothing loaded for bad requests"
+    );
+}
+
+#[test]
+fn estimates_from_the_gguf_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("tiny.gguf");
+    vramd_gguf::llama::write_tiny_llama(&path, &Default::default()).unwrap();
+    let config = format!(
+        "{}[[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"{}\"\ncontext_length = 256\n",
+        crate::util::BASE_CONFIG,
+        path.display()
+    );
+    let d = Daemon::start(&config);
+    let e = ok(d.get("/v1/estimate?model=chat"));
+    assert_eq!(e["context_length"], 256);
+    assert_eq!(e["parts"]["context"], 2 * 2 * 256 * 64 * 2);
+    assert_eq!(e["calibrated"], false);
+    let e = ok(d.get("/v1/estimate?model=chat&context=512"));
+    assert_eq!(e["parts"]["context"], 2 * 2 * 512 * 64 * 2);
+    let total = e["parts"]["weights"].as_u64().unwrap()
+        + e["parts"]["context"].as_u64().unwrap()
+        + e["parts"]["compute"].as_u64().unwrap();
+    assert_eq!(e["total"], total);
+    d.get("/v1/estimate?model=nope").error(404);
+    d.get("/v1/estimate").error(400);
+    // The page-cache keeper reports the file's residency.
+    let status = d.model_status("chat");
+    assert_eq!(
+        status["page_cache"]["file_bytes"],
+        std::fs::metadata(&path).unwrap().len()
+    );
+}
