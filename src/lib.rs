@@ -4,11 +4,13 @@
 //! its own, incompatible ggml); inference runs in worker processes it supervises. See
 //! ARCHITECTURE.md for the bird's-eye view and the invariants.
 
+pub mod access;
 pub mod activity;
 pub mod api;
 pub mod arbiter;
 pub mod clock;
 pub mod config;
+pub mod dbus;
 pub mod estimate;
 pub mod events;
 pub mod listeners;

@@ -10,7 +10,7 @@ use clap::Parser;
 use vramd::activity::{idle_exit_in, Activity, IdleInputs};
 use vramd::arbiter::ArbiterHandle;
 use vramd::config::{self, Config};
-use vramd::{api, arbiter, listeners, logging, memory, notify, server, worker};
+use vramd::{api, arbiter, dbus, listeners, logging, memory, notify, server, worker};
 
 /// Lets one GPU serve a local LLM and Stable Diffusion, arbitrating its memory.
 #[derive(Parser, Debug)]
@@ -116,6 +116,12 @@ async fn serve(
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "ready: {status}");
     notify::ready(&status);
     tokio::spawn(notify::follow(arbiter.subscribe(), watchdog));
+    // D-Bus never gates the HTTP API: it connects (and reconnects) on its own.
+    tokio::spawn(dbus::serve(
+        config.dbus.bus,
+        arbiter.clone(),
+        config.daemon.control_group.clone(),
+    ));
     let drain = config.daemon.shutdown_timeout.0.unwrap_or(Duration::from_secs(3600));
     let served = server::run(sockets, app, activity, drain, shutdown).await?;
     if served.abandoned > 0 {

@@ -45,6 +45,9 @@ pub enum ApiError {
     TooLarge(String),
     #[error("the generation was interrupted")]
     Interrupted,
+    /// The caller may not change state (see `access`): 403.
+    #[error("{0}")]
+    AccessDenied(String),
 }
 
 #[derive(Serialize)]
@@ -79,6 +82,7 @@ impl ApiError {
                 "exceeds_memory_budget",
             ),
             ApiError::Interrupted => (StatusCode::CONFLICT, "invalid_request_error", "interrupted"),
+            ApiError::AccessDenied(_) => (StatusCode::FORBIDDEN, "permission_error", "access_denied"),
         }
     }
 }

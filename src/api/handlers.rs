@@ -6,6 +6,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{ApiError, ApiJson, AppState};
+use crate::access::Privileged;
 use crate::arbiter::{EstimateJob, LoadOutcome, UnloadMode, UnloadOutcome};
 
 pub async fn health() -> Json<Value> {
@@ -13,8 +14,9 @@ pub async fn health() -> Json<Value> {
 }
 
 /// Everything the arbiter knows: memory figures and every configured model.
-pub async fn status(State(state): State<AppState>) -> Json<Value> {
-    Json(serde_json::to_value(&*state.arbiter.snapshot()).expect("snapshot serialises"))
+pub async fn status(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let snapshot = state.arbiter.current().await?;
+    Ok(Json(serde_json::to_value(&*snapshot).expect("snapshot serialises")))
 }
 
 /// The OpenAI model list, with vramd's own fields beside the standard ones.
@@ -44,6 +46,7 @@ pub struct UnloadBody {
 }
 
 pub async fn unload(
+    _: Privileged,
     State(state): State<AppState>,
     Path(name): Path<String>,
     ApiJson(body): ApiJson<UnloadBody>,
@@ -52,16 +55,28 @@ pub async fn unload(
 }
 
 /// Loads a model now (and, for a `failed` model, tries again).
-pub async fn load(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<LoadOutcome>, ApiError> {
+pub async fn load(
+    _: Privileged,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<LoadOutcome>, ApiError> {
     Ok(Json(state.arbiter.load(&name).await?))
 }
 
-pub async fn pin(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn pin(
+    _: Privileged,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     state.arbiter.set_pinned(&name, true).await?;
     Ok(Json(json!({"model": name, "pinned": true})))
 }
 
-pub async fn unpin(State(state): State<AppState>, Path(name): Path<String>) -> Result<Json<Value>, ApiError> {
+pub async fn unpin(
+    _: Privileged,
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     state.arbiter.set_pinned(&name, false).await?;
     Ok(Json(json!({"model": name, "pinned": false})))
 }

@@ -12,7 +12,7 @@ use axum::extract::{Extension, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use vramd_protocol::{ImageEvent, ImageRequest};
+use vramd_protocol::{ImageEvent, ImageRequest, VaePlacement};
 
 use super::{ApiError, ApiJson, AppState, RequestId};
 use crate::arbiter::{Job, Lease};
@@ -80,6 +80,8 @@ pub struct ImageJob {
     pub sampler: String,
     pub scheduler: String,
     pub count: u32,
+    /// vramd's extension: force the VAE placement (`gpu`, `tiled`, `cpu`) instead of `auto`.
+    pub vae: Option<VaePlacement>,
 }
 
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {
@@ -153,6 +155,20 @@ pub fn sampler(name: Option<&str>, param: &str) -> Result<String, ApiError> {
             let known: Vec<&str> = SAMPLERS.iter().map(|(s, _)| *s).collect();
             invalid(param, format!("unknown sampler {name:?}; known: {}", known.join(", ")))
         })
+}
+
+/// The `vae` extension: `auto` (or absent) lets the arbiter choose.
+pub fn vae(name: Option<&str>) -> Result<Option<VaePlacement>, ApiError> {
+    match name {
+        None | Some("auto") => Ok(None),
+        Some("gpu") => Ok(Some(VaePlacement::Gpu)),
+        Some("tiled") => Ok(Some(VaePlacement::Tiled)),
+        Some("cpu") => Ok(Some(VaePlacement::Cpu)),
+        Some(other) => Err(invalid(
+            "vae",
+            format!("`vae` must be auto, gpu, tiled or cpu, got {other:?}"),
+        )),
+    }
 }
 
 pub fn scheduler(name: Option<&str>) -> Result<String, ApiError> {
@@ -229,6 +245,7 @@ pub async fn run(state: &AppState, mut job: ImageJob, request_id: &str) -> Resul
             Job::Image {
                 width: job.width,
                 height: job.height,
+                vae: job.vae,
             },
         )
         .await?;
@@ -331,6 +348,8 @@ pub struct OpenAiRequest {
     seed: Option<i64>,
     sampler: Option<String>,
     scheduler: Option<String>,
+    /// vramd's extension: `auto` (default), `gpu`, `tiled` or `cpu`.
+    vae: Option<String>,
 }
 
 pub async fn openai(
@@ -364,6 +383,7 @@ pub async fn openai(
         sampler: sampler(req.sampler.as_deref(), "sampler")?,
         scheduler: scheduler(req.scheduler.as_deref())?,
         count: req.n.unwrap_or(1),
+        vae: vae(req.vae.as_deref())?,
     };
     validate(&job, limits, ("size", "size"), "n")?;
     let out = run(&state, job, &id.0).await?;
@@ -388,6 +408,8 @@ pub struct Txt2Img {
     sampler_name: Option<String>,
     sampler_index: Option<String>,
     scheduler: Option<String>,
+    /// vramd's extension: `auto` (default), `gpu`, `tiled` or `cpu`.
+    vae: Option<String>,
     batch_size: Option<u32>,
     n_iter: Option<u32>,
     /// vramd's own: which image model (else `override_settings.sd_model_checkpoint`, else
@@ -433,6 +455,7 @@ pub async fn txt2img(
         )?,
         scheduler: scheduler(req.scheduler.as_deref())?,
         count: req.batch_size.unwrap_or(1).saturating_mul(req.n_iter.unwrap_or(1)),
+        vae: vae(req.vae.as_deref())?,
     };
     validate(&job, limits, ("width", "height"), "batch_size")?;
     let parameters = json!({
@@ -498,7 +521,7 @@ pub async fn progress(State(state): State<AppState>) -> Json<Value> {
 
 /// Stops the running generation: stable-diffusion.cpp has no cancel call, so the worker is
 /// stopped; the next request starts a new one (weights from the page cache).
-pub async fn interrupt(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub async fn interrupt(_: crate::access::Privileged, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let model = {
         let mut p = state.progress.lock().expect("progress");
         let Some(a) = &p.active else {
@@ -529,6 +552,7 @@ mod tests {
             sampler: "euler_a".into(),
             scheduler: String::new(),
             count: 1,
+            vae: None,
         }
     }
 

@@ -31,8 +31,13 @@ use crate::worker::WorkerPaths;
 pub enum Job {
     /// Text generation (or anything that needs the model loaded and nothing more).
     Text,
-    /// One image of this size (batches run one image at a time).
-    Image { width: u32, height: u32 },
+    /// One image of this size (batches run one image at a time); `vae` forces a placement
+    /// instead of letting the planner choose.
+    Image {
+        width: u32,
+        height: u32,
+        vae: Option<VaePlacement>,
+    },
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -106,6 +111,10 @@ pub(crate) enum Command {
     Interrupt {
         model: String,
         reply: oneshot::Sender<Result<bool, ArbiterError>>,
+    },
+    /// The state now, after every event already sent (a released lease, a finished load).
+    Snapshot {
+        reply: oneshot::Sender<Result<Arc<Snapshot>, ArbiterError>>,
     },
 }
 
@@ -195,6 +204,12 @@ pub struct ArbiterHandle {
 impl ArbiterHandle {
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.borrow().clone()
+    }
+
+    /// The state as of now: unlike [`ArbiterHandle::snapshot`], it reflects every request
+    /// that finished before this call (what a client that just got its answer expects).
+    pub async fn current(&self) -> Result<Arc<Snapshot>, ArbiterError> {
+        self.ask(|reply| Command::Snapshot { reply }).await
     }
 
     /// A receiver that wakes on every state change (status line, idle exit).

@@ -105,11 +105,19 @@ impl Arbiter {
                         return;
                     }
                     let mut head = self.pending.pop_front().expect("head");
+                    let forced = match head.job {
+                        Job::Image { vae: Some(v), .. } => Some(v),
+                        _ => None,
+                    };
                     for a in plan.actions {
+                        // With a forced placement the planner's VAE steps are moot.
+                        if forced.is_some() && !is_eviction(&a.step) {
+                            continue;
+                        }
                         self.publish_vae(&model, head.job, &a);
                         head.done.push(a);
                     }
-                    self.grant(head, vae);
+                    self.grant(head, forced.unwrap_or(vae));
                 }
                 Outcome::Wait { model: busy, reason } => {
                     let head = &mut self.pending[0];
@@ -203,7 +211,7 @@ impl Arbiter {
     }
 
     fn publish_vae(&mut self, model: &str, job: Job, action: &Action) {
-        let Job::Image { width, height } = job else { return };
+        let Job::Image { width, height, .. } = job else { return };
         let (model, reason) = (model.to_owned(), action.reason.clone());
         match action.step {
             Step::VaeTiled { .. } => self.bus.publish(EventKind::VaeTiled {
@@ -303,14 +311,28 @@ impl Arbiter {
                 if !resident {
                     need.load = known.map_or(weights.total(), |b| b.total);
                 }
-                if let Job::Image { width, height } = job {
+                if let Job::Image { width, height, vae } = job {
                     let e = estimate::image(&weights, width, height, Some(&self.calibration), model);
                     need.work = e.sampling;
-                    need.vae = Some(VaeNeed {
+                    let mut v = VaeNeed {
                         gpu: e.vae_gpu,
                         tiled: e.vae_tiled,
                         cpu: e.vae_cpu,
-                    });
+                    };
+                    // A forced placement costs what it costs, whatever the planner would pick.
+                    if let Some(forced) = vae {
+                        let bytes = match forced {
+                            VaePlacement::Gpu => v.gpu,
+                            VaePlacement::Tiled => v.tiled,
+                            VaePlacement::Cpu => v.cpu,
+                        };
+                        v = VaeNeed {
+                            gpu: bytes,
+                            tiled: bytes,
+                            cpu: bytes,
+                        };
+                    }
+                    need.vae = Some(v);
                 }
             }
         }

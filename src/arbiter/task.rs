@@ -171,6 +171,9 @@ impl Arbiter {
             Command::Estimate { model, job, reply } => {
                 let _ = reply.send(self.estimate(&model, job));
             }
+            Command::Snapshot { reply } => {
+                let _ = reply.send(Ok(take_snapshot(&self.registry, &self.config, self.source.as_mut())));
+            }
             Command::Interrupt { model, reply } => {
                 let running = self.runtime.get(&model).is_some_and(|rt| rt.worker.is_some())
                     && self

@@ -114,6 +114,9 @@ pub struct DaemonConfig {
     pub runtime_dir: Option<PathBuf>,
     /// How long a worker may take to answer its first health check.
     pub worker_start_timeout: Timeout,
+    /// The group whose members (and root) may change state: load, unload, pin, interrupt.
+    /// Reading status and generating are open to anyone who can reach the socket.
+    pub control_group: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -292,7 +295,31 @@ pub struct Config {
     pub daemon: DaemonConfig,
     pub memory: MemoryConfig,
     pub policy: PolicyConfig,
+    pub dbus: DbusConfig,
     pub models: Vec<ModelConfig>,
+}
+
+/// Which message bus the D-Bus interface is served on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BusKind {
+    /// The system bus: the installed daemon, watched by every user's notification agent.
+    System,
+    /// The session bus of the user running vramd: per-user installs and tests.
+    Session,
+    /// No D-Bus interface at all.
+    None,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct DbusConfig {
+    pub bus: BusKind,
+}
+
+impl Default for DbusConfig {
+    fn default() -> Self {
+        DbusConfig { bus: BusKind::System }
+    }
 }
 
 /// How the arbiter makes room (see `planner` for the ladder's rungs).
@@ -331,6 +358,7 @@ impl Default for DaemonConfig {
             worker_dir: None,
             runtime_dir: None,
             worker_start_timeout: Timeout(Some(Duration::from_secs(30))),
+            control_group: "vramd".into(),
         }
     }
 }
@@ -354,6 +382,7 @@ impl Config {
             daemon: DaemonConfig::default(),
             memory: MemoryConfig::default(),
             policy: PolicyConfig::default(),
+            dbus: DbusConfig::default(),
             models: Vec::new(),
         }
     }

@@ -12,7 +12,7 @@ use super::{
     BackendKind, Config, ConfigError, DaemonConfig, GpuLayers, ImageComponents, LlmOptions, MemoryConfig, ModelConfig,
     ModelKind, ModelSource,
 };
-use super::{ImageOptions, PolicyConfig};
+use super::{BusKind, DbusConfig, ImageOptions, PolicyConfig};
 use crate::planner::Rung;
 use crate::units::{ByteSize, Timeout};
 
@@ -26,7 +26,15 @@ struct MainFile {
     #[serde(default)]
     policy: PolicySection,
     #[serde(default)]
+    dbus: DbusSection,
+    #[serde(default)]
     models: Vec<Spanned<ModelTable>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct DbusSection {
+    bus: Option<BusKind>,
 }
 
 #[derive(Deserialize, Default)]
@@ -57,6 +65,7 @@ struct DaemonSection {
     worker_dir: Option<PathBuf>,
     runtime_dir: Option<PathBuf>,
     worker_start_timeout: Option<Timeout>,
+    control_group: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -137,6 +146,18 @@ pub fn parse_main(file: &Path, text: &str) -> Result<RawMain, ConfigError> {
         worker_dir: d.worker_dir.map(|p| absolute(base, p)),
         runtime_dir: d.runtime_dir.map(|p| absolute(base, p)),
         worker_start_timeout: d.worker_start_timeout.unwrap_or(defaults.daemon.worker_start_timeout),
+        control_group: match d.control_group {
+            Some(g) if !valid_group_name(g.get_ref()) => {
+                return Err(ConfigError::at_span(
+                    file,
+                    text,
+                    Some(g.span()),
+                    format!("control_group {:?} is not a valid group name", g.get_ref()),
+                ))
+            }
+            Some(g) => g.into_inner(),
+            None => defaults.daemon.control_group,
+        },
     };
     let m = raw.memory;
     let budget = m.budget.as_ref().map_or(defaults.memory.budget, |s| *s.get_ref());
@@ -180,6 +201,9 @@ pub fn parse_main(file: &Path, text: &str) -> Result<RawMain, ConfigError> {
             daemon,
             memory,
             policy,
+            dbus: DbusConfig {
+                bus: raw.dbus.bus.unwrap_or(defaults.dbus.bus),
+            },
             models,
         },
     })
@@ -191,6 +215,15 @@ pub fn parse_dropin(file: &Path, text: &str) -> Result<RawDropin, ConfigError> {
     Ok(RawDropin {
         models: convert_models(file, text, raw.models)?,
     })
+}
+
+/// A name `getgrnam` can look up: 1 to 32 of letters, digits, `_`, `-`, `.`, not starting
+/// with `-` (what `useradd` and systemd-sysusers accept, give or take a trailing `$`).
+fn valid_group_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 32
+        && !name.starts_with('-')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "_-.".contains(c))
 }
 
 fn toml_error(file: &Path, text: &str, e: toml::de::Error) -> ConfigError {

@@ -194,7 +194,7 @@ fn dropins_hold_only_models() {
 #[test]
 fn printed_config_parses_back_to_itself() {
     let c = parse(
-        "[daemon]\nidle_exit = \"1h30m\"\nmax_body = \"1MiB\"\n[memory]\nbudget = \"1.5GiB\"\nreserve = 1000\n\
+        "[daemon]\nidle_exit = \"1h30m\"\nmax_body = \"1MiB\"\ncontrol_group = \"gpu\"\n[dbus]\nbus = \"session\"\n[memory]\nbudget = \"1.5GiB\"\nreserve = 1000\n\
          [[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"/a.gguf\"\n\
          [[models]]\nname = \"img\"\nkind = \"image\"\ndiffusion_model = \"/d\"\nt5xxl = \"/t\"\n",
     )
@@ -206,4 +206,29 @@ fn printed_config_parses_back_to_itself() {
         a.origin = b.origin.clone();
     }
     assert_eq!(again, c, "printed:\n{printed}");
+}
+
+#[test]
+fn dbus_bus_and_control_group() {
+    let c = parse("").unwrap();
+    assert_eq!(c.dbus.bus, BusKind::System);
+    assert_eq!(c.daemon.control_group, "vramd");
+
+    let c = parse("[daemon]\ncontrol_group = \"gpu-admins\"\n[dbus]\nbus = \"session\"\n").unwrap();
+    assert_eq!(c.dbus.bus, BusKind::Session);
+    assert_eq!(c.daemon.control_group, "gpu-admins");
+    assert_eq!(parse("[dbus]\nbus = \"none\"\n").unwrap().dbus.bus, BusKind::None);
+
+    let e = err("[dbus]\nbus = \"user\"\n");
+    assert_eq!(e.at.map(|a| a.0), Some(2));
+    assert!(e.message.contains("unknown variant `user`"), "{e}");
+
+    let e = err("[dbus]\nname = \"org.example\"\n");
+    assert!(e.message.contains("unknown field `name`"), "{e}");
+
+    let e = err("[daemon]\n\ncontrol_group = \"wheel users\"\n");
+    assert_eq!(e.at.map(|a| a.0), Some(3));
+    assert!(e.message.contains("not a valid group name"), "{e}");
+    let e = err("[daemon]\ncontrol_group = \"\"\n");
+    assert!(e.message.contains("not a valid group name"), "{e}");
 }

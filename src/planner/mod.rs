@@ -443,10 +443,11 @@ fn idle_for(m: &ModelView, now: u64) -> String {
 /// before everything else; then least recently used (never used first); then by name, so
 /// that the order is total and plans deterministic.
 fn order<'a>(evictable: &[&'a ModelView], now: u64, policy: &Policy, hard: bool) -> Vec<&'a ModelView> {
-    let mut v = evictable.to_vec();
-    v.sort_by_key(|m| {
+    let key = |m: &ModelView| {
         let stale = hard && m.kind == ModelKind::Llm && idle_secs(m, now) >= policy.llm_idle_first;
-        (!stale, m.priority, m.last_used, m.name.clone())
-    });
+        (!stale, m.priority, m.last_used)
+    };
+    let mut v = evictable.to_vec();
+    v.sort_by(|a, b| key(a).cmp(&key(b)).then_with(|| a.name.cmp(&b.name)));
     v
 }

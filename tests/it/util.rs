@@ -48,6 +48,13 @@ impl Daemon {
                 false => format!("{state}{config}"),
             }
         };
+        // Never the system bus: a test that wants D-Bus says `[dbus] bus = "session"` and
+        // points DBUS_SESSION_BUS_ADDRESS at its own bus (see `dbus_util`).
+        let config = if config.contains("[dbus]") {
+            config
+        } else {
+            format!("{config}\n[dbus]\nbus = \"none\"\n")
+        };
         std::fs::write(&cfg, config).unwrap();
         let socket = dir.path().join("vramd.sock");
         let log = std::fs::File::create(dir.path().join("vramd.log")).unwrap();

@@ -46,21 +46,10 @@ pub enum Job {
     },
 }
 
-/// What the engine sends back for a generation.
-#[derive(Debug)]
-pub enum Out {
-    /// Refused before anything was streamed: the handler answers with an error status.
-    Refused(WorkerError),
-    /// The next line of the stream, `started` first.
-    Event(GenerateEvent),
-}
+/// What the engine sends back for a generation: a refusal, or the next line of the stream.
+pub type Out = vramd_worker_kit::Out<GenerateEvent>;
 
-pub fn error(code: ErrorCode, message: impl Into<String>) -> WorkerError {
-    WorkerError {
-        code,
-        message: message.into(),
-    }
-}
+pub use vramd_worker_kit::error;
 
 /// The async side's handle on the llama thread.
 #[derive(Clone)]

@@ -1,7 +1,53 @@
-//! `vramd-sd-worker`: placeholder until its issue lands. It exits with a clear error so a
-//! daemon that finds it reports "worker not implemented" instead of hanging on a handshake.
+//! `vramd-sd-worker`: one stable-diffusion.cpp model behind the worker protocol
+//! (`vramd_protocol`: `ImageLoadRequest`, `ImageRequest` → `ImageEvent`s).
+//!
+//! Wiring only: CLI, logging, lifetime guards (`vramd_worker_kit`), the stable-diffusion.cpp
+//! thread ([`engine`]) and the HTTP server ([`server`]) on the Unix socket the daemon names.
+//! [`sd`] is the safe wrapper around the C API, [`logcap`] reads its log and progress
+//! callbacks, [`png`] writes the images.
 
-fn main() {
-    eprintln!("vramd-sd-worker: not built yet in this version of vramd");
-    std::process::exit(69); // EX_UNAVAILABLE
+mod engine;
+mod logcap;
+mod png;
+mod sd;
+mod server;
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use vramd_worker_kit::{bind, die_with_parent, exit_on_stdin_eof, init_logging, Cli};
+
+/// stable-diffusion.cpp's per-load and per-generation chatter (target `sd`) is kept out of
+/// the default log; its warnings and errors stay.
+const DEFAULT_LOG: &str = "info,sd=warn";
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_as(
+        "vramd-sd-worker",
+        "vramd's stable-diffusion.cpp worker (started by vramd, not by hand)",
+    );
+    die_with_parent("vramd-sd-worker");
+    init_logging(DEFAULT_LOG, None);
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    exit_on_stdin_eof(cli.socket.clone());
+    let engine = engine::Engine::start().context("starting the stable-diffusion.cpp thread")?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = bind(&cli.socket)?;
+        tracing::info!(socket = %cli.socket.display(), pid = std::process::id(), "serving");
+        axum::serve(listener, server::router(engine)).await.context("serving")
+    })
 }

@@ -1,0 +1,671 @@
+//! The stable-diffusion.cpp thread: the one owner of the `sd_ctx_t`.
+//!
+//! A context is not thread-safe and the library's log and progress callbacks are global, so
+//! all of it lives on one dedicated OS thread that takes [`Job`]s from a channel in arrival
+//! order (the channel is the queue). The async side never waits on that thread except
+//! through the reply channels it sent along with a job; [`Health`] is published in a shared
+//! cell after every change, so `GET /internal/health` answers mid-generation (`busy`).
+//!
+//! The VAE's device belongs to the context (`vae=cpu` in its backend string). A request whose
+//! [`VaePlacement`] the context does not have (`cpu` on a context with the VAE on the device,
+//! `gpu`/`tiled` on one with it on the CPU) re-creates the context from the same files first,
+//! reported as `switch_ms` in `started`; the worker keeps the new placement until a request
+//! asks otherwise. (The placement is what the context was created with, on a CPU-only build
+//! too, where both run on the CPU: the behaviour does not depend on the hardware.)
+//!
+//! There is no cancel in stable-diffusion.cpp: a client that leaves mid-generation does not
+//! stop it; its results are dropped (the daemon cancels by killing the process).
+
+use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+use vramd_protocol::{
+    Bytes, ComponentBytes, ErrorCode, GenerationPeaks, Health, ImageEvent, ImageHealth, ImageLoadRequest,
+    ImageLoadResponse, ImageRequest, VaePlacement, WorkerError, WorkerState,
+};
+use vramd_worker_kit::error;
+
+use crate::logcap;
+use crate::sd::{self, ContextParams, GenParams, SdContext};
+
+/// Largest width or height accepted.
+const MAX_SIDE: u32 = 8192;
+/// Most sampling steps accepted.
+const MAX_STEPS: u32 = 1000;
+/// Most images in one request.
+const MAX_BATCH: u32 = 64;
+
+pub enum Job {
+    Load {
+        req: ImageLoadRequest,
+        reply: oneshot::Sender<Result<ImageLoadResponse, WorkerError>>,
+    },
+    Unload {
+        reply: oneshot::Sender<Health>,
+    },
+    Generate {
+        req: ImageRequest,
+        out: mpsc::Sender<Out>,
+    },
+}
+
+/// What the engine sends back for a generation: a refusal, or the next line of the stream.
+pub type Out = vramd_worker_kit::Out<ImageEvent>;
+
+/// The async side's handle on the stable-diffusion.cpp thread.
+#[derive(Clone)]
+pub struct Engine {
+    jobs: std_mpsc::Sender<Job>,
+    health: Arc<Mutex<Health>>,
+}
+
+impl Engine {
+    /// Starts the thread.
+    pub fn start() -> std::io::Result<Engine> {
+        let (jobs, rx) = std_mpsc::channel();
+        let health = Arc::new(Mutex::new(empty_health()));
+        let status = Status(health.clone());
+        std::thread::Builder::new().name("sd".into()).spawn(move || {
+            // A worker without its engine thread is useless: exit, and let the daemon see it.
+            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(rx, status)));
+            if ran.is_err() {
+                tracing::error!("the stable-diffusion.cpp thread panicked; exiting");
+                std::process::exit(70); // EX_SOFTWARE
+            }
+        })?;
+        Ok(Engine { jobs, health })
+    }
+
+    pub fn submit(&self, job: Job) -> Result<(), WorkerError> {
+        self.jobs
+            .send(job)
+            .map_err(|_| error(ErrorCode::Internal, "the stable-diffusion.cpp thread has stopped"))
+    }
+
+    pub fn health(&self) -> Health {
+        lock(&self.health).clone()
+    }
+}
+
+fn lock(h: &Mutex<Health>) -> std::sync::MutexGuard<'_, Health> {
+    h.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn empty_health() -> Health {
+    Health {
+        state: WorkerState::Empty,
+        model: None,
+        bytes: Bytes::default(),
+        peak_bytes: 0,
+        pid: std::process::id(),
+        device: "cpu".into(),
+        image: None,
+    }
+}
+
+/// The engine thread's writer of the shared [`Health`].
+struct Status(Arc<Mutex<Health>>);
+
+impl Status {
+    fn update(&self, f: impl FnOnce(&mut Health)) -> Health {
+        let mut h = lock(&self.0);
+        f(&mut h);
+        h.peak_bytes = h.peak_bytes.max(h.bytes.total);
+        h.clone()
+    }
+
+    fn set_state(&self, state: WorkerState) -> Health {
+        self.update(|h| h.state = state)
+    }
+
+    fn clear(&self) -> Health {
+        self.update(|h| *h = empty_health())
+    }
+
+    /// Publishes what `m` holds, in `state`; the peak is kept across generations.
+    fn show(&self, m: &Model, state: WorkerState) -> Health {
+        self.update(|h| {
+            h.state = state;
+            h.model = Some(m.name.clone());
+            h.bytes = Bytes::new(m.weights(), 0, m.compute);
+            h.device = m.device();
+            h.image = Some(ImageHealth {
+                components: m.components.clone(),
+                vae_backend: m.vae,
+                last: m.last.clone(),
+            });
+        })
+    }
+}
+
+/// A loaded model: its context and what it was created from.
+struct Model {
+    name: String,
+    params: ContextParams,
+    ctx: SdContext,
+    components: Vec<ComponentBytes>,
+    /// Where the context's VAE runs: `Cpu`, or `Gpu` (the device, whatever it is).
+    vae: VaePlacement,
+    /// Compute bytes of the last generation, on the device of the weights.
+    compute: u64,
+    last: Option<GenerationPeaks>,
+}
+
+impl Model {
+    fn weights(&self) -> u64 {
+        self.components.iter().map(|c| c.bytes).sum()
+    }
+
+    /// `cuda:0` when the diffusion model's weights are on a GPU, else `cpu`.
+    fn device(&self) -> String {
+        let on_gpu = self
+            .components
+            .iter()
+            .any(|c| c.name == "diffusion_model" && c.device == "gpu");
+        if on_gpu {
+            sd::gpu_device().unwrap_or_else(|| "gpu".into())
+        } else {
+            "cpu".into()
+        }
+    }
+}
+
+fn run(jobs: std_mpsc::Receiver<Job>, status: Status) {
+    sd::set_callbacks(logcap::on_log, logcap::on_progress);
+    let mut model: Option<Model> = None;
+    while let Ok(job) = jobs.recv() {
+        match job {
+            Job::Load { req, reply } => {
+                if model.take().is_some() {
+                    tracing::info!("another load: freeing the current model first");
+                }
+                let _ = reply.send(load(req, &mut model, &status));
+            }
+            Job::Unload { reply } => {
+                if model.take().is_some() {
+                    tracing::info!("unload: context freed");
+                }
+                let _ = reply.send(status.clear());
+            }
+            Job::Generate { req, out } => generate(&mut model, req, &out, &status),
+        }
+    }
+}
+
+/// Creates a context and logs what it holds; the error carries stable-diffusion.cpp's reasons.
+fn create(params: &ContextParams) -> Result<(SdContext, Vec<ComponentBytes>), String> {
+    logcap::begin_load();
+    let created = SdContext::new(params);
+    let facts = logcap::end_load();
+    match created {
+        Ok(Some(ctx)) => Ok((ctx, facts.components)),
+        Ok(None) if facts.errors.is_empty() => Err("stable-diffusion.cpp could not create a context".into()),
+        Ok(None) => Err(facts.errors.join("; ")),
+        Err(e) => Err(e),
+    }
+}
+
+fn load(req: ImageLoadRequest, slot: &mut Option<Model>, status: &Status) -> Result<ImageLoadResponse, WorkerError> {
+    let started = Instant::now();
+    status.update(|h| {
+        *h = empty_health();
+        h.state = WorkerState::Loading;
+        h.model = Some(req.model.clone());
+    });
+    tracing::info!(model = %req.model, files = ?req.files, mmap = req.mmap, vae = ?req.vae, "loading");
+    let failed = |msg: String| {
+        status.clear();
+        tracing::warn!("{msg}");
+        Err(error(ErrorCode::LoadFailed, msg))
+    };
+    let params = match context_params(&req) {
+        Ok(p) => p,
+        Err(msg) => return failed(msg),
+    };
+    let (ctx, components) = match create(&params) {
+        Ok(c) => c,
+        Err(why) => return failed(format!("stable-diffusion.cpp cannot load {}: {why}", req.model)),
+    };
+    let model = slot.insert(Model {
+        name: req.model.clone(),
+        vae: if params.vae_on_cpu {
+            VaePlacement::Cpu
+        } else {
+            VaePlacement::Gpu
+        },
+        params,
+        ctx,
+        components,
+        compute: 0,
+        last: None,
+    });
+    let health = status.show(model, WorkerState::Loaded);
+    let load_ms = ms(started.elapsed());
+    tracing::info!(
+        model = %req.model,
+        load_ms,
+        weights = health.bytes.weights,
+        components = ?model.components,
+        device = %health.device,
+        "loaded"
+    );
+    Ok(ImageLoadResponse { health, load_ms })
+}
+
+/// Checks the files and turns the request into context parameters.
+fn context_params(req: &ImageLoadRequest) -> Result<ContextParams, String> {
+    let f = &req.files;
+    if f.model.is_none() && f.diffusion_model.is_none() {
+        return Err(format!("{}: no model file (`model` or `diffusion_model`)", req.model));
+    }
+    let all = [
+        &f.model,
+        &f.diffusion_model,
+        &f.vae,
+        &f.taesd,
+        &f.clip_l,
+        &f.clip_g,
+        &f.t5xxl,
+        &f.llm,
+    ];
+    for path in all.into_iter().flatten() {
+        if !path.is_file() {
+            return Err(format!("{}: not found, or not a file", path.display()));
+        }
+        check_gguf(path)?;
+    }
+    Ok(ContextParams {
+        model: f.model.clone(),
+        diffusion_model: f.diffusion_model.clone(),
+        vae: f.vae.clone(),
+        taesd: f.taesd.clone(),
+        clip_l: f.clip_l.clone(),
+        clip_g: f.clip_g.clone(),
+        t5xxl: f.t5xxl.clone(),
+        llm: f.llm.clone(),
+        mmap: req.mmap,
+        threads: i32::try_from(req.threads).unwrap_or(i32::MAX),
+        vae_on_cpu: req.vae == VaePlacement::Cpu,
+    })
+}
+
+/// Reads a GGUF file's header and tensor table, which checks that every tensor's data lies
+/// inside the file. stable-diffusion.cpp reads weights lazily, at their first use: a truncated
+/// file would load, then fail the first generation (`read tensor data failed`) or, mapped,
+/// crash the process. Other formats (safetensors, ckpt) are left to stable-diffusion.cpp.
+fn check_gguf(path: &std::path::Path) -> Result<(), String> {
+    let mut magic = [0u8; 4];
+    let is_gguf = std::fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && &magic == b"GGUF";
+    if !is_gguf {
+        return Ok(());
+    }
+    vramd_gguf::read::GgufFile::open(path)
+        .map(drop)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Everything that can refuse a request before anything runs; the generation parameters
+/// (seed still unset) if it is fine.
+pub fn validate(req: &ImageRequest) -> Result<GenParams, WorkerError> {
+    let bad = |msg: String| Err(error(ErrorCode::InvalidRequest, msg));
+    for (name, v) in [("width", req.width), ("height", req.height)] {
+        if v == 0 || v % 8 != 0 || v > MAX_SIDE {
+            return bad(format!(
+                "{name} must be a positive multiple of 8 up to {MAX_SIDE}, not {v}"
+            ));
+        }
+    }
+    if !(1..=MAX_STEPS).contains(&req.steps) {
+        return bad(format!("steps must be 1 to {MAX_STEPS}, not {}", req.steps));
+    }
+    if !(1..=MAX_BATCH).contains(&req.batch_count) {
+        return bad(format!("batch_count must be 1 to {MAX_BATCH}, not {}", req.batch_count));
+    }
+    if !req.cfg_scale.is_finite() {
+        return bad("cfg_scale must be a finite number".into());
+    }
+    let Some(sampler) = sd::sample_method(&req.sampler) else {
+        return bad(format!("sampler: unknown sampler {:?}", req.sampler));
+    };
+    let Some(scheduler) = sd::scheduler(&req.scheduler) else {
+        return bad(format!("scheduler: unknown scheduler {:?}", req.scheduler));
+    };
+    if req.prompt.contains('\0') || req.negative_prompt.contains('\0') {
+        return bad("prompt: NUL bytes are not allowed".into());
+    }
+    if let Some(seed) = req.seed {
+        if seed < 0 {
+            return bad(format!("seed must not be negative, not {seed}"));
+        }
+    }
+    for (keyword, text) in &req.png_text {
+        if let Err(e) = crate::png::check_keyword(keyword) {
+            return bad(format!("png_text: {e}"));
+        }
+        if text.contains('\0') {
+            return bad(format!("png_text: the text of {keyword:?} contains a NUL byte"));
+        }
+    }
+    Ok(GenParams {
+        prompt: req.prompt.clone(),
+        negative_prompt: req.negative_prompt.clone(),
+        width: req.width,
+        height: req.height,
+        steps: req.steps,
+        cfg_scale: req.cfg_scale,
+        seed: 0,
+        sampler,
+        scheduler,
+        batch_count: req.batch_count,
+        tiled: req.vae == VaePlacement::Tiled,
+    })
+}
+
+/// A seed for a request that asked for none: 31 random bits (what people can type back).
+fn random_seed() -> i64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH);
+    h.write_u128(now.map_or(0, |d| d.as_nanos()));
+    (h.finish() >> 33) as i64
+}
+
+/// One request: validate, switch the VAE placement if needed, generate, stream the PNGs.
+///
+/// Timing: `generate_image` samples and decodes in one call, so the split between
+/// `sampling_ms` and `vae_decode_ms` comes from the log: the line `decoding N latents`, which
+/// stable-diffusion.cpp logs once the last image is sampled and before the first decode, is
+/// the boundary (its arrival time, taken in the log callback). `sampling_ms` is the call's
+/// start to that line (text encoding and the first read of lazily loaded weights included);
+/// `vae_decode_ms` is that line to the call's return (the decode's own weight read and the
+/// copy into `sd_image_t` included). Compute-buffer peaks are split by the same line.
+fn generate(slot: &mut Option<Model>, req: ImageRequest, out: &mpsc::Sender<Out>, status: &Status) {
+    let refuse = |e: WorkerError| {
+        tracing::info!(request_id = %req.request_id, "refused: {}", e.message);
+        let _ = out.blocking_send(Out::Refused(e));
+    };
+    if out.is_closed() {
+        tracing::info!(request_id = %req.request_id, "client left before its turn");
+        return;
+    }
+    let mut params = match validate(&req) {
+        Ok(p) => p,
+        Err(e) => return refuse(e),
+    };
+    params.seed = req.seed.unwrap_or_else(random_seed);
+    let Some(model) = slot.as_mut() else {
+        return refuse(error(ErrorCode::NotLoaded, "no model is loaded"));
+    };
+
+    // The VAE placement this request needs from the context.
+    let want_cpu = req.vae == VaePlacement::Cpu;
+    let mut switch_ms = 0;
+    if want_cpu != (model.vae == VaePlacement::Cpu) {
+        let t = Instant::now();
+        let Some(mut m) = slot.take() else { return };
+        tracing::info!(from = ?m.vae, to = ?req.vae, "re-creating the context for another VAE placement");
+        status.set_state(WorkerState::Loading);
+        m.params.vae_on_cpu = want_cpu;
+        let params = m.params.clone();
+        // Free the old context first: both at once may not fit.
+        drop(m.ctx);
+        match create(&params) {
+            Ok((ctx, components)) => {
+                *slot = Some(Model {
+                    ctx,
+                    components,
+                    params,
+                    vae: if want_cpu { VaePlacement::Cpu } else { VaePlacement::Gpu },
+                    name: m.name,
+                    compute: m.compute,
+                    last: m.last,
+                });
+            }
+            Err(why) => {
+                status.clear();
+                let msg = format!(
+                    "stable-diffusion.cpp cannot re-create {} with the VAE placement {:?}: {why}",
+                    m.name, req.vae
+                );
+                tracing::warn!("{msg}");
+                return refuse(error(ErrorCode::LoadFailed, msg));
+            }
+        }
+        switch_ms = ms(t.elapsed()).max(1);
+    }
+    let Some(model) = slot.as_mut() else { return };
+    status.show(model, WorkerState::Busy);
+    if out
+        .blocking_send(Out::Event(ImageEvent::Started { switch_ms }))
+        .is_err()
+    {
+        tracing::info!(request_id = %req.request_id, "client left before the generation started");
+        status.show(model, WorkerState::Loaded);
+        return;
+    }
+    tracing::info!(
+        request_id = %req.request_id,
+        width = params.width,
+        height = params.height,
+        steps = params.steps,
+        batch = params.batch_count,
+        seed = params.seed,
+        vae = ?req.vae,
+        "generating"
+    );
+    logcap::begin_generation(Some(out.clone()), params.batch_count);
+    let started = Instant::now();
+    let result = model.ctx.generate(&params);
+    let ended = Instant::now();
+    let facts = logcap::end_generation();
+
+    // The split between sampling and decode: see this function's documentation.
+    let decode_started = facts.decode_started.unwrap_or(ended).clamp(started, ended);
+    let peaks = GenerationPeaks {
+        width: params.width,
+        height: params.height,
+        sampling_bytes: facts.sampling.bytes,
+        vae_decode_bytes: facts.decode.bytes,
+        vae: req.vae,
+        sampling_ms: ms(decode_started - started),
+        vae_decode_ms: ms(ended - decode_started),
+    };
+    let weights_on_host = model.device() == "cpu";
+    model.compute = [facts.sampling, facts.decode]
+        .iter()
+        .filter(|b| b.host == weights_on_host)
+        .map(|b| b.bytes)
+        .max()
+        .unwrap_or(0);
+    model.last = Some(peaks.clone());
+    let health = status.show(model, WorkerState::Loaded);
+
+    let images = match result {
+        Ok(Some(images)) => images,
+        Ok(None) => {
+            let why = if facts.errors.is_empty() {
+                "no reason logged".to_string()
+            } else {
+                facts.errors.join("; ")
+            };
+            let e = error(
+                ErrorCode::Internal,
+                format!("stable-diffusion.cpp failed to generate: {why}"),
+            );
+            tracing::warn!(request_id = %req.request_id, "{}", e.message);
+            let _ = out.blocking_send(Out::Event(ImageEvent::Error { error: e }));
+            return;
+        }
+        Err(msg) => {
+            let _ = out.blocking_send(Out::Event(ImageEvent::Error {
+                error: error(ErrorCode::Internal, msg),
+            }));
+            return;
+        }
+    };
+    tracing::info!(
+        request_id = %req.request_id,
+        images = images.len(),
+        sampling_ms = peaks.sampling_ms,
+        vae_decode_ms = peaks.vae_decode_ms,
+        sampling_bytes = peaks.sampling_bytes,
+        vae_decode_bytes = peaks.vae_decode_bytes,
+        "generated"
+    );
+    let mut client_left = false;
+    for (index, img) in images.iter().enumerate() {
+        let event = if (img.width, img.height) != (params.width, params.height) {
+            ImageEvent::Error {
+                error: error(
+                    ErrorCode::Internal,
+                    format!(
+                        "stable-diffusion.cpp made a {}×{} image, {}×{} was asked",
+                        img.width, img.height, params.width, params.height
+                    ),
+                ),
+            }
+        } else {
+            match crate::png::encode(img, &req.png_text) {
+                Ok(png) => ImageEvent::Image {
+                    index: index as u32,
+                    seed: params.seed + index as i64,
+                    png_base64: crate::png::base64(&png),
+                },
+                Err(msg) => ImageEvent::Error {
+                    error: error(ErrorCode::Internal, msg),
+                },
+            }
+        };
+        let last = matches!(event, ImageEvent::Error { .. });
+        if out.blocking_send(Out::Event(event)).is_err() {
+            client_left = true;
+            break;
+        }
+        if last {
+            return;
+        }
+    }
+    if client_left {
+        tracing::info!(request_id = %req.request_id, "client left during the generation; results dropped");
+        return;
+    }
+    let _ = out.blocking_send(Out::Event(ImageEvent::Done { health, peaks }));
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> ImageRequest {
+        ImageRequest {
+            request_id: "t".into(),
+            prompt: "a cat".into(),
+            negative_prompt: String::new(),
+            width: 64,
+            height: 64,
+            steps: 2,
+            cfg_scale: 1.0,
+            seed: Some(42),
+            sampler: "euler".into(),
+            scheduler: String::new(),
+            batch_count: 1,
+            vae: VaePlacement::Gpu,
+            png_text: vec![("parameters".into(), "a cat".into())],
+        }
+    }
+
+    fn refused(req: ImageRequest) -> String {
+        let e = validate(&req).unwrap_err();
+        assert_eq!(e.code, ErrorCode::InvalidRequest);
+        e.message
+    }
+
+    #[test]
+    fn requests_are_validated_field_by_field() {
+        let ok = validate(&request()).unwrap();
+        assert!(!ok.tiled);
+        assert!(
+            validate(&ImageRequest {
+                vae: VaePlacement::Tiled,
+                ..request()
+            })
+            .unwrap()
+            .tiled
+        );
+        assert!(refused(ImageRequest { width: 60, ..request() }).starts_with("width"));
+        assert!(refused(ImageRequest { height: 0, ..request() }).starts_with("height"));
+        assert!(refused(ImageRequest { steps: 0, ..request() }).starts_with("steps"));
+        assert!(refused(ImageRequest {
+            batch_count: 0,
+            ..request()
+        })
+        .starts_with("batch_count"));
+        assert!(refused(ImageRequest {
+            sampler: "euler-ish".into(),
+            ..request()
+        })
+        .starts_with("sampler"));
+        assert!(refused(ImageRequest {
+            scheduler: "weekly".into(),
+            ..request()
+        })
+        .starts_with("scheduler"));
+        assert!(refused(ImageRequest {
+            cfg_scale: f32::NAN,
+            ..request()
+        })
+        .starts_with("cfg_scale"));
+        assert!(refused(ImageRequest {
+            png_text: vec![(String::new(), "x".into())],
+            ..request()
+        })
+        .starts_with("png_text"));
+        assert!(refused(ImageRequest {
+            seed: Some(-1),
+            ..request()
+        })
+        .starts_with("seed"));
+    }
+
+    #[test]
+    fn load_requests_need_existing_files() {
+        let req = ImageLoadRequest {
+            model: "m".into(),
+            files: Default::default(),
+            mmap: true,
+            threads: 0,
+            vae: VaePlacement::Cpu,
+        };
+        assert!(context_params(&req).unwrap_err().contains("no model file"));
+        let files = vramd_protocol::ImageFiles {
+            model: Some("/nonexistent/model.gguf".into()),
+            ..Default::default()
+        };
+        let err = context_params(&ImageLoadRequest { files, ..req.clone() }).unwrap_err();
+        assert!(err.contains("not found"), "{err}");
+        let here = std::env::current_exe().unwrap();
+        let files = vramd_protocol::ImageFiles {
+            diffusion_model: Some(here.clone()),
+            llm: Some(here),
+            ..Default::default()
+        };
+        let p = context_params(&ImageLoadRequest { files, ..req }).unwrap();
+        assert!(p.vae_on_cpu && p.mmap && p.model.is_none() && p.llm.is_some());
+    }
+
+    #[test]
+    fn random_seeds_fit_31_bits() {
+        for _ in 0..100 {
+            let s = random_seed();
+            assert!((0..1 << 31).contains(&s));
+        }
+    }
+}

@@ -1,0 +1,309 @@
+//! The small safe wrapper around stable-diffusion.cpp's C API (`diffusion-rs-sys`).
+//!
+//! - [`SdContext`] owns one `sd_ctx_t` (`new_sd_ctx` … `free_sd_ctx`). The context is not
+//!   thread-safe, and its callbacks are process-wide, so only the engine thread touches it;
+//!   the type is neither `Send` nor `Sync` (it holds a raw pointer).
+//! - [`SdContext::generate`] runs `generate_image` and copies the returned `sd_image_t` array
+//!   into owned [`RgbImage`]s, then hands it back with `free_sd_images`, which frees each
+//!   image's pixels and the array as the C API requires (`diffusion-rs` frees only the array,
+//!   leaking the pixels).
+//! - [`sample_method`] / [`scheduler`] parse names with the library's own `str_to_*`.
+//!
+//! In this stable-diffusion.cpp (0.1.20 of the crate) weights are registered and validated by
+//! name and shape when the context is created and read lazily, at their first use; there is
+//! no `free_params_immediately` any more, so one context serves many generations. The VAE's
+//! device is part of the context: the `backend` string `vae=cpu` puts it on the CPU.
+
+use std::ffi::{c_char, CStr, CString};
+use std::path::Path;
+use std::ptr::NonNull;
+
+use diffusion_rs_sys as sys;
+
+/// What a context is created from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ContextParams {
+    pub model: Option<std::path::PathBuf>,
+    pub diffusion_model: Option<std::path::PathBuf>,
+    pub vae: Option<std::path::PathBuf>,
+    pub taesd: Option<std::path::PathBuf>,
+    pub clip_l: Option<std::path::PathBuf>,
+    pub clip_g: Option<std::path::PathBuf>,
+    pub t5xxl: Option<std::path::PathBuf>,
+    /// The LLM text encoder (Qwen3 for Z-Image): `llm_path`.
+    pub llm: Option<std::path::PathBuf>,
+    pub mmap: bool,
+    pub threads: i32,
+    /// Creates the context with the VAE (or TAESD) on the CPU.
+    pub vae_on_cpu: bool,
+}
+
+/// One owned `sd_ctx_t`.
+pub struct SdContext {
+    ctx: NonNull<sys::sd_ctx_t>,
+}
+
+impl SdContext {
+    /// Creates a context; `None` when stable-diffusion.cpp returns NULL (it logged why).
+    pub fn new(p: &ContextParams) -> Result<Option<SdContext>, String> {
+        let path = |p: &Option<std::path::PathBuf>| -> Result<Option<CString>, String> {
+            p.as_deref().map(c_path).transpose()
+        };
+        let model = path(&p.model)?;
+        let diffusion_model = path(&p.diffusion_model)?;
+        let vae = path(&p.vae)?;
+        let taesd = path(&p.taesd)?;
+        let clip_l = path(&p.clip_l)?;
+        let clip_g = path(&p.clip_g)?;
+        let t5xxl = path(&p.t5xxl)?;
+        let llm = path(&p.llm)?;
+        let backend = p.vae_on_cpu.then(|| CString::from(c"vae=cpu"));
+
+        // SAFETY: sd_ctx_params_init fills every field of the struct it is given.
+        let mut params = unsafe {
+            let mut params = std::mem::MaybeUninit::<sys::sd_ctx_params_t>::zeroed();
+            sys::sd_ctx_params_init(params.as_mut_ptr());
+            params.assume_init()
+        };
+        let ptr = |s: &Option<CString>| s.as_ref().map_or(std::ptr::null(), |s| s.as_ptr());
+        params.model_path = ptr(&model);
+        params.diffusion_model_path = ptr(&diffusion_model);
+        params.vae_path = ptr(&vae);
+        params.taesd_path = ptr(&taesd);
+        params.clip_l_path = ptr(&clip_l);
+        params.clip_g_path = ptr(&clip_g);
+        params.t5xxl_path = ptr(&t5xxl);
+        params.llm_path = ptr(&llm);
+        params.backend = ptr(&backend);
+        params.enable_mmap = p.mmap;
+        if p.threads > 0 {
+            params.n_threads = p.threads;
+        }
+        // SAFETY: every string the params point to lives until after this call, which copies
+        // what it keeps; a NULL result is handled.
+        let ctx = unsafe { sys::new_sd_ctx(&params) };
+        Ok(NonNull::new(ctx).map(|ctx| SdContext { ctx }))
+    }
+
+    /// Generates `g.batch_count` images; `None` when stable-diffusion.cpp returns NULL (it
+    /// logged why).
+    pub fn generate(&mut self, g: &GenParams) -> Result<Option<Vec<RgbImage>>, String> {
+        let prompt = CString::new(g.prompt.as_str()).map_err(|_| "prompt contains a NUL byte")?;
+        let negative = CString::new(g.negative_prompt.as_str()).map_err(|_| "negative_prompt contains a NUL byte")?;
+        let batch = i32::try_from(g.batch_count).map_err(|_| "batch_count is too large")?;
+        // SAFETY: sd_img_gen_params_init fills every field of the struct it is given.
+        let mut params = unsafe {
+            let mut params = std::mem::MaybeUninit::<sys::sd_img_gen_params_t>::zeroed();
+            sys::sd_img_gen_params_init(params.as_mut_ptr());
+            params.assume_init()
+        };
+        params.prompt = prompt.as_ptr();
+        params.negative_prompt = negative.as_ptr();
+        params.width = i32::try_from(g.width).map_err(|_| "width is too large")?;
+        params.height = i32::try_from(g.height).map_err(|_| "height is too large")?;
+        params.seed = g.seed;
+        params.batch_count = batch;
+        params.sample_params.sample_steps = i32::try_from(g.steps).map_err(|_| "steps is too large")?;
+        params.sample_params.guidance.txt_cfg = g.cfg_scale;
+        params.sample_params.sample_method = g.sampler;
+        params.sample_params.scheduler = g.scheduler;
+        if g.tiled {
+            // Tile size 0 takes the library's default (32 latent pixels), overlap 0.5 as its CLI.
+            params.vae_tiling_params.enabled = true;
+            params.vae_tiling_params.target_overlap = 0.5;
+        }
+        // SAFETY: the context is live and owned by this thread; the strings outlive the call.
+        let images = unsafe { sys::generate_image(self.ctx.as_ptr(), &params) };
+        if images.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: a non-NULL result is an array of `batch_count` images from calloc, each
+        // with `width·height·channel` bytes from malloc (or NULL); it is copied, then handed
+        // back to free_sd_images, exactly once.
+        let owned = unsafe {
+            let slice = std::slice::from_raw_parts(images, batch as usize);
+            let owned: Vec<Option<RgbImage>> = slice.iter().map(|img| RgbImage::copy_from(img)).collect();
+            sys::free_sd_images(images, batch);
+            owned
+        };
+        owned
+            .into_iter()
+            .enumerate()
+            .map(|(i, img)| img.ok_or_else(|| format!("image {i} of the batch came back empty")))
+            .collect::<Result<Vec<_>, _>>()
+            .map(Some)
+    }
+}
+
+impl Drop for SdContext {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from new_sd_ctx and is freed once, here.
+        unsafe { sys::free_sd_ctx(self.ctx.as_ptr()) }
+    }
+}
+
+/// The parameters of one `generate_image` call.
+#[derive(Clone, Debug)]
+pub struct GenParams {
+    pub prompt: String,
+    pub negative_prompt: String,
+    pub width: u32,
+    pub height: u32,
+    pub steps: u32,
+    pub cfg_scale: f32,
+    pub seed: i64,
+    pub sampler: sys::sample_method_t,
+    pub scheduler: sys::scheduler_t,
+    pub batch_count: u32,
+    /// Decode the VAE in tiles.
+    pub tiled: bool,
+}
+
+/// One generated image, 8-bit RGB, rows top to bottom.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RgbImage {
+    pub width: u32,
+    pub height: u32,
+    pub pixels: Vec<u8>,
+}
+
+impl RgbImage {
+    /// Copies an `sd_image_t` into RGB (grey and RGBA converted); `None` without pixels.
+    ///
+    /// # Safety
+    /// `img.data` is NULL or points to `width·height·channel` readable bytes.
+    unsafe fn copy_from(img: &sys::sd_image_t) -> Option<RgbImage> {
+        if img.data.is_null() || img.width == 0 || img.height == 0 || !(1..=4).contains(&img.channel) {
+            return None;
+        }
+        let n = img.width as usize * img.height as usize;
+        let c = img.channel as usize;
+        // SAFETY: the caller's contract.
+        let data = unsafe { std::slice::from_raw_parts(img.data, n * c) };
+        let pixels = match c {
+            3 => data.to_vec(),
+            1 | 2 => data.chunks_exact(c).flat_map(|p| [p[0]; 3]).collect(),
+            _ => data.chunks_exact(c).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        };
+        Some(RgbImage {
+            width: img.width,
+            height: img.height,
+            pixels,
+        })
+    }
+}
+
+/// A sampler by its stable-diffusion.cpp name (`euler_a`, `dpm++2m`, …); empty is the
+/// model's default. `None` for an unknown name.
+pub fn sample_method(name: &str) -> Option<sys::sample_method_t> {
+    if name.is_empty() {
+        return Some(sys::sample_method_t::SAMPLE_METHOD_COUNT);
+    }
+    let c = CString::new(name).ok()?;
+    // SAFETY: a NUL-terminated string; the function only compares it.
+    let m = unsafe { sys::str_to_sample_method(c.as_ptr()) };
+    (m != sys::sample_method_t::SAMPLE_METHOD_COUNT).then_some(m)
+}
+
+/// A scheduler by its stable-diffusion.cpp name (`discrete`, `karras`, …); empty is the
+/// default. `None` for an unknown name.
+pub fn scheduler(name: &str) -> Option<sys::scheduler_t> {
+    if name.is_empty() {
+        return Some(sys::scheduler_t::SCHEDULER_COUNT);
+    }
+    let c = CString::new(name).ok()?;
+    // SAFETY: a NUL-terminated string; the function only compares it.
+    let s = unsafe { sys::str_to_scheduler(c.as_ptr()) };
+    (s != sys::scheduler_t::SCHEDULER_COUNT).then_some(s)
+}
+
+/// The first GPU ggml knows (`CUDA0`) as `cuda:0`; `None` on a CPU-only build or machine.
+pub fn gpu_device() -> Option<String> {
+    // SAFETY: ggml's device registry is static; the name is a NUL-terminated string it owns.
+    let name = unsafe {
+        let dev = sys::ggml_backend_dev_by_type(sys::ggml_backend_dev_type::GGML_BACKEND_DEVICE_TYPE_GPU);
+        if dev.is_null() {
+            return None;
+        }
+        c_str(sys::ggml_backend_dev_name(dev))?
+    };
+    let index = name.trim_start_matches(|c: char| !c.is_ascii_digit());
+    let backend = &name[..name.len() - index.len()];
+    Some(format!(
+        "{}:{}",
+        backend.to_ascii_lowercase(),
+        if index.is_empty() { "0" } else { index }
+    ))
+}
+
+/// Installs the process-wide log and progress callbacks (the engine thread does, once).
+pub fn set_callbacks(
+    log: unsafe extern "C" fn(sys::sd_log_level_t, *const c_char, *mut std::ffi::c_void),
+    progress: unsafe extern "C" fn(i32, i32, f32, *mut std::ffi::c_void),
+) {
+    // SAFETY: both are plain functions that never unwind into C and need no user data.
+    unsafe {
+        sys::sd_set_log_callback(Some(log), std::ptr::null_mut());
+        sys::sd_set_progress_callback(Some(progress), std::ptr::null_mut());
+    }
+}
+
+/// A borrowed C string as UTF-8 (lossy); `None` for NULL.
+///
+/// # Safety
+/// `p` is NULL or a NUL-terminated string alive for the call.
+pub unsafe fn c_str(p: *const c_char) -> Option<String> {
+    if p.is_null() {
+        return None;
+    }
+    // SAFETY: the caller's contract.
+    Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned())
+}
+
+fn c_path(p: &Path) -> Result<CString, String> {
+    use std::os::unix::ffi::OsStrExt;
+    CString::new(p.as_os_str().as_bytes()).map_err(|_| format!("{}: the path contains a NUL byte", p.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_with_the_library() {
+        assert_eq!(
+            sample_method("euler_a"),
+            Some(sys::sample_method_t::EULER_A_SAMPLE_METHOD)
+        );
+        assert_eq!(
+            sample_method("dpm++2m"),
+            Some(sys::sample_method_t::DPMPP2M_SAMPLE_METHOD)
+        );
+        assert_eq!(sample_method(""), Some(sys::sample_method_t::SAMPLE_METHOD_COUNT));
+        assert_eq!(sample_method("euler-a"), None);
+        assert_eq!(sample_method("a\0b"), None);
+        assert_eq!(scheduler("karras"), Some(sys::scheduler_t::KARRAS_SCHEDULER));
+        assert_eq!(scheduler(""), Some(sys::scheduler_t::SCHEDULER_COUNT));
+        assert_eq!(scheduler("sometimes"), None);
+    }
+
+    #[test]
+    fn images_are_copied_as_rgb() {
+        let mut rgba = vec![1u8, 2, 3, 255, 4, 5, 6, 255];
+        let img = sys::sd_image_t {
+            width: 2,
+            height: 1,
+            channel: 4,
+            data: rgba.as_mut_ptr(),
+        };
+        // SAFETY: 2·1·4 bytes.
+        let out = unsafe { RgbImage::copy_from(&img) }.unwrap();
+        assert_eq!(out.pixels, vec![1, 2, 3, 4, 5, 6]);
+        let none = sys::sd_image_t {
+            data: std::ptr::null_mut(),
+            ..img
+        };
+        // SAFETY: NULL data.
+        assert!(unsafe { RgbImage::copy_from(&none) }.is_none());
+    }
+}
