@@ -7,9 +7,10 @@
 //!
 //! [`check`] is the rule, a pure function of the caller's credentials. Where credentials
 //! come from is the callers' business: `SO_PEERCRED` for the Unix socket (see
-//! [`Privileged`]), `GetConnectionCredentials` for D-Bus (see `dbus::interface`). Both may
-//! learn only the primary group (`SO_PEERCRED` never says more; dbus-daemon before 1.16
-//! sends no `UnixGroupIDs`), so the other groups come from the process itself
+//! [`Privileged`]; `SO_PEERGROUPS` adds the supplementary groups the peer had when it
+//! connected), `GetConnectionCredentials` for D-Bus (see `dbus::interface`). D-Bus may learn
+//! only the primary group (dbus-daemon before 1.16 sends no `UnixGroupIDs`), so further
+//! groups come from the process itself
 //! ([`proc_groups`], `/proc/<pid>/status`) or, where vramd cannot see that process
 //! (vramd.service runs with `ProtectProc=invisible`), from the group database for the
 //! caller's user ([`user_groups`]), which is what `usermod -aG vramd` changes.
@@ -196,10 +197,14 @@ fn groups_of(uid: u32, known: &[u32], pid: Option<u32>) -> Vec<u32> {
 /// The caller behind an HTTP connection.
 pub fn http_caller(peer: Option<&Peer>) -> Caller {
     match peer {
-        Some(Peer::Unix { uid, gid, pid }) => Caller::Local {
-            uid: *uid,
-            gids: groups_of(*uid, &[*gid], pid.and_then(|p| u32::try_from(p).ok())),
-        },
+        Some(Peer::Unix { uid, gid, pid, groups }) => {
+            let mut known = vec![*gid];
+            known.extend(groups.iter().filter(|g| *g != gid));
+            Caller::Local {
+                uid: *uid,
+                gids: groups_of(*uid, &known, pid.and_then(|p| u32::try_from(p).ok())),
+            }
+        }
         // No peer (a request not from `server::run`) or TCP: nobody to vouch for.
         Some(Peer::Tcp(_)) | None => Caller::Remote,
     }
@@ -328,6 +333,7 @@ mod tests {
             uid: 65534,
             gid: 12345,
             pid: Some(i32::MAX),
+            groups: vec![],
         };
         let Caller::Local { gids: seen, .. } = http_caller(Some(&hidden)) else {
             panic!("a Unix peer is local")
@@ -338,8 +344,20 @@ mod tests {
             uid,
             gid,
             pid: Some(std::process::id() as i32),
+            groups: vec![4242],
         };
-        assert!(matches!(http_caller(Some(&peer)), Caller::Local { uid: u, .. } if u == uid));
+        let Caller::Local {
+            uid: u,
+            gids: peer_gids,
+        } = http_caller(Some(&peer))
+        else {
+            panic!("a Unix peer is local")
+        };
+        assert_eq!(
+            (u, peer_gids[0], peer_gids[1]),
+            (uid, gid, 4242),
+            "SO_PEERGROUPS' groups are the caller's"
+        );
         assert_eq!(http_caller(None), Caller::Remote);
         // The bus's group list wins; without it, /proc by pid; without a uid, nobody.
         assert_eq!(bus_caller(Some(5), Some(vec![7, 8]), None), local(5, &[7, 8]));

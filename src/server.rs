@@ -21,10 +21,46 @@ use crate::activity::Activity;
 use crate::listeners::Listener;
 
 /// Who is on the other end of a connection; handlers that change state check it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Peer {
-    Unix { uid: u32, gid: u32, pid: Option<i32> },
+    /// From `SO_PEERCRED`, plus the supplementary groups from `SO_PEERGROUPS`.
+    Unix {
+        uid: u32,
+        gid: u32,
+        pid: Option<i32>,
+        groups: Vec<u32>,
+    },
     Tcp(std::net::SocketAddr),
+}
+
+/// `SO_PEERGROUPS` (Linux ≥ 4.13): the peer's supplementary groups as they were when it
+/// connected. Empty when the kernel does not say.
+fn peer_groups(stream: &tokio::net::UnixStream) -> Vec<u32> {
+    use std::os::fd::AsRawFd;
+    let mut groups = vec![0 as libc::gid_t; 64];
+    loop {
+        let mut len = (groups.len() * std::mem::size_of::<libc::gid_t>()) as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into `groups`, which has that room.
+        let rc = unsafe {
+            libc::getsockopt(
+                stream.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERGROUPS,
+                groups.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        let n = len as usize / std::mem::size_of::<libc::gid_t>();
+        if rc == 0 {
+            groups.truncate(n);
+            return groups;
+        }
+        if std::io::Error::last_os_error().raw_os_error() == Some(libc::ERANGE) && n > groups.len() {
+            groups.resize(n, 0);
+            continue;
+        }
+        return Vec::new();
+    }
 }
 
 pub struct Served {
@@ -112,7 +148,8 @@ impl Ctx {
                 _ = self.stop.changed() => return,
                 r = listener.accept() => match r {
                     Ok((stream, _)) => {
-                        let peer = stream.peer_cred().map(|c| Peer::Unix { uid: c.uid(), gid: c.gid(), pid: c.pid() });
+                        let groups = peer_groups(&stream);
+                        let peer = stream.peer_cred().map(|c| Peer::Unix { uid: c.uid(), gid: c.gid(), pid: c.pid(), groups });
                         match peer {
                             Ok(peer) => self.serve(stream, peer),
                             Err(e) => tracing::warn!("cannot read peer credentials: {e}"),
@@ -145,7 +182,7 @@ impl Ctx {
             .app
             .clone()
             .map_request(move |mut req: Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(peer);
+                req.extensions_mut().insert(peer.clone());
                 req
             });
         let service = TowerToHyperService::new(app);
