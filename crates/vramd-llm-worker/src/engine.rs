@@ -12,7 +12,7 @@
 //! (hard unload, or a load of another model) frees the context, then the model.
 
 use std::num::NonZeroU32;
-use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::sync::mpsc as std_mpsc;
 use std::time::Instant;
 
 use llama_cpp_2::context::params::LlamaContextParams;
@@ -49,80 +49,26 @@ pub enum Job {
 /// What the engine sends back for a generation: a refusal, or the next line of the stream.
 pub type Out = vramd_worker_kit::Out<GenerateEvent>;
 
+use vramd_worker_kit::engine::empty_health;
 pub use vramd_worker_kit::error;
+use vramd_worker_kit::Status;
 
 /// The async side's handle on the llama thread.
-#[derive(Clone)]
-pub struct Engine {
-    jobs: std_mpsc::Sender<Job>,
-    health: Arc<Mutex<Health>>,
+pub type Engine = vramd_worker_kit::Engine<Job>;
+
+/// Starts the llama thread.
+pub fn start() -> std::io::Result<Engine> {
+    Engine::start("llama", "the llama thread", run)
 }
 
-impl Engine {
-    /// Starts the llama thread.
-    pub fn start() -> std::io::Result<Engine> {
-        let (jobs, rx) = std_mpsc::channel();
-        let health = Arc::new(Mutex::new(empty_health()));
-        let status = Status(health.clone());
-        std::thread::Builder::new().name("llama".into()).spawn(move || {
-            // A worker without its llama thread is useless: exit, and let the daemon see it.
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(rx, status)));
-            if ran.is_err() {
-                tracing::error!("the llama thread panicked; exiting");
-                std::process::exit(70); // EX_SOFTWARE
-            }
-        })?;
-        Ok(Engine { jobs, health })
-    }
-
-    pub fn submit(&self, job: Job) -> Result<(), WorkerError> {
-        self.jobs
-            .send(job)
-            .map_err(|_| error(ErrorCode::Internal, "the llama thread has stopped"))
-    }
-
-    pub fn health(&self) -> Health {
-        lock(&self.health).clone()
-    }
+/// What only this worker writes into its [`Health`].
+trait StatusExt {
+    fn set_bytes(&self, weights: u64, context: u64, compute: u64) -> Health;
 }
 
-fn lock(h: &Mutex<Health>) -> std::sync::MutexGuard<'_, Health> {
-    h.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn empty_health() -> Health {
-    Health {
-        state: WorkerState::Empty,
-        model: None,
-        bytes: Bytes::default(),
-        peak_bytes: 0,
-        pid: std::process::id(),
-        device: "cpu".into(),
-        image: None,
-    }
-}
-
-/// The engine thread's writer of the shared [`Health`].
-struct Status(Arc<Mutex<Health>>);
-
-impl Status {
-    fn update(&self, f: impl FnOnce(&mut Health)) -> Health {
-        let mut h = lock(&self.0);
-        f(&mut h);
-        h.peak_bytes = h.peak_bytes.max(h.bytes.total);
-        h.clone()
-    }
-
-    fn set_state(&self, state: WorkerState) -> Health {
-        self.update(|h| h.state = state)
-    }
-
+impl StatusExt for Status {
     fn set_bytes(&self, weights: u64, context: u64, compute: u64) -> Health {
         self.update(|h| h.bytes = Bytes::new(weights, context, compute))
-    }
-
-    fn clear(&self) -> Health {
-        self.update(|h| *h = empty_health())
     }
 }
 

@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::Layer;
-use vramd_worker_kit::{bind, die_with_parent, exit_on_stdin_eof, init_logging, Cli};
+use vramd_worker_kit::{die_with_parent, exit_code, init_logging, serve, Cli};
 
 /// llama.cpp's load chatter (every metadata key) is kept out of the default log.
 const DEFAULT_LOG: &str = "info,llama-cpp-2=warn";
@@ -36,26 +36,10 @@ fn main() -> ExitCode {
     // llama.cpp's own log is routed into tracing, where [`logcap::CaptureLayer`] also reads the
     // facts it needs.
     llama_cpp_2::send_logs_to_tracing(llama_cpp_2::LogOptions::default());
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(run(&cli))
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
-    exit_on_stdin_eof(cli.socket.clone());
-    let engine = engine::Engine::start().context("starting the llama thread")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let listener = bind(&cli.socket)?;
-        tracing::info!(socket = %cli.socket.display(), pid = std::process::id(), "serving");
-        axum::serve(listener, server::router(engine)).await.context("serving")
-    })
+    let engine = engine::start().context("starting the llama thread")?;
+    serve(&cli.socket, server::router(engine))
 }

@@ -16,7 +16,7 @@
 //! There is no cancel in stable-diffusion.cpp: a client that leaves mid-generation does not
 //! stop it; its results are dropped (the daemon cancels by killing the process).
 
-use std::sync::{mpsc as std_mpsc, Arc, Mutex};
+use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
@@ -24,7 +24,8 @@ use vramd_protocol::{
     Bytes, ComponentBytes, ErrorCode, GenerationPeaks, Health, ImageEvent, ImageHealth, ImageLoadRequest,
     ImageLoadResponse, ImageRequest, VaePlacement, WorkerError, WorkerState,
 };
-use vramd_worker_kit::error;
+use vramd_worker_kit::engine::empty_health;
+use vramd_worker_kit::{error, Status};
 
 use crate::logcap;
 use crate::sd::{self, ContextParams, GenParams, SdContext};
@@ -54,75 +55,19 @@ pub enum Job {
 pub type Out = vramd_worker_kit::Out<ImageEvent>;
 
 /// The async side's handle on the stable-diffusion.cpp thread.
-#[derive(Clone)]
-pub struct Engine {
-    jobs: std_mpsc::Sender<Job>,
-    health: Arc<Mutex<Health>>,
+pub type Engine = vramd_worker_kit::Engine<Job>;
+
+/// Starts the stable-diffusion.cpp thread.
+pub fn start() -> std::io::Result<Engine> {
+    Engine::start("sd", "the stable-diffusion.cpp thread", run)
 }
 
-impl Engine {
-    /// Starts the thread.
-    pub fn start() -> std::io::Result<Engine> {
-        let (jobs, rx) = std_mpsc::channel();
-        let health = Arc::new(Mutex::new(empty_health()));
-        let status = Status(health.clone());
-        std::thread::Builder::new().name("sd".into()).spawn(move || {
-            // A worker without its engine thread is useless: exit, and let the daemon see it.
-            let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(rx, status)));
-            if ran.is_err() {
-                tracing::error!("the stable-diffusion.cpp thread panicked; exiting");
-                std::process::exit(70); // EX_SOFTWARE
-            }
-        })?;
-        Ok(Engine { jobs, health })
-    }
-
-    pub fn submit(&self, job: Job) -> Result<(), WorkerError> {
-        self.jobs
-            .send(job)
-            .map_err(|_| error(ErrorCode::Internal, "the stable-diffusion.cpp thread has stopped"))
-    }
-
-    pub fn health(&self) -> Health {
-        lock(&self.health).clone()
-    }
+/// What only this worker writes into its [`Health`].
+trait StatusExt {
+    fn show(&self, m: &Model, state: WorkerState) -> Health;
 }
 
-fn lock(h: &Mutex<Health>) -> std::sync::MutexGuard<'_, Health> {
-    h.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-fn empty_health() -> Health {
-    Health {
-        state: WorkerState::Empty,
-        model: None,
-        bytes: Bytes::default(),
-        peak_bytes: 0,
-        pid: std::process::id(),
-        device: "cpu".into(),
-        image: None,
-    }
-}
-
-/// The engine thread's writer of the shared [`Health`].
-struct Status(Arc<Mutex<Health>>);
-
-impl Status {
-    fn update(&self, f: impl FnOnce(&mut Health)) -> Health {
-        let mut h = lock(&self.0);
-        f(&mut h);
-        h.peak_bytes = h.peak_bytes.max(h.bytes.total);
-        h.clone()
-    }
-
-    fn set_state(&self, state: WorkerState) -> Health {
-        self.update(|h| h.state = state)
-    }
-
-    fn clear(&self) -> Health {
-        self.update(|h| *h = empty_health())
-    }
-
+impl StatusExt for Status {
     /// Publishes what `m` holds, in `state`; the peak is kept across generations.
     fn show(&self, m: &Model, state: WorkerState) -> Health {
         self.update(|h| {

@@ -15,7 +15,7 @@ mod server;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use vramd_worker_kit::{bind, die_with_parent, exit_on_stdin_eof, init_logging, Cli};
+use vramd_worker_kit::{die_with_parent, exit_code, init_logging, serve, Cli};
 
 /// stable-diffusion.cpp's per-load and per-generation chatter (target `sd`) is kept out of
 /// the default log; its warnings and errors stay.
@@ -28,26 +28,10 @@ fn main() -> ExitCode {
     );
     die_with_parent("vramd-sd-worker");
     init_logging(DEFAULT_LOG, None);
-    match run(&cli) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            tracing::error!("{e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    exit_code(run(&cli))
 }
 
 fn run(cli: &Cli) -> anyhow::Result<()> {
-    exit_on_stdin_eof(cli.socket.clone());
-    let engine = engine::Engine::start().context("starting the stable-diffusion.cpp thread")?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
-    runtime.block_on(async {
-        let listener = bind(&cli.socket)?;
-        tracing::info!(socket = %cli.socket.display(), pid = std::process::id(), "serving");
-        axum::serve(listener, server::router(engine)).await.context("serving")
-    })
+    let engine = engine::start().context("starting the stable-diffusion.cpp thread")?;
+    serve(&cli.socket, server::router(engine))
 }

@@ -15,10 +15,13 @@
 //!   JSON 404/405;
 //! - [`ndjson`]: [`Out`], what an engine thread sends back for a streamed request, and
 //!   [`stream_response`], which turns its receiver into an NDJSON response;
+//! - [`engine`]: the engine thread and its handle ([`Engine`]), and [`Status`], its writer
+//!   of the shared [`Health`](vramd_protocol::Health);
 //! - `testing` (feature `testing`): the end-to-end harness both workers' tests use.
 //!
 //! The crate links no inference library, so it never brings a second ggml into a worker.
 
+pub mod engine;
 pub mod http;
 pub mod lifetime;
 pub mod logging;
@@ -26,7 +29,8 @@ pub mod ndjson;
 #[cfg(feature = "testing")]
 pub mod testing;
 
+pub use engine::{Engine, Status};
 pub use http::{error, parse, status_of, with_fallbacks, ApiError};
-pub use lifetime::{bind, die_with_parent, exit_on_stdin_eof, Cli};
+pub use lifetime::{bind, die_with_parent, exit_code, exit_on_stdin_eof, serve, Cli};
 pub use logging::{init_logging, BoxedLayer};
 pub use ndjson::{stream_response, Out, StreamEvent};

@@ -68,6 +68,33 @@ pub fn die_with_parent(name: &str) {
     }
 }
 
+/// Serves `app` on `socket` until the daemon goes away (stdin reaches end-of-file), on a
+/// small runtime: the heavy work is on the engine thread, not here.
+pub fn serve(socket: &Path, app: axum::Router) -> anyhow::Result<()> {
+    exit_on_stdin_eof(socket.to_owned());
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = bind(socket)?;
+        tracing::info!(socket = %socket.display(), pid = std::process::id(), "serving");
+        axum::serve(listener, app).await.context("serving")
+    })
+}
+
+/// The process's exit: success, or the error logged and a failure status.
+pub fn exit_code(result: anyhow::Result<()>) -> std::process::ExitCode {
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
