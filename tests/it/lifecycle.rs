@@ -3,6 +3,7 @@
 
 use std::io::Write;
 use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -120,4 +121,33 @@ fn stale_socket_file_is_replaced() {
     assert_eq!(d.socket, stale);
     assert_eq!(d.get("/health").status, 200);
     assert!(d.log().contains("removing stale socket"), "{}", d.log());
+}
+
+#[test]
+fn logs_go_to_the_journal_when_stderr_is_the_journal() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("vramd.log");
+    std::fs::write(&log, "").unwrap(); // the harness truncates it, keeping the inode
+    let meta = std::fs::metadata(&log).unwrap();
+    let stream = format!("{}:{}", meta.dev(), meta.ino());
+    let d = Daemon::start_in(dir, BASE_CONFIG, |c| {
+        c.env("JOURNAL_STREAM", &stream);
+    });
+    let _ = d.get("/health"); // served: startup logging is over
+    let text = d.log();
+    if Path::new("/run/systemd/journal/socket").exists() {
+        // A machine with journald: the log went there, not to stderr.
+        assert!(!text.contains("ready:"), "{text}");
+    } else {
+        // No journald (containers, CI): detected, tried, and said so on stderr.
+        assert!(text.contains("cannot open the journal"), "{text}");
+        assert!(text.contains("ready:"), "{text}");
+    }
+    // A JOURNAL_STREAM that is not our stderr (inherited from a parent) is ignored.
+    let d = Daemon::start_with(BASE_CONFIG, |c| {
+        c.env("JOURNAL_STREAM", "0:0");
+    });
+    wait_for_log(&d, "ready:");
+    assert!(!d.log().contains("cannot open the journal"));
 }
