@@ -8,6 +8,7 @@ pub mod access;
 pub mod activity;
 pub mod api;
 pub mod arbiter;
+pub mod cli;
 pub mod clock;
 pub mod config;
 pub mod dbus;

@@ -1,7 +1,6 @@
 //! `vramd`: the daemon's entry point. Wiring only: read the configuration, take the
 //! sockets, start the arbiter and the server, and turn signals and idleness into a clean exit.
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -9,24 +8,9 @@ use anyhow::Context;
 use clap::Parser;
 use vramd::activity::{idle_exit_in, Activity, IdleInputs};
 use vramd::arbiter::ArbiterHandle;
+use vramd::cli::daemon::Cli;
 use vramd::config::{self, Config};
 use vramd::{api, arbiter, dbus, listeners, logging, memory, notify, server, worker};
-
-/// Lets one GPU serve a local LLM and Stable Diffusion, arbitrating its memory.
-#[derive(Parser, Debug)]
-#[command(name = "vramd", version, about, long_about = None)]
-struct Cli {
-    /// Configuration file [default: /etc/vramd/vramd.toml]; model drop-ins are read from
-    /// `models.d/*.toml` beside it.
-    #[arg(long, env = "VRAMD_CONFIG", value_name = "PATH")]
-    config: Option<PathBuf>,
-    /// Unix socket to bind when not socket-activated (overrides `[daemon] socket`).
-    #[arg(long, value_name = "PATH")]
-    socket: Option<PathBuf>,
-    /// Validate the configuration, print it resolved, and exit.
-    #[arg(long)]
-    check_config: bool,
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -48,6 +48,8 @@ pub struct ModelEntry {
     pub last_used: Option<u64>,
     pub in_flight: u32,
     pub pinned: bool,
+    /// Among idle models, lower priority is evicted first (`[[models]] priority`).
+    pub priority: i32,
     /// Why it is `failed`, or why its last worker ended.
     pub error: Option<String>,
     /// The worker process serving it.
@@ -114,7 +116,8 @@ impl ModelEntry {
             peak_bytes: 0,
             last_used: None,
             in_flight: 0,
-            pinned: false,
+            pinned: m.pinned,
+            priority: m.priority,
             error: None,
             pid: None,
             device: None,

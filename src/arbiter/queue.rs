@@ -245,7 +245,6 @@ impl Arbiter {
             .models()
             .iter()
             .map(|e| {
-                let cfg = self.config.model(&e.name).expect("configured");
                 let llm = e.kind == ModelKind::Llm;
                 // NVML's excess over the worker's account (the CUDA context) goes with the weights.
                 let unaccounted = e.held() - e.bytes.total;
@@ -258,7 +257,7 @@ impl Arbiter {
                     last_used: e.last_used,
                     in_flight: e.in_flight,
                     pinned: e.pinned,
-                    priority: cfg.priority,
+                    priority: e.priority,
                 }
             })
             .collect()

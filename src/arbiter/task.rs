@@ -70,7 +70,6 @@ impl Arbiter {
         let mut files = HashMap::new();
         for m in &config.models {
             let entry = registry.get_mut(&m.name).expect("configured");
-            entry.pinned = m.pinned;
             if let Some((role, path)) = m.source.files().into_iter().find(|(_, p)| !Path::new(p).exists()) {
                 let what = if role == "path" { "model" } else { role };
                 let reason = format!("{what} file not found: {}", path.display());

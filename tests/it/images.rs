@@ -314,3 +314,103 @@ fn a_real_chat_then_image_goes_down_the_ladder_and_both_succeed() {
         &json!({"model": "chat", "prompt": "again", "max_tokens": 2}).to_string(),
     ));
 }
+
+/// A request larger than the whole budget, with real workers: 507, nothing evicted.
+#[test]
+fn a_real_image_larger_than_the_budget_is_507() {
+    let Some(probe) = start(None) else { return };
+    let chat_total = ok(probe.d.get("/v1/estimate?model=chat"))["total"].as_u64().unwrap();
+    let img_total = ok(probe.d.get("/v1/estimate?model=zimage&width=64&height=64"))["total"]
+        .as_u64()
+        .unwrap();
+    drop(probe);
+    let Some(t) = start(Some(chat_total.max(img_total / 2) + 1)) else {
+        return;
+    };
+    ok(t.d.post_json(
+        "/v1/completions",
+        &json!({"model": "chat", "prompt": "hi", "max_tokens": 2}).to_string(),
+    ));
+    let e = openai(
+        &t.d,
+        json!({"model": "zimage", "prompt": "x", "size": "64x64", "steps": 1}),
+    )
+    .error(507);
+    assert_eq!(e["code"], "exceeds_memory_budget");
+    assert_eq!(t.d.model_status("chat")["state"], "loaded", "nothing evicted for it");
+    assert_eq!(t.d.model_status("zimage")["state"], "unloaded");
+}
+
+/// 50 mixed requests from 8 clients on real workers in a budget that cannot hold both
+/// models whole: every request is answered (a result, or 503 with Retry-After), and what
+/// the registry says is held never exceeds the budget.
+#[test]
+fn fifty_real_mixed_requests_from_eight_clients() {
+    let Some(probe) = start(None) else { return };
+    let chat = ok(probe.d.get("/v1/estimate?model=chat"));
+    let img_total = ok(probe.d.get("/v1/estimate?model=zimage&width=32&height=32"))["total"]
+        .as_u64()
+        .unwrap();
+    drop(probe);
+    let chat_kv = chat["parts"]["context"].as_u64().unwrap() + chat["parts"]["compute"].as_u64().unwrap();
+    let budget = chat["total"].as_u64().unwrap() + img_total - chat_kv / 2;
+    let Some(t) = start(Some(budget)) else { return };
+    let socket = t.d.socket.clone();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let watcher = {
+        let (socket, done) = (socket.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut max_used = 0;
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let m = crate::util::http(&socket, "GET", "/v1/status", &[], b"").json()["memory"].clone();
+                max_used = max_used.max(m["used_bytes"].as_u64().unwrap());
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            max_used
+        })
+    };
+    let clients: Vec<_> = (0..8u32)
+        .map(|c| {
+            let socket = socket.clone();
+            std::thread::spawn(move || {
+                let mut statuses = Vec::new();
+                for i in 0..7u32 {
+                    if c * 7 + i >= 50 {
+                        break;
+                    }
+                    let (path, body) = if (c + i) % 3 == 0 {
+                        (
+                            "/v1/images/generations",
+                            json!({"model": "zimage", "prompt": "x", "size": "32x32", "steps": 1, "seed": i}),
+                        )
+                    } else {
+                        (
+                            "/v1/completions",
+                            json!({"model": "chat", "prompt": "x", "max_tokens": 3, "temperature": 0}),
+                        )
+                    };
+                    let r = crate::util::http(
+                        &socket,
+                        "POST",
+                        path,
+                        &[("Content-Type", "application/json")],
+                        body.to_string().as_bytes(),
+                    );
+                    match r.status {
+                        200 => {}
+                        503 => assert!(r.header("retry-after").is_some(), "a 503 says when to retry"),
+                        s => panic!("{s}: {}", String::from_utf8_lossy(&r.body)),
+                    }
+                    statuses.push(r.status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let max_used = watcher.join().unwrap();
+    assert_eq!(statuses.len(), 50);
+    assert!(statuses.iter().filter(|s| **s == 200).count() >= 25, "{statuses:?}");
+    assert!(max_used <= budget, "held {max_used} bytes with a budget of {budget}");
+}

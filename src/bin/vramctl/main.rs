@@ -11,114 +11,14 @@ mod notify;
 mod sentences;
 mod stream;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use serde_json::{json, Value};
+use vramd::cli::ctl::{Cli, Cmd};
 
 use client::{Client, ClientError};
-
-#[derive(Parser, Debug)]
-#[command(name = "vramctl", version, about = "Control and watch vramd, the GPU memory arbiter")]
-struct Cli {
-    /// The daemon's socket.
-    #[arg(long, global = true, env = "VRAMD_SOCKET", default_value = "/run/vramd/vramd.sock")]
-    socket: PathBuf,
-    /// Print JSON for scripts instead of tables.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Cmd,
-}
-
-#[derive(Subcommand, Debug)]
-enum Cmd {
-    /// Memory and every model: state, bytes held, page-cache residency, last use.
-    Status,
-    /// The models that hold memory now, with their workers.
-    Ps,
-    /// Load a model now (a failed model is retried).
-    Load { model: String },
-    /// Unload a model: hard stops its worker (the default); soft keeps the weights.
-    Unload {
-        model: String,
-        /// Free the KV cache and compute buffers, keep the weights loaded.
-        #[arg(long, conflicts_with = "hard")]
-        soft: bool,
-        /// Stop the worker, giving back everything (the default).
-        #[arg(long)]
-        hard: bool,
-    },
-    /// Never evict this model to make room.
-    Pin { model: String },
-    /// Let this model be evicted again.
-    Unpin { model: String },
-    /// How much memory a model needs: an image model at a size, an LLM at a context.
-    Estimate {
-        model: String,
-        /// Image size, WIDTHxHEIGHT.
-        #[arg(long, value_parser = parse_size)]
-        size: Option<(u32, u32)>,
-        /// LLM context length in tokens.
-        #[arg(long)]
-        context: Option<u32>,
-    },
-    /// Follow what vramd does, one line per event.
-    Events {
-        /// Start with the last N events.
-        #[arg(long, default_value_t = 0)]
-        replay: usize,
-    },
-    /// Chat with an LLM: each line you type is a turn; answers stream as they come.
-    Chat {
-        model: String,
-        /// A system prompt.
-        #[arg(long)]
-        system: Option<String>,
-        #[arg(long)]
-        max_tokens: Option<u32>,
-    },
-    /// Generate an image into a PNG file, with a progress bar.
-    Image {
-        model: String,
-        prompt: String,
-        /// Where to write the PNG.
-        #[arg(short, long)]
-        output: PathBuf,
-        /// WIDTHxHEIGHT (default 512x512).
-        #[arg(long, value_parser = parse_size)]
-        size: Option<(u32, u32)>,
-        #[arg(long)]
-        steps: Option<u32>,
-        #[arg(long)]
-        seed: Option<i64>,
-        #[arg(long)]
-        negative: Option<String>,
-    },
-    /// Show vramd's signals as desktop notifications (run by vramd-notify.service).
-    Notify {
-        /// Models or kinds (`llm`, `image`) never to notify about; comma-separated, repeatable.
-        #[arg(long, value_name = "LIST")]
-        quiet_for: Vec<String>,
-        /// How long a burst of signals may stay quiet before it is shown, in milliseconds.
-        #[arg(long, default_value_t = 800, hide = true)]
-        settle_ms: u64,
-    },
-}
-
-fn parse_size(s: &str) -> Result<(u32, u32), String> {
-    let (w, h) = s
-        .split_once(['x', 'X', '×'])
-        .ok_or_else(|| format!("{s:?} is not WIDTHxHEIGHT"))?;
-    let n = |t: &str| {
-        t.trim()
-            .parse::<u32>()
-            .map_err(|_| format!("{s:?} is not WIDTHxHEIGHT"))
-    };
-    Ok((n(w)?, n(h)?))
-}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -276,6 +176,7 @@ fn url_segment(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use vramd::cli::ctl::parse_size;
 
     #[test]
     fn sizes_and_segments() {
