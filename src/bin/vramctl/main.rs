@@ -189,16 +189,10 @@ mod tests {
 
     #[test]
     fn the_command_line_parses() {
-        Cli::command_for_tests().debug_assert();
+        <Cli as clap::CommandFactory>::command().debug_assert();
         let cli = Cli::try_parse_from(["vramctl", "--json", "unload", "chat", "--soft"]).unwrap();
         assert!(cli.json);
         assert!(matches!(cli.command, Cmd::Unload { soft: true, .. }));
         assert!(Cli::try_parse_from(["vramctl", "unload", "chat", "--soft", "--hard"]).is_err());
-    }
-
-    impl Cli {
-        fn command_for_tests() -> clap::Command {
-            <Cli as clap::CommandFactory>::command()
-        }
     }
 }
