@@ -10,52 +10,18 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use crate::util::{fake_worker_dir, http, Daemon, Response};
+use crate::util::{http, Daemon, Response};
 
-const GIB: u64 = 1 << 30;
+use crate::util::GIB;
 
 struct Scenario {
     d: Daemon,
-    _workers: tempfile::TempDir,
-    _dir: tempfile::TempDir,
+    _dirs: Vec<tempfile::TempDir>,
 }
 
-/// A model file: the fake's behaviour line, then zeros up to `size` (sparse: free on disk).
-fn model_file(dir: &Path, name: &str, line: &str, size: u64) -> std::path::PathBuf {
-    let path = dir.join(format!("{name}.bin"));
-    let mut f = std::fs::File::create(&path).unwrap();
-    writeln!(f, "{line}").unwrap();
-    f.set_len(size).unwrap();
-    path
-}
-
-/// A daemon with a 3 GiB budget, `chat` (1.5 GiB weights + 0.5 GiB KV) and `sd` (1 GiB).
+/// A daemon with a 3 GiB budget, `chat` (1.5 GiB weights + 0.5 GiB KV) and `sd` (`sd_size`).
 fn scenario(sd_size: u64, extra_env: &[(&str, &Path)]) -> Scenario {
-    let workers = fake_worker_dir();
-    std::os::unix::fs::symlink(
-        workers.path().join("vramd-llm-worker"),
-        workers.path().join("vramd-sd-worker"),
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let chat = model_file(
-        dir.path(),
-        "chat",
-        &format!("ok context={} compute=0", GIB / 2),
-        GIB + GIB / 2,
-    );
-    let sd = model_file(dir.path(), "sd", "ok delay_ms=1", sd_size);
-    let config = format!(
-        "[daemon]\nidle_exit = \"0\"\nworker_dir = \"{}\"\nstate_dir = \"{}\"\n\
-         [memory]\nbackend = \"budget\"\nbudget = \"3GiB\"\nreserve = 0\n\
-         [policy]\nwait_timeout = \"5s\"\nretry_after = \"7s\"\n\
-         [[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"{}\"\n\
-         [[models]]\nname = \"sd\"\nkind = \"image\"\npath = \"{}\"\n",
-        workers.path().display(),
-        dir.path().join("state").display(),
-        chat.display(),
-        sd.display()
-    );
+    let (config, dirs) = crate::util::fake_two_models(sd_size, "ok delay_ms=1", "");
     let env: Vec<(String, std::path::PathBuf)> = extra_env
         .iter()
         .map(|(k, v)| ((*k).to_owned(), v.to_path_buf()))
@@ -65,11 +31,7 @@ fn scenario(sd_size: u64, extra_env: &[(&str, &Path)]) -> Scenario {
             c.env(k, v);
         }
     });
-    Scenario {
-        d,
-        _workers: workers,
-        _dir: dir,
-    }
+    Scenario { d, _dirs: dirs }
 }
 
 fn chat(d: &Daemon) -> Response {
@@ -232,19 +194,7 @@ fn pinned_models_stay_and_the_request_gets_503_with_retry_after() {
 fn fifty_mixed_requests_from_eight_clients_are_all_answered_within_budget() {
     let s = scenario(GIB, &[]);
     let socket = s.d.socket.clone();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = {
-        let (socket, done) = (socket.clone(), done.clone());
-        std::thread::spawn(move || {
-            let mut max_used = 0;
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                let m = http(&socket, "GET", "/v1/status", &[], b"").json()["memory"].clone();
-                max_used = max_used.max(m["used_bytes"].as_u64().unwrap());
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            max_used
-        })
-    };
+    let watcher = crate::util::UsedWatcher::start(&socket);
     let clients: Vec<_> = (0..8)
         .map(|c| {
             let socket = socket.clone();
@@ -285,8 +235,7 @@ fn fifty_mixed_requests_from_eight_clients_are_all_answered_within_budget() {
         })
         .collect();
     let statuses: Vec<u16> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let max_used = watcher.join().unwrap();
+    let max_used = watcher.stop();
     assert_eq!(statuses.len(), 50);
     assert!(statuses.iter().filter(|s| **s == 200).count() >= 25, "{statuses:?}");
     assert!(max_used <= 3 * GIB, "held {max_used} bytes, above the 3 GiB budget");

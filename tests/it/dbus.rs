@@ -146,7 +146,7 @@ fn a_model_serving_a_request_is_busy_for_an_unload() {
     let workers = crate::util::fake_worker_dir();
     // A slow generation holds the model busy while D-Bus asks to unload it.
     let line = "ok delay_ms=50";
-    let chat = crate::dbus_util::model_file(dir.path(), "chat", line, 1 << 20);
+    let chat = crate::util::model_file(dir.path(), "chat", line, 1 << 20);
     let config = format!(
         "[daemon]\nidle_exit = \"0\"\nworker_dir = \"{}\"\n[memory]\nbackend = \"budget\"\n\
          [[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"{}\"\n",

@@ -13,7 +13,6 @@
 
 use std::io::BufRead;
 use std::os::unix::fs::PermissionsExt;
-use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -196,45 +195,10 @@ pub fn open_dir(path: &std::path::Path) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
-/// A model file for the fake worker: its behaviour line, then zeros up to `size` (sparse).
-pub fn model_file(dir: &std::path::Path, name: &str, line: &str, size: u64) -> PathBuf {
-    use std::io::Write;
-    let path = dir.join(format!("{name}.bin"));
-    let mut f = std::fs::File::create(&path).unwrap();
-    writeln!(f, "{line}").unwrap();
-    f.set_len(size).unwrap();
-    path
-}
+pub use crate::util::GIB;
 
-pub const GIB: u64 = 1 << 30;
-
-/// Fake workers and two models in a 3 GiB budget, as in `arbiter.rs`: `chat` (1.5 GiB
-/// weights + 0.5 GiB KV cache) and `sd` (1 GiB), so a 512² image after a chat soft-unloads
-/// chat and tiles the VAE. An image step takes 4 ms. Returns the configuration and the folders to keep alive.
+/// Fake workers and two models in a 3 GiB budget ([`crate::util::fake_two_models`]); an
+/// image step takes 4 ms.
 pub fn two_models(extra_daemon: &str) -> (String, Vec<tempfile::TempDir>) {
-    let workers = crate::util::fake_worker_dir();
-    std::os::unix::fs::symlink(
-        workers.path().join("vramd-llm-worker"),
-        workers.path().join("vramd-sd-worker"),
-    )
-    .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let chat = model_file(
-        dir.path(),
-        "chat",
-        &format!("ok context={} compute=0", GIB / 2),
-        GIB + GIB / 2,
-    );
-    let sd = model_file(dir.path(), "sd", "ok delay_ms=4", GIB);
-    let config = format!(
-        "[daemon]\nidle_exit = \"0\"\nworker_dir = \"{}\"\n{extra_daemon}\
-         [memory]\nbackend = \"budget\"\nbudget = \"3GiB\"\nreserve = 0\n\
-         [policy]\nwait_timeout = \"5s\"\n\
-         [[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"{}\"\n\
-         [[models]]\nname = \"sd\"\nkind = \"image\"\npath = \"{}\"\n",
-        workers.path().display(),
-        chat.display(),
-        sd.display()
-    );
-    (config, vec![workers, dir])
+    crate::util::fake_two_models(GIB, "ok delay_ms=4", extra_daemon)
 }

@@ -356,19 +356,7 @@ fn fifty_real_mixed_requests_from_eight_clients() {
     let budget = chat["total"].as_u64().unwrap() + img_total - chat_kv / 2;
     let Some(t) = start(Some(budget)) else { return };
     let socket = t.d.socket.clone();
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let watcher = {
-        let (socket, done) = (socket.clone(), done.clone());
-        std::thread::spawn(move || {
-            let mut max_used = 0;
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                let m = crate::util::http(&socket, "GET", "/v1/status", &[], b"").json()["memory"].clone();
-                max_used = max_used.max(m["used_bytes"].as_u64().unwrap());
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            max_used
-        })
-    };
+    let watcher = crate::util::UsedWatcher::start(&socket);
     let clients: Vec<_> = (0..8u32)
         .map(|c| {
             let socket = socket.clone();
@@ -408,8 +396,7 @@ fn fifty_real_mixed_requests_from_eight_clients() {
         })
         .collect();
     let statuses: Vec<u16> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let max_used = watcher.join().unwrap();
+    let max_used = watcher.stop();
     assert_eq!(statuses.len(), 50);
     assert!(statuses.iter().filter(|s| **s == 200).count() >= 25, "{statuses:?}");
     assert!(max_used <= budget, "held {max_used} bytes with a budget of {budget}");

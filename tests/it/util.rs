@@ -345,3 +345,76 @@ pub fn sse_data(body: &[u8]) -> Vec<String> {
         .filter_map(|ev| ev.lines().find_map(|l| l.strip_prefix("data: ")).map(str::to_owned))
         .collect()
 }
+
+pub const GIB: u64 = 1 << 30;
+
+/// A model file for the fake worker: its behaviour line, then zeros up to `size` (sparse:
+/// free on disk; the fake reports the file's size as its weights).
+pub fn model_file(dir: &Path, name: &str, line: &str, size: u64) -> PathBuf {
+    let path = dir.join(format!("{name}.bin"));
+    let mut f = std::fs::File::create(&path).unwrap();
+    writeln!(f, "{line}").unwrap();
+    f.set_len(size).unwrap();
+    path
+}
+
+/// Fake workers (both kinds) and two models in a 3 GiB budget: `chat` (1.5 GiB weights +
+/// 0.5 GiB KV cache) and `sd` (`sd_size`, behaviour `sd_line`), so that a 512² image after a
+/// chat soft-unloads chat and tiles the VAE. `extra_daemon` goes into `[daemon]`. Returns
+/// the configuration and the folders to keep alive.
+pub fn fake_two_models(sd_size: u64, sd_line: &str, extra_daemon: &str) -> (String, Vec<tempfile::TempDir>) {
+    let workers = fake_worker_dir();
+    std::os::unix::fs::symlink(
+        workers.path().join("vramd-llm-worker"),
+        workers.path().join("vramd-sd-worker"),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let chat = model_file(
+        dir.path(),
+        "chat",
+        &format!("ok context={} compute=0", GIB / 2),
+        GIB + GIB / 2,
+    );
+    let sd = model_file(dir.path(), "sd", sd_line, sd_size);
+    let config = format!(
+        "[daemon]\nidle_exit = \"0\"\nworker_dir = \"{}\"\n{extra_daemon}\
+         [memory]\nbackend = \"budget\"\nbudget = \"3GiB\"\nreserve = 0\n\
+         [policy]\nwait_timeout = \"5s\"\nretry_after = \"7s\"\n\
+         [[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"{}\"\n\
+         [[models]]\nname = \"sd\"\nkind = \"image\"\npath = \"{}\"\n",
+        workers.path().display(),
+        chat.display(),
+        sd.display()
+    );
+    (config, vec![workers, dir])
+}
+
+/// Polls `/v1/status` in the background and remembers the most memory the registry ever
+/// said was held; [`UsedWatcher::stop`] returns it.
+pub struct UsedWatcher {
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<u64>,
+}
+
+impl UsedWatcher {
+    pub fn start(socket: &Path) -> UsedWatcher {
+        let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (socket, flag) = (socket.to_owned(), done.clone());
+        let thread = std::thread::spawn(move || {
+            let mut max_used = 0;
+            while !flag.load(std::sync::atomic::Ordering::SeqCst) {
+                let m = http(&socket, "GET", "/v1/status", &[], b"").json()["memory"].clone();
+                max_used = max_used.max(m["used_bytes"].as_u64().unwrap());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            max_used
+        });
+        UsedWatcher { done, thread }
+    }
+
+    pub fn stop(self) -> u64 {
+        self.done.store(true, std::sync::atomic::Ordering::SeqCst);
+        self.thread.join().unwrap()
+    }
+}
