@@ -7,7 +7,7 @@
 //! these tests say so and pass, unless `VRAMD_REQUIRE_WORKERS=1` (set by scripts/test), which
 //! makes a missing worker a failure.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use vramd_gguf::llama::{write_tiny_llama, TinyLlamaSpec, CHATML_TEMPLATE};
 
-use crate::util::{http, pid_alive, sse_data, Daemon, BASE_CONFIG, VRAMD};
+use crate::util::{http, next_data, open_stream, pid_alive, sse_data, Daemon, BASE_CONFIG, VRAMD};
 
 /// The real worker's folder, or `None` (after saying so) when it has not been built.
 pub fn worker_dir() -> Option<PathBuf> {
@@ -259,41 +259,19 @@ fn soft_and_hard_unload_free_the_reported_bytes_and_reload() {
     assert_eq!(l.d.model_status("chat")["state"], "loaded", "reloaded on demand");
 }
 
-fn open_stream(d: &Daemon, body: &Value) -> BufReader<UnixStream> {
-    let body = body.to_string();
-    let mut s = UnixStream::connect(&d.socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    write!(
-        s,
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    BufReader::new(s)
-}
-
-fn next_data(r: &mut BufReader<UnixStream>) -> Option<String> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        if let Some(d) = line.trim_end().strip_prefix("data: ") {
-            return Some(d.to_owned());
-        }
-    }
-}
-
-#[test]
-fn kill_9_mid_stream_errors_the_client_and_the_next_request_restarts() {
-    let Some(l) = start(&[("chat", ModelFile::Slow)], "context_length = 2048\n") else {
-        return;
-    };
+/// The slow model, mid-way through a long streamed generation (its first event read).
+fn slow_stream() -> Option<(Llm, BufReader<UnixStream>)> {
+    let l = start(&[("chat", ModelFile::Slow)], "context_length = 2048\n")?;
     let body =
         json!({"model": "chat", "prompt": "go", "max_tokens": 2000, "temperature": 0.9, "seed": 1, "stream": true});
     let mut stream = open_stream(&l.d, &body);
     assert!(next_data(&mut stream).is_some());
+    Some((l, stream))
+}
+
+#[test]
+fn kill_9_mid_stream_errors_the_client_and_the_next_request_restarts() {
+    let Some((l, mut stream)) = slow_stream() else { return };
     let pid = l.d.model_status("chat")["pid"].as_u64().unwrap();
     // SAFETY: kill(2) on the worker the daemon started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -311,13 +289,7 @@ fn kill_9_mid_stream_errors_the_client_and_the_next_request_restarts() {
 
 #[test]
 fn disconnecting_cancels_generation_in_the_worker() {
-    let Some(l) = start(&[("chat", ModelFile::Slow)], "context_length = 2048\n") else {
-        return;
-    };
-    let body =
-        json!({"model": "chat", "prompt": "go", "max_tokens": 2000, "temperature": 0.9, "seed": 1, "stream": true});
-    let mut stream = open_stream(&l.d, &body);
-    assert!(next_data(&mut stream).is_some());
+    let Some((l, stream)) = slow_stream() else { return };
     drop(stream);
     let deadline = Instant::now() + Duration::from_secs(20);
     while !l.d.log().contains("generation cancelled") {

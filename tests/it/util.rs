@@ -418,3 +418,33 @@ impl UsedWatcher {
         self.thread.join().unwrap()
     }
 }
+
+/// Starts a streamed `POST /v1/completions` and leaves it open, for tests that act in the
+/// middle of a generation (kill the worker, hang up). Read it with [`next_data`].
+pub fn open_stream(d: &Daemon, body: &serde_json::Value) -> std::io::BufReader<UnixStream> {
+    let body = body.to_string();
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    write!(
+        s,
+        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    std::io::BufReader::new(s)
+}
+
+/// The next Server-Sent Event's `data:` from a live stream; `None` at its end.
+pub fn next_data(r: &mut std::io::BufReader<UnixStream>) -> Option<String> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line).ok()? == 0 {
+            return None;
+        }
+        if let Some(d) = line.trim_end().strip_prefix("data: ") {
+            return Some(d.to_owned());
+        }
+    }
+}

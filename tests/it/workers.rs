@@ -3,13 +3,13 @@
 //! limits, cancellation, concurrency and validation. Inference itself is tested against
 //! the real llama.cpp worker in `llm.rs`.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::BufReader;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::util::{fake_worker_dir, http, pid_alive, sse_data, Daemon, BASE_CONFIG};
+use crate::util::{fake_worker_dir, http, next_data, pid_alive, sse_data, Daemon, BASE_CONFIG};
 
 struct Setup {
     d: Daemon,
@@ -154,31 +154,9 @@ fn streaming_chat_uses_openai_chunks() {
     assert_eq!(last["usage"]["prompt_tokens"], 2);
 }
 
-/// Reads one SSE event's data from a live stream.
-fn next_data(r: &mut BufReader<UnixStream>) -> Option<String> {
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if r.read_line(&mut line).ok()? == 0 {
-            return None;
-        }
-        if let Some(d) = line.trim_end().strip_prefix("data: ") {
-            return Some(d.to_owned());
-        }
-    }
-}
-
 fn open_stream(d: &Daemon, model: &str, max_tokens: u32) -> BufReader<UnixStream> {
-    let body = json!({"model": model, "prompt": "go", "max_tokens": max_tokens, "stream": true}).to_string();
-    let mut s = UnixStream::connect(&d.socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "POST /v1/completions HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    BufReader::new(s)
+    let body = json!({"model": model, "prompt": "go", "max_tokens": max_tokens, "stream": true});
+    crate::util::open_stream(d, &body)
 }
 
 #[test]
