@@ -12,7 +12,8 @@
 //! Options as `key=value` words on the same line: `delay_ms=20`, `context=BYTES`,
 //! `compute=BYTES`. An image model is loaded from `files.model` or `files.diffusion_model`.
 //! Every generation appends one line to `<model file>.log` (`generate N` / `cancelled N` /
-//! `done N`), so tests can see what the worker did after the client left.
+//! `done N`), and `restore` is logged the same way, so tests can see what the worker did
+//! after the client left and whether the daemon restored a soft-unloaded context.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -235,6 +236,21 @@ async fn unload(State(s): State<Shared>, Json(req): Json<UnloadRequest>) -> Json
     Json(health(&guard))
 }
 
+async fn restore(State(s): State<Shared>) -> Response {
+    let mut guard = s.lock().unwrap();
+    let Some(m) = guard.as_mut() else {
+        return error(StatusCode::CONFLICT, ErrorCode::NotLoaded, "no model");
+    };
+    let context_ms = u64::from(m.soft);
+    m.soft = false;
+    note(&m.path, "restore");
+    Json(RestoreResponse {
+        health: health(&guard),
+        context_ms,
+    })
+    .into_response()
+}
+
 fn note(path: &std::path::Path, line: &str) {
     let mut log = path.as_os_str().to_owned();
     log.push(".log");
@@ -331,6 +347,7 @@ async fn main() {
         )
         .route(LOAD, post(load))
         .route(UNLOAD, post(unload))
+        .route(RESTORE, post(restore))
         .route(GENERATE, post(generate))
         .route(IMAGES, post(images))
         .with_state(state);

@@ -40,6 +40,14 @@ pub enum EventKind {
         freed_bytes: u64,
         reason: String,
     },
+    /// A soft-unloaded model got its context back before anyone asked for it.
+    ModelRestored {
+        model: String,
+        /// What the context took (KV cache and compute buffers).
+        bytes: u64,
+        context_ms: u64,
+        reason: String,
+    },
     VaeTiled {
         model: String,
         width: u32,
@@ -85,6 +93,7 @@ impl EventKind {
             EventKind::ModelLoaded { .. } => "model_loaded",
             EventKind::ModelSoftUnloaded { .. } => "model_soft_unloaded",
             EventKind::ModelUnloaded { .. } => "model_unloaded",
+            EventKind::ModelRestored { .. } => "model_restored",
             EventKind::VaeTiled { .. } => "vae_tiled",
             EventKind::VaeOnCpu { .. } => "vae_on_cpu",
             EventKind::RequestQueued { .. } => "request_queued",

@@ -66,6 +66,10 @@ pub struct ModelEntry {
     pub page_cache: crate::pagecache::Residency,
     /// What NVML says the worker process uses on the device (CUDA context included).
     pub device_bytes: Option<u64>,
+    /// Memory granted to work in progress that the worker has not reported yet: a model
+    /// being loaded, an image's sampling and VAE decode, a context being recreated. It counts
+    /// as held, so that requests planned meanwhile leave room for it.
+    pub reserved_bytes: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -126,6 +130,7 @@ impl ModelEntry {
             failures: 0,
             page_cache: Default::default(),
             device_bytes: None,
+            reserved_bytes: 0,
         }
     }
 
@@ -143,10 +148,11 @@ impl ModelEntry {
         self.device_bytes = None;
     }
 
-    /// What it holds: the worker's own account or NVML's figure for its process, whichever
-    /// is larger (NVML also sees the CUDA context; the worker sees buffers NVML has not yet).
+    /// What it holds: the worker's own account plus what is reserved for work in progress,
+    /// or NVML's figure for its process, whichever is larger (NVML also sees the CUDA context;
+    /// the worker's account and the reservations cover buffers NVML has not seen yet).
     pub fn held(&self) -> u64 {
-        self.bytes.total.max(self.device_bytes.unwrap_or(0))
+        (self.bytes.total + self.reserved_bytes).max(self.device_bytes.unwrap_or(0))
     }
 
     /// Takes what a worker reported.

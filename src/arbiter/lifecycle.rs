@@ -61,6 +61,42 @@ pub(super) struct Runtime {
     warm: bool,
     /// What the model held when it was last fully loaded: better than any estimate.
     pub known: Option<Bytes>,
+    /// Memory reserved for granted requests until they are done.
+    pub grants: Vec<Reservation>,
+    /// Memory reserved for the load in progress.
+    pub loading_reserved: u64,
+    /// Memory reserved for the context restore in progress.
+    pub restoring: u64,
+    /// Why the model's context is being restored.
+    pub restore_reason: Option<String>,
+    /// A background restore failed: do not try again until the model is used.
+    pub restore_failed: bool,
+}
+
+/// What a granted request may use beyond what its model held when it started.
+pub(super) struct Reservation {
+    pub ticket: u64,
+    pub extra: u64,
+    /// The model's reported bytes when the request started (`None` while it waits for a
+    /// load). Once the worker reports more than that, the excess is no longer reserved but
+    /// counted, so a report that arrives before the request ends is not counted twice.
+    pub base: Option<u64>,
+}
+
+impl Reservation {
+    fn outstanding(&self, reported: u64) -> u64 {
+        match self.base {
+            None => self.extra,
+            Some(base) => (base + self.extra).saturating_sub(reported),
+        }
+    }
+}
+
+impl Runtime {
+    /// The largest reservation still outstanding with the model reporting `reported` bytes.
+    pub fn largest_grant(&self, reported: u64) -> u64 {
+        self.grants.iter().map(|g| g.outstanding(reported)).max().unwrap_or(0)
+    }
 }
 
 impl Arbiter {
@@ -72,6 +108,14 @@ impl Arbiter {
             (rt.seq, rt.just_loaded_ms, client)
         };
         let events = self.reply_later();
+        self.rt(model).restore_failed = false;
+        if matches!(granted.waiter, Waiter::Load(_)) {
+            self.unreserve(model, granted.ticket);
+        }
+        let reported = self.registry.get(model).expect("entry").bytes.total;
+        if let Some(g) = self.rt(model).grants.iter_mut().find(|g| g.ticket == granted.ticket) {
+            g.base = Some(reported);
+        }
         let entry = self.registry.get_mut(model).expect("entry");
         match granted.waiter {
             Waiter::Acquire(reply) => {
@@ -87,6 +131,7 @@ impl Arbiter {
                     actions: granted.actions,
                     job: granted.job,
                     seq,
+                    ticket: granted.ticket,
                     report: None,
                     events,
                 };
@@ -132,6 +177,9 @@ impl Arbiter {
         let rt = self.rt(model);
         rt.seq = seq;
         rt.warm = warm;
+        rt.loading_reserved = need;
+        self.update_reserved(model);
+        let rt = self.rt(model);
         let wait = rt
             .last_failure
             .map_or(Duration::ZERO, |t| backoff.saturating_sub(t.elapsed()));
@@ -172,6 +220,9 @@ impl Arbiter {
             }
             return;
         }
+        // From here on the worker's report (or nothing, if it failed) stands for the load.
+        self.rt(model).loading_reserved = 0;
+        self.update_reserved(model);
         let entry = self.registry.get_mut(model).expect("entry");
         match result {
             Ok(loaded) => {
@@ -184,6 +235,7 @@ impl Arbiter {
                 let (pid, bytes) = (loaded.worker.pid, loaded.health.bytes);
                 let rt = self.rt(model);
                 rt.worker = Some(loaded.worker);
+                rt.restore_failed = false;
                 rt.just_loaded_ms = Some(loaded.ms);
                 rt.known = Some(bytes);
                 let from_page_cache = rt.warm;
@@ -227,7 +279,9 @@ impl Arbiter {
         }
     }
 
-    pub(super) fn release(&mut self, model: &str, seq: u64, job: Job, report: Option<Report>) {
+    pub(super) fn release(&mut self, model: &str, seq: u64, job: Job, ticket: u64, report: Option<Report>) {
+        self.last_activity = Instant::now();
+        self.unreserve(model, ticket);
         let current = self.rt(model).seq == seq && self.rt(model).worker.is_some();
         let entry = self.registry.get_mut(model).expect("entry");
         entry.in_flight = entry.in_flight.saturating_sub(1);
@@ -240,6 +294,8 @@ impl Arbiter {
         }
         let Some(report) = report else { return };
         entry.report(&report.health);
+        self.update_reserved(model);
+        let entry = self.registry.get_mut(model).expect("entry");
         // A completed request proves the worker works.
         entry.failures = 0;
         let context_length = entry.context_length.unwrap_or(0);
@@ -267,9 +323,14 @@ impl Arbiter {
                     let raw = |p| estimate::raw_image_phase(w, last.width, last.height, p);
                     self.calibration
                         .observe(model, Phase::Sampling, last.sampling_bytes, raw(Phase::Sampling));
-                    if last.vae == VaePlacement::Gpu {
+                    let phase = match last.vae {
+                        VaePlacement::Gpu => Some(Phase::VaeDecode),
+                        VaePlacement::Tiled => Some(Phase::VaeTiled),
+                        VaePlacement::Cpu => None, // nothing on the device to learn from
+                    };
+                    if let Some(phase) = phase {
                         self.calibration
-                            .observe(model, Phase::VaeDecode, last.vae_decode_bytes, raw(Phase::VaeDecode));
+                            .observe(model, phase, last.vae_decode_bytes, raw(phase));
                     }
                 }
             }
@@ -380,6 +441,7 @@ impl Arbiter {
                 let freed = entry.bytes.total.saturating_sub(health.bytes.total);
                 entry.report(&health);
                 entry.state = ModelState::SoftUnloaded;
+                self.update_reserved(model);
                 let reason = self.rt(model).unload_reason.take().unwrap_or_default();
                 self.bus.publish(EventKind::ModelSoftUnloaded {
                     model: model.to_owned(),
@@ -406,9 +468,15 @@ impl Arbiter {
         }
         rt.worker = None;
         let reason = rt.unload_reason.take();
+        // Requests that were running on it use nothing any more (they fail as it is gone).
+        for g in rt.grants.iter_mut().filter(|g| g.base.is_some()) {
+            g.extra = 0;
+        }
         let entry = self.registry.get_mut(model).expect("entry");
         let freed = entry.bytes.total;
         entry.clear_worker();
+        self.update_reserved(model);
+        let entry = self.registry.get_mut(model).expect("entry");
         if exit.requested {
             entry.state = ModelState::Unloaded;
             self.bus.publish(EventKind::ModelUnloaded {
@@ -433,6 +501,7 @@ impl Arbiter {
 
     /// Answers unload waiters once the model left `unloading`, and lets the queue go on.
     fn settle_unload(&mut self, model: &str) {
+        self.last_activity = Instant::now();
         let entry = self.registry.get(model).expect("entry");
         let (state, now) = (entry.state, entry.bytes.total);
         for (mode, before, reply) in std::mem::take(&mut self.rt(model).unload_waiters) {
@@ -468,8 +537,9 @@ impl Arbiter {
         }
     }
 
-    fn fail_waiters(&mut self, model: &str, err: impl Fn(String) -> ArbiterError) {
+    pub(super) fn fail_waiters(&mut self, model: &str, err: impl Fn(String) -> ArbiterError) {
         for g in std::mem::take(&mut self.rt(model).waiters) {
+            self.unreserve(model, g.ticket);
             reject(g.waiter, err(model.to_owned()));
         }
     }

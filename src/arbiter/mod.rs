@@ -9,13 +9,14 @@
 
 mod lifecycle;
 mod queue;
+mod restore;
 mod task;
 
 use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
-use vramd_protocol::Health;
+use vramd_protocol::{Health, RestoreResponse};
 pub use vramd_protocol::{UnloadMode, VaePlacement};
 
 use crate::config::Config;
@@ -132,6 +133,8 @@ pub(crate) enum Event {
         model: String,
         seq: u64,
         job: Job,
+        /// The memory reservation the request held (see `Runtime::grants`).
+        ticket: u64,
         report: Option<Report>,
     },
     LoadDone {
@@ -143,6 +146,11 @@ pub(crate) enum Event {
         model: String,
         seq: u64,
         result: Result<Health, String>,
+    },
+    RestoreDone {
+        model: String,
+        seq: u64,
+        result: Result<RestoreResponse, String>,
     },
     WorkerExit {
         model: String,
@@ -171,6 +179,7 @@ pub struct Lease {
     pub actions: Vec<Action>,
     job: Job,
     seq: u64,
+    ticket: u64,
     report: Option<Report>,
     events: mpsc::UnboundedSender<Event>,
 }
@@ -188,6 +197,7 @@ impl Drop for Lease {
             model: std::mem::take(&mut self.model),
             seq: self.seq,
             job: self.job,
+            ticket: self.ticket,
             report: self.report.take(),
         });
     }

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use super::lifecycle::Reservation;
 use super::task::{reject, Arbiter, Shape};
 use super::{ArbiterError, Job, Lease, LoadOutcome};
 use crate::config::ModelKind;
@@ -40,6 +41,8 @@ pub(super) struct Granted {
     pub job: Job,
     pub vae: VaePlacement,
     pub actions: Vec<Action>,
+    /// Its memory reservation in `Runtime::grants`, given back when it is done.
+    pub ticket: u64,
 }
 
 impl Arbiter {
@@ -47,6 +50,7 @@ impl Arbiter {
         if self.config.model(&model).is_none() {
             return reject(waiter, ArbiterError::UnknownModel(model));
         }
+        self.last_activity = Instant::now();
         self.pending.push_back(Pending {
             model,
             job,
@@ -117,7 +121,7 @@ impl Arbiter {
                         self.publish_vae(&model, head.job, &a);
                         head.done.push(a);
                     }
-                    self.grant(head, forced.unwrap_or(vae));
+                    self.grant(head, forced.unwrap_or(vae), &need);
                 }
                 Outcome::Wait { model: busy, reason } => {
                     let head = &mut self.pending[0];
@@ -186,20 +190,63 @@ impl Arbiter {
         }
     }
 
-    fn grant(&mut self, head: Pending, vae: VaePlacement) {
+    /// Lets the head go ahead. What it will use beyond what its model holds is reserved
+    /// until it is done (the model's own load reserves itself in `start_load`).
+    fn grant(&mut self, head: Pending, vae: VaePlacement, need: &Need) {
+        let model = head.model;
+        let state = self.registry.get(&model).expect("entry").state;
+        let explicit_load = matches!(head.waiter, Waiter::Load(_));
+        let reserve = match (head.job, state) {
+            (Job::Image { .. }, _) => need.peak(vae).saturating_sub(need.load),
+            // Its context comes back within the request.
+            (Job::Text, ModelState::SoftUnloaded) if !explicit_load => need.load,
+            (Job::Text, _) => 0,
+        };
+        let ticket = self.next_ticket;
+        self.next_ticket += 1;
+        if reserve > 0 {
+            self.rt(&model).grants.push(Reservation {
+                ticket,
+                extra: reserve,
+                base: None,
+            });
+            self.update_reserved(&model);
+        }
         let granted = Granted {
             waiter: head.waiter,
             job: head.job,
             vae,
             actions: head.done,
+            ticket,
         };
-        let state = self.registry.get(&head.model).expect("entry").state;
-        if state == ModelState::Unloaded {
-            self.rt(&head.model).waiters.push(granted);
-            self.start_load(&head.model);
-        } else {
-            self.serve(&head.model, granted);
+        match state {
+            ModelState::Unloaded => {
+                self.rt(&model).waiters.push(granted);
+                self.start_load(&model);
+            }
+            // `POST /v1/models/{name}/load` on a soft-unloaded LLM: bring its context back.
+            ModelState::SoftUnloaded if explicit_load => {
+                self.rt(&model).waiters.push(granted);
+                self.start_restore(&model, "requested".into());
+            }
+            _ => self.serve(&model, granted),
         }
+    }
+
+    /// Gives back a request's reservation.
+    pub(super) fn unreserve(&mut self, model: &str, ticket: u64) {
+        self.rt(model).grants.retain(|g| g.ticket != ticket);
+        self.update_reserved(model);
+    }
+
+    /// The registry's `reserved_bytes`: a load or restore in progress, plus the largest
+    /// grant (a worker runs one request at a time, so grants on one model do not add up),
+    /// less what the worker has reported since. Called whenever either side changes.
+    pub(super) fn update_reserved(&mut self, model: &str) {
+        let now = self.registry.get(model).expect("entry").bytes.total;
+        let rt = self.rt(model);
+        let bytes = rt.loading_reserved + rt.restoring + rt.largest_grant(now);
+        self.registry.get_mut(model).expect("entry").reserved_bytes = bytes;
     }
 
     fn execute(&mut self, action: Action) {
@@ -264,11 +311,16 @@ impl Arbiter {
     }
 
     /// What `job` on `model` needs beyond what the model holds: measured figures when it
-    /// was loaded before, estimates otherwise.
+    /// was loaded before, estimates otherwise. A request granted earlier on the same model
+    /// has reserved working memory that this one reuses after it (one request at a time).
     pub(super) fn need_for(&self, model: &str, job: Job) -> Need {
         let entry = self.registry.get(model).expect("configured");
         let cfg = self.config.model(model).expect("configured");
         let known = self.runtime.get(model).and_then(|rt| rt.known);
+        let granted = self
+            .runtime
+            .get(model)
+            .map_or(0, |rt| rt.largest_grant(entry.bytes.total));
         let shape = self.shapes.get(model).expect("every model has a shape");
         let mut need = Need {
             model: model.to_owned(),
@@ -293,7 +345,7 @@ impl Arbiter {
                 };
                 let (weights, context) = known.map_or(est, |b| (b.weights, b.context + b.compute));
                 need.load = match entry.state {
-                    ModelState::SoftUnloaded => context,
+                    ModelState::SoftUnloaded => context.saturating_sub(granted),
                     ModelState::Unloaded | ModelState::Failed => weights + context,
                     _ => 0,
                 };
@@ -312,11 +364,11 @@ impl Arbiter {
                 }
                 if let Job::Image { width, height, vae } = job {
                     let e = estimate::image(&weights, width, height, Some(&self.calibration), model);
-                    need.work = e.sampling;
+                    need.work = e.sampling.saturating_sub(granted);
                     let mut v = VaeNeed {
-                        gpu: e.vae_gpu,
-                        tiled: e.vae_tiled,
-                        cpu: e.vae_cpu,
+                        gpu: e.vae_gpu.saturating_sub(granted),
+                        tiled: e.vae_tiled.saturating_sub(granted),
+                        cpu: e.vae_cpu.saturating_sub(granted),
                     };
                     // A forced placement costs what it costs, whatever the planner would pick.
                     if let Some(forced) = vae {

@@ -45,6 +45,11 @@ pub(crate) struct Arbiter {
     pub(super) events_tx: mpsc::UnboundedSender<Event>,
     events_rx: mpsc::UnboundedReceiver<Event>,
     pub(super) next_seq: u64,
+    /// Numbers the memory reservations of granted requests.
+    pub(super) next_ticket: u64,
+    /// When a request last arrived or finished, or an eviction last settled: background
+    /// restores wait for `[policy] restore_after` of quiet after it.
+    pub(super) last_activity: Instant,
     pub(super) bus: EventBus,
     pub(super) pending: VecDeque<Pending>,
     /// The model being evicted for the request at the head of `pending`.
@@ -107,6 +112,8 @@ impl Arbiter {
             events_tx,
             events_rx,
             next_seq: 1,
+            next_ticket: 1,
+            last_activity: Instant::now(),
             bus,
             pending: VecDeque::new(),
             evicting: None,
@@ -137,6 +144,7 @@ impl Arbiter {
                 _ = tick.tick() => self.tick(),
             }
             self.drive();
+            self.restore_idle();
             let snapshot = take_snapshot(&self.registry, &self.config, self.source.as_mut());
             self.publish.send_replace(snapshot);
         }
@@ -193,10 +201,12 @@ impl Arbiter {
                 model,
                 seq,
                 job,
+                ticket,
                 report,
-            } => self.release(&model, seq, job, report),
+            } => self.release(&model, seq, job, ticket, report),
             Event::LoadDone { model, seq, result } => self.load_done(&model, seq, result),
             Event::SoftUnloadDone { model, seq, result } => self.soft_unload_done(&model, seq, result),
+            Event::RestoreDone { model, seq, result } => self.restore_done(&model, seq, result),
             Event::WorkerExit { model, seq, exit } => self.worker_exit(&model, seq, exit),
         }
     }

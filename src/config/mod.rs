@@ -333,6 +333,10 @@ pub struct PolicyConfig {
     pub wait_timeout: Timeout,
     /// The `Retry-After` of a 503 when memory is short.
     pub retry_after: Timeout,
+    /// How long the arbiter must have been quiet (no request started or finished, no
+    /// eviction) before it restores soft-unloaded contexts that fit again; `"0"`: never.
+    /// A short pause keeps back-to-back images from trading the LLM's context back and forth.
+    pub restore_after: Timeout,
 }
 
 impl Default for PolicyConfig {
@@ -342,6 +346,7 @@ impl Default for PolicyConfig {
             llm_idle_first: Timeout(Some(Duration::from_secs(600))),
             wait_timeout: Timeout(Some(Duration::from_secs(60))),
             retry_after: Timeout(Some(Duration::from_secs(5))),
+            restore_after: Timeout(Some(Duration::from_secs(2))),
         }
     }
 }

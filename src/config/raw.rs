@@ -44,6 +44,7 @@ struct PolicySection {
     llm_idle_first: Option<Timeout>,
     wait_timeout: Option<Timeout>,
     retry_after: Option<Timeout>,
+    restore_after: Option<Timeout>,
 }
 
 #[derive(Deserialize)]
@@ -195,6 +196,7 @@ pub fn parse_main(file: &Path, text: &str) -> Result<RawMain, ConfigError> {
         llm_idle_first: p.llm_idle_first.unwrap_or(dp.llm_idle_first),
         wait_timeout: p.wait_timeout.unwrap_or(dp.wait_timeout),
         retry_after: p.retry_after.unwrap_or(dp.retry_after),
+        restore_after: p.restore_after.unwrap_or(dp.restore_after),
     };
     Ok(RawMain {
         config: Config {

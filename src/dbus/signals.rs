@@ -3,7 +3,8 @@
 //! [`signal_for`] is the pure mapping (tested on values); [`forward`] follows the arbiter's
 //! event feed and snapshots and emits on one connection until that connection fails.
 //! Events the desktop has no use for (a load starting, memory pressure before the steps
-//! that relieve it, a restart) stay on `GET /v1/events` only.
+//! that relieve it, a restart, a context restored in the background) stay on
+//! `GET /v1/events` only.
 
 use std::sync::Arc;
 
@@ -114,6 +115,7 @@ pub fn signal_for(kind: &EventKind) -> Option<Signal> {
         EventKind::RequestQueued { model, reason } => Signal::RequestQueued { model, reason },
         EventKind::WorkerCrashed { model, reason } => Signal::WorkerCrashed { model, reason },
         EventKind::ModelLoading { .. }
+        | EventKind::ModelRestored { .. }
         | EventKind::RequestRejected { .. }
         | EventKind::WorkerRestarted { .. }
         | EventKind::MemoryPressure { .. } => return None,

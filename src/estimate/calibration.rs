@@ -14,8 +14,11 @@ use serde::{Deserialize, Serialize};
 pub enum Phase {
     /// Text encoders and diffusion sampling.
     Sampling,
-    /// The VAE (or TAESD) decode on the device.
+    /// The VAE (or TAESD) decode on the device, whole.
     VaeDecode,
+    /// The same in tiles: about constant in the image size, so it gets its own factor
+    /// (without one, the whole decode's factor stands in).
+    VaeTiled,
     /// llama.cpp's compute buffers.
     LlmCompute,
 }

@@ -89,10 +89,13 @@ pub fn image(
     let raw_vae = VAE_BYTES_PER_PIXEL * pixels / divisor;
     let raw_sampling = weights.total() / SAMPLING_WEIGHTS_DIVISOR + SAMPLING_BYTES_PER_LATENT * latent;
     let vae_factor = calibration.and_then(|c| c.factor(model, Phase::VaeDecode));
+    let tiled_factor = calibration
+        .and_then(|c| c.factor(model, Phase::VaeTiled))
+        .or(vae_factor);
     let sampling_factor = calibration.and_then(|c| c.factor(model, Phase::Sampling));
     let vae_gpu = apply(raw_vae, vae_factor);
     let sampling = apply(raw_sampling, sampling_factor);
-    let vae_tiled = vae_gpu.min(apply(VAE_TILED_BYTES / divisor, vae_factor));
+    let vae_tiled = vae_gpu.min(apply(VAE_TILED_BYTES / divisor, tiled_factor));
     ImageEstimate {
         weights: weights.total(),
         sampling,
@@ -100,7 +103,7 @@ pub fn image(
         vae_tiled,
         vae_cpu: 0,
         total: weights.total() + sampling.max(vae_gpu),
-        calibrated: vae_factor.is_some() || sampling_factor.is_some(),
+        calibrated: vae_factor.is_some() || sampling_factor.is_some() || tiled_factor.is_some(),
     }
 }
 
@@ -110,6 +113,8 @@ pub fn raw_image_phase(weights: &ImageWeights, width: u32, height: u32, phase: P
     match phase {
         Phase::Sampling => e.sampling,
         Phase::VaeDecode => e.vae_gpu,
+        // Raw, not limited by the whole decode: what the tiles alone are expected to take.
+        Phase::VaeTiled => VAE_TILED_BYTES / if weights.taesd { TAESD_DIVISOR } else { 1 },
         Phase::LlmCompute => 0,
     }
 }
@@ -192,5 +197,34 @@ mod tests {
         let ratio = e.vae_gpu as f64 / (raw / 2) as f64;
         assert!((0.98..1.02).contains(&ratio), "{ratio}");
         assert!(!image(&w, 512, 512, Some(&c), "other").calibrated, "per model");
+    }
+
+    #[test]
+    fn tiled_decodes_learn_their_own_factor() {
+        let w = ImageWeights {
+            components: vec![("model".into(), 1 << 30)],
+            taesd: false,
+        };
+        let mut c = Calibration::default();
+        // What stable-diffusion.cpp's SD1 VAE measured in tiles on the CPU, at any size.
+        let raw = raw_image_phase(&w, 320, 320, Phase::VaeTiled);
+        assert_eq!(raw, VAE_TILED_BYTES);
+        c.observe("sd", Phase::VaeTiled, 436_228_588, raw);
+        let e = image(&w, 1024, 1024, Some(&c), "sd");
+        assert_eq!(e.vae_tiled, 436_228_588, "the same at another size");
+        assert_eq!(
+            e.vae_gpu,
+            image(&w, 1024, 1024, None, "sd").vae_gpu,
+            "whole decodes untouched"
+        );
+        // Without a tiled measurement the whole decode's factor stands in.
+        let mut whole = Calibration::default();
+        whole.observe(
+            "sd",
+            Phase::VaeDecode,
+            raw_image_phase(&w, 512, 512, Phase::VaeDecode) * 2,
+            raw_image_phase(&w, 512, 512, Phase::VaeDecode),
+        );
+        assert_eq!(image(&w, 1024, 1024, Some(&whole), "sd").vae_tiled, 2 * VAE_TILED_BYTES);
     }
 }

@@ -14,6 +14,9 @@
 //! 5. `vae_cpu`: decode this image's VAE on the CPU instead of evicting a model in use;
 //! 6. `hard`: hard-unload idle models, least recently used first.
 //!
+//! After the heavy request, [`restore`] picks which soft-unloaded model gets its context
+//! back, once it fits again.
+//!
 //! Busy and pinned models are never evicted. Before evicting anything the planner checks that
 //! the request could fit after every eviction it is allowed: a request that can never fit is
 //! rejected (507 when it exceeds the whole budget, else 503 with `Retry-After`), one that could
@@ -411,6 +414,38 @@ pub fn plan(models: &[ModelView], memory: Memory, need: &Need, now: u64, policy:
         plan.actions.clear();
     }
     plan
+}
+
+/// A soft-unloaded model whose context could be recreated, and what that takes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoreCandidate {
+    pub name: String,
+    pub bytes: u64,
+}
+
+/// Which soft-unloaded model to restore now, if any: the first, by priority (highest first)
+/// then most recent use (the model likeliest to be asked for next) then name, whose context
+/// fits in what is free. Restoring never evicts anything, so this is all it has to decide;
+/// the arbiter restores one model at a time and asks again, so each choice sees the memory
+/// the previous one took.
+pub fn restore<'a>(
+    models: &[ModelView],
+    memory: Memory,
+    candidates: &'a [RestoreCandidate],
+) -> Option<&'a RestoreCandidate> {
+    let free = free_bytes(models, memory);
+    let view = |name: &str| models.iter().find(|m| m.name == name);
+    let mut ordered: Vec<&RestoreCandidate> = candidates
+        .iter()
+        .filter(|c| view(&c.name).is_some_and(|m| m.state == ModelState::SoftUnloaded && !m.busy()))
+        .collect();
+    ordered.sort_by(|a, b| {
+        let key = |c: &RestoreCandidate| {
+            view(&c.name).map(|m| (std::cmp::Reverse(m.priority), std::cmp::Reverse(m.last_used)))
+        };
+        key(a).cmp(&key(b)).then_with(|| a.name.cmp(&b.name))
+    });
+    ordered.into_iter().find(|c| c.bytes <= free)
 }
 
 fn rank(p: VaePlacement) -> u8 {

@@ -327,6 +327,71 @@ fn the_request_s_own_model_is_not_evicted_for_it() {
     assert!(matches!(p.outcome, Outcome::TooLarge { .. }), "{:?}", p.outcome);
 }
 
+fn soft(name: &str, weights: u64, idle_secs: u64) -> ModelView {
+    ModelView {
+        state: ModelState::SoftUnloaded,
+        ..llm(name, weights, 0, idle_secs)
+    }
+}
+
+fn candidate(name: &str, bytes: u64) -> RestoreCandidate {
+    RestoreCandidate {
+        name: name.into(),
+        bytes,
+    }
+}
+
+#[test]
+fn restore_picks_the_most_recently_used_context_that_fits_again() {
+    let models = [
+        soft("old", GIB, 900),
+        soft("recent", GIB, 60),
+        image_model("sd", 2 * GIB),
+    ];
+    let c = [candidate("old", GIB), candidate("recent", GIB)];
+    // 8 − 4 held: both fit; the one used last comes back first.
+    assert_eq!(
+        restore(&models, mem(8 * GIB), &c).map(|c| c.name.as_str()),
+        Some("recent")
+    );
+    // 4.5 GiB total: 0.5 free, neither fits yet.
+    assert_eq!(restore(&models, mem(4 * GIB + GIB / 2), &c), None);
+    // Only the smaller context fits: it goes, whatever the order.
+    let c = [candidate("old", GIB / 4), candidate("recent", GIB)];
+    assert_eq!(
+        restore(&models, mem(4 * GIB + GIB / 2), &c).map(|c| c.name.as_str()),
+        Some("old")
+    );
+}
+
+#[test]
+fn restore_follows_priority_and_skips_what_is_not_soft_unloaded() {
+    let mut high = soft("high", GIB, 900);
+    high.priority = 5;
+    let busy = ModelView {
+        in_flight: 1,
+        ..soft("busy", GIB, 1)
+    };
+    let loaded = llm("loaded", GIB, GIB, 1);
+    let models = [high, soft("low", GIB, 1), busy, loaded];
+    let c = [
+        candidate("low", GIB),
+        candidate("high", GIB),
+        candidate("busy", GIB),
+        candidate("loaded", GIB),
+    ];
+    assert_eq!(
+        restore(&models, mem(16 * GIB), &c).map(|c| c.name.as_str()),
+        Some("high")
+    );
+    let c = [
+        candidate("busy", GIB),
+        candidate("loaded", GIB),
+        candidate("unknown", 1),
+    ];
+    assert_eq!(restore(&models, mem(16 * GIB), &c), None);
+}
+
 fn arb_model(i: usize) -> impl Strategy<Value = ModelView> {
     (
         any::<bool>(),
@@ -431,6 +496,28 @@ proptest! {
                 prop_assert!(held - freed + need.peak(*vae) <= total - reserve.min(total));
             }
             _ => prop_assert!(p.actions.is_empty(), "nothing is evicted for a request that does not run"),
+        }
+    }
+
+    #[test]
+    fn restores_never_exceed_the_budget(models in arb_models(), sizes in prop::collection::vec(0u64..2 * GIB, 8), total in 4 * GIB..16 * GIB, reserve in 0u64..GIB) {
+        let memory = Memory { total, reserve, device_free: None };
+        prop_assume!(models.iter().map(|m| m.weights + m.context).sum::<u64>() <= total - reserve);
+        let candidates: Vec<RestoreCandidate> = models.iter().zip(&sizes).map(|(m, b)| candidate(&m.name, *b)).collect();
+        let chosen = restore(&models, memory, &candidates);
+        prop_assert_eq!(chosen, restore(&models, memory, &candidates));
+        if let Some(c) = chosen {
+            let m = models.iter().find(|m| m.name == c.name).expect("a known model");
+            prop_assert!(m.state == ModelState::SoftUnloaded && !m.busy());
+            let held: u64 = models.iter().map(|m| m.weights + m.context).sum();
+            prop_assert!(held + c.bytes <= total - reserve, "restoring {} over the budget", c.name);
+        } else {
+            // Nothing chosen: every soft-unloaded idle candidate is too big.
+            let free = free_bytes(&models, memory);
+            for c in &candidates {
+                let m = models.iter().find(|m| m.name == c.name).expect("a known model");
+                prop_assert!(m.state != ModelState::SoftUnloaded || m.busy() || c.bytes > free);
+            }
         }
     }
 }

@@ -7,6 +7,7 @@
 //! `VRAMD_REQUIRE_WORKERS=1`.
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -53,50 +54,96 @@ fn write(dir: &Path, file: &str, manifests: &[&str]) -> PathBuf {
 
 pub struct Images {
     pub d: Daemon,
-    _models: tempfile::TempDir,
 }
 
-/// A daemon with `zimage` (components), `sd1` (one checkpoint with its full VAE), a tiny
-/// `chat` LLM, and optionally a `broken` image model.
-fn start(budget: Option<u64>) -> Option<Images> {
-    let workers = sd_worker_dir()?;
-    let dir = tempfile::tempdir().unwrap();
-    let dit = write(dir.path(), "zi_dit.gguf", &["zi_dit.json"]);
-    let llm = write(dir.path(), "zi_llm.gguf", &["zi_llm.json"]);
-    let tae = write(dir.path(), "zi_tae.gguf", &["zi_tae.json"]);
-    let sd1 = write(dir.path(), "sd1.gguf", &["sd1_full.json", "sd1_vae.json"]);
-    let chat = dir.path().join("chat.gguf");
-    vramd_gguf::llama::write_tiny_llama(&chat, &Default::default()).unwrap();
-    let broken = dir.path().join("broken.gguf");
-    let bytes = std::fs::read(&dit).unwrap();
-    std::fs::write(&broken, &bytes[..bytes.len() / 3]).unwrap();
-    let config = format!(
-        "{}\
-         [[models]]\nname = \"zimage\"\nkind = \"image\"\ndiffusion_model = \"{}\"\nllm = \"{}\"\ntaesd = \"{}\"\nsize_multiple = 16\n\
-         [[models]]\nname = \"sd1\"\nkind = \"image\"\npath = \"{}\"\n\
-         [[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"{}\"\ncontext_length = 256\n\
-         [[models]]\nname = \"broken\"\nkind = \"image\"\ndiffusion_model = \"{}\"\nllm = \"{}\"\ntaesd = \"{}\"\n",
-        BASE_CONFIG
-            .replace("[daemon]\n", &format!("[daemon]\nworker_dir = \"{}\"\nworker_start_timeout = \"60s\"\n", workers.display()))
-            .replace("budget = \"8GiB\"\n", &budget.map_or("budget = \"8GiB\"\n".into(), |b| format!("budget = {b}\nreserve = 0\n"))),
-        dit.display(),
-        llm.display(),
-        tae.display(),
-        sd1.display(),
-        chat.display(),
-        broken.display(),
-        llm.display(),
-        tae.display(),
-    );
-    Some(Images {
-        d: Daemon::start_with(&config, |c| {
-            c.env("RUST_LOG", "info");
-        }),
-        _models: dir,
+/// The model files, written once per test process (about 170 MB, most of it SD1's VAE)
+/// under cargo's temporary folder for tests; the folders of earlier runs are removed.
+fn models() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let ours = format!("image-models-{}", std::process::id());
+        for e in std::fs::read_dir(root).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let pid = name.strip_prefix("image-models-").and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|pid| name != ours && !Path::new(&format!("/proc/{pid}")).exists()) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+        let dir = root.join(ours);
+        std::fs::create_dir_all(&dir).unwrap();
+        let dit = write(&dir, "zi_dit.gguf", &["zi_dit.json"]);
+        write(&dir, "zi_llm.gguf", &["zi_llm.json"]);
+        write(&dir, "zi_tae.gguf", &["zi_tae.json"]);
+        write(&dir, "sd1.gguf", &["sd1_full.json", "sd1_vae.json"]);
+        vramd_gguf::llama::write_tiny_llama(dir.join("chat.gguf"), &Default::default()).unwrap();
+        let bytes = std::fs::read(&dit).unwrap();
+        std::fs::write(dir.join("broken.gguf"), &bytes[..bytes.len() / 3]).unwrap();
+        dir
     })
 }
 
-fn ok(r: Response) -> Value {
+/// How a test daemon differs from the default one.
+#[derive(Default)]
+pub struct Options<'a> {
+    /// The budget backend's total (reserve 0), instead of 8 GiB.
+    pub budget: Option<u64>,
+    /// Lines for `[policy]`; background restores are off unless they set `restore_after`.
+    pub policy: &'a str,
+    /// Extra environment for the daemon (the test clock).
+    pub env: Vec<(&'static str, PathBuf)>,
+    /// The estimator's calibration to start from (`calibration.json` of another daemon).
+    pub calibration: Option<String>,
+}
+
+/// A daemon with `zimage` (components), `sd1` (one checkpoint with its full VAE), a tiny
+/// `chat` LLM, and a `broken` image model.
+fn start(budget: Option<u64>) -> Option<Images> {
+    start_with(Options {
+        budget,
+        ..Default::default()
+    })
+}
+
+pub fn start_with(o: Options) -> Option<Images> {
+    let workers = sd_worker_dir()?;
+    let dir = models();
+    let file = |name: &str| dir.join(name).display().to_string();
+    let policy = if o.policy.contains("restore_after") {
+        o.policy.to_owned()
+    } else {
+        format!("{}restore_after = \"0\"\n", o.policy)
+    };
+    let (dit, llm, tae) = (file("zi_dit.gguf"), file("zi_llm.gguf"), file("zi_tae.gguf"));
+    let config = format!(
+        "{}[policy]\n{policy}\
+         [[models]]\nname = \"zimage\"\nkind = \"image\"\ndiffusion_model = \"{dit}\"\nllm = \"{llm}\"\ntaesd = \"{tae}\"\nsize_multiple = 16\n\
+         [[models]]\nname = \"sd1\"\nkind = \"image\"\npath = \"{}\"\n\
+         [[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"{}\"\ncontext_length = 256\n\
+         [[models]]\nname = \"broken\"\nkind = \"image\"\ndiffusion_model = \"{}\"\nllm = \"{llm}\"\ntaesd = \"{tae}\"\n",
+        BASE_CONFIG
+            .replace("[daemon]\n", &format!("[daemon]\nworker_dir = \"{}\"\nworker_start_timeout = \"60s\"\n", workers.display()))
+            .replace("budget = \"8GiB\"\n", &o.budget.map_or("budget = \"8GiB\"\n".into(), |b| format!("budget = {b}\nreserve = 0\n"))),
+        file("sd1.gguf"),
+        file("chat.gguf"),
+        file("broken.gguf"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    if let Some(json) = &o.calibration {
+        std::fs::create_dir_all(dir.path().join("state")).unwrap();
+        std::fs::write(dir.path().join("state/calibration.json"), json).unwrap();
+    }
+    Some(Images {
+        d: Daemon::start_in(dir, &config, |c| {
+            c.env("RUST_LOG", "info");
+            for (k, v) in &o.env {
+                c.env(k, v);
+            }
+        }),
+    })
+}
+
+pub fn ok(r: Response) -> Value {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     r.json()
 }
@@ -135,7 +182,7 @@ fn png_info(b64: &str) -> (u32, u32, Vec<(String, String)>) {
     (w, h, texts)
 }
 
-fn openai(d: &Daemon, body: Value) -> Response {
+pub fn openai(d: &Daemon, body: Value) -> Response {
     d.post_json("/v1/images/generations", &body.to_string())
 }
 
@@ -277,127 +324,4 @@ fn a_corrupt_image_model_fails_with_its_reason_and_the_rest_keeps_working() {
         &t.d,
         json!({"model": "zimage", "prompt": "x", "size": "32x32", "steps": 1}),
     ));
-}
-
-/// The arbiter with real workers: a chat model loaded, then an image that needs more than is
-/// free. The budget is set, from the estimates, so that only a soft unload of the chat model
-/// makes room.
-#[test]
-fn a_real_chat_then_image_goes_down_the_ladder_and_both_succeed() {
-    let Some(probe) = start(None) else { return };
-    let chat_est = ok(probe.d.get("/v1/estimate?model=chat"));
-    let img_est = ok(probe.d.get("/v1/estimate?model=zimage&width=64&height=64"));
-    drop(probe);
-    let chat_total = chat_est["total"].as_u64().unwrap();
-    let chat_kv = chat_est["parts"]["context"].as_u64().unwrap() + chat_est["parts"]["compute"].as_u64().unwrap();
-    let img_total = img_est["total"].as_u64().unwrap();
-    let budget = chat_total + img_total - chat_kv / 2;
-    let Some(t) = start(Some(budget)) else { return };
-    ok(t.d.post_json(
-        "/v1/completions",
-        &json!({"model": "chat", "prompt": "hi", "max_tokens": 2}).to_string(),
-    ));
-    let v = ok(openai(
-        &t.d,
-        json!({"model": "zimage", "prompt": "x", "size": "64x64", "steps": 1}),
-    ));
-    let actions: Vec<&str> = v["vramd"]["actions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["action"].as_str().unwrap())
-        .collect();
-    assert_eq!(actions.first(), Some(&"soft_unload"), "{}", v["vramd"]);
-    assert_eq!(t.d.model_status("chat")["state"], "soft_unloaded");
-    ok(t.d.post_json(
-        "/v1/completions",
-        &json!({"model": "chat", "prompt": "again", "max_tokens": 2}).to_string(),
-    ));
-}
-
-/// A request larger than the whole budget, with real workers: 507, nothing evicted.
-#[test]
-fn a_real_image_larger_than_the_budget_is_507() {
-    let Some(probe) = start(None) else { return };
-    let chat_total = ok(probe.d.get("/v1/estimate?model=chat"))["total"].as_u64().unwrap();
-    let img_total = ok(probe.d.get("/v1/estimate?model=zimage&width=64&height=64"))["total"]
-        .as_u64()
-        .unwrap();
-    drop(probe);
-    let Some(t) = start(Some(chat_total.max(img_total / 2) + 1)) else {
-        return;
-    };
-    ok(t.d.post_json(
-        "/v1/completions",
-        &json!({"model": "chat", "prompt": "hi", "max_tokens": 2}).to_string(),
-    ));
-    let e = openai(
-        &t.d,
-        json!({"model": "zimage", "prompt": "x", "size": "64x64", "steps": 1}),
-    )
-    .error(507);
-    assert_eq!(e["code"], "exceeds_memory_budget");
-    assert_eq!(t.d.model_status("chat")["state"], "loaded", "nothing evicted for it");
-    assert_eq!(t.d.model_status("zimage")["state"], "unloaded");
-}
-
-/// 50 mixed requests from 8 clients on real workers in a budget that cannot hold both
-/// models whole: every request is answered (a result, or 503 with Retry-After), and what
-/// the registry says is held never exceeds the budget.
-#[test]
-fn fifty_real_mixed_requests_from_eight_clients() {
-    let Some(probe) = start(None) else { return };
-    let chat = ok(probe.d.get("/v1/estimate?model=chat"));
-    let img_total = ok(probe.d.get("/v1/estimate?model=zimage&width=32&height=32"))["total"]
-        .as_u64()
-        .unwrap();
-    drop(probe);
-    let chat_kv = chat["parts"]["context"].as_u64().unwrap() + chat["parts"]["compute"].as_u64().unwrap();
-    let budget = chat["total"].as_u64().unwrap() + img_total - chat_kv / 2;
-    let Some(t) = start(Some(budget)) else { return };
-    let socket = t.d.socket.clone();
-    let watcher = crate::util::UsedWatcher::start(&socket);
-    let clients: Vec<_> = (0..8u32)
-        .map(|c| {
-            let socket = socket.clone();
-            std::thread::spawn(move || {
-                let mut statuses = Vec::new();
-                for i in 0..7u32 {
-                    if c * 7 + i >= 50 {
-                        break;
-                    }
-                    let (path, body) = if (c + i) % 3 == 0 {
-                        (
-                            "/v1/images/generations",
-                            json!({"model": "zimage", "prompt": "x", "size": "32x32", "steps": 1, "seed": i}),
-                        )
-                    } else {
-                        (
-                            "/v1/completions",
-                            json!({"model": "chat", "prompt": "x", "max_tokens": 3, "temperature": 0}),
-                        )
-                    };
-                    let r = crate::util::http(
-                        &socket,
-                        "POST",
-                        path,
-                        &[("Content-Type", "application/json")],
-                        body.to_string().as_bytes(),
-                    );
-                    match r.status {
-                        200 => {}
-                        503 => assert!(r.header("retry-after").is_some(), "a 503 says when to retry"),
-                        s => panic!("{s}: {}", String::from_utf8_lossy(&r.body)),
-                    }
-                    statuses.push(r.status);
-                }
-                statuses
-            })
-        })
-        .collect();
-    let statuses: Vec<u16> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
-    let max_used = watcher.stop();
-    assert_eq!(statuses.len(), 50);
-    assert!(statuses.iter().filter(|s| **s == 200).count() >= 25, "{statuses:?}");
-    assert!(max_used <= budget, "held {max_used} bytes with a budget of {budget}");
 }

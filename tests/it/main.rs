@@ -11,6 +11,7 @@ mod images;
 mod lifecycle;
 mod llm;
 mod notify;
+mod scenarios;
 mod units;
 mod util;
 mod vramctl;

@@ -6,6 +6,7 @@
 //! - [`http`] is a deliberately small HTTP/1.1 client over a Unix socket (`Connection:
 //!   close`, `Content-Length` or chunked bodies), so tests see exactly what a client sees.
 //! - [`NotifySocket`] is a `NOTIFY_SOCKET` the test owns, to read what vramd tells systemd.
+//! - [`events`] replays what the daemon did; [`UsedWatcher`] follows what it holds.
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixDatagram, UnixStream};
@@ -360,8 +361,9 @@ pub fn model_file(dir: &Path, name: &str, line: &str, size: u64) -> PathBuf {
 
 /// Fake workers (both kinds) and two models in a 3 GiB budget: `chat` (1.5 GiB weights +
 /// 0.5 GiB KV cache) and `sd` (`sd_size`, behaviour `sd_line`), so that a 512² image after a
-/// chat soft-unloads chat and tiles the VAE. `extra_daemon` goes into `[daemon]`. Returns
-/// the configuration and the folders to keep alive.
+/// chat soft-unloads chat and tiles the VAE. `extra_daemon` goes into `[daemon]`. Background
+/// restores are off (`restore_after = "0"`), so that states stay as the test left them; a test
+/// of restores replaces that line. Returns the configuration and the folders to keep alive.
 pub fn fake_two_models(sd_size: u64, sd_line: &str, extra_daemon: &str) -> (String, Vec<tempfile::TempDir>) {
     let workers = fake_worker_dir();
     std::os::unix::fs::symlink(
@@ -380,7 +382,7 @@ pub fn fake_two_models(sd_size: u64, sd_line: &str, extra_daemon: &str) -> (Stri
     let config = format!(
         "[daemon]\nidle_exit = \"0\"\nworker_dir = \"{}\"\n{extra_daemon}\
          [memory]\nbackend = \"budget\"\nbudget = \"3GiB\"\nreserve = 0\n\
-         [policy]\nwait_timeout = \"5s\"\nretry_after = \"7s\"\n\
+         [policy]\nwait_timeout = \"5s\"\nretry_after = \"7s\"\nrestore_after = \"0\"\n\
          [[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"{}\"\n\
          [[models]]\nname = \"sd\"\nkind = \"image\"\npath = \"{}\"\n",
         workers.path().display(),
@@ -391,10 +393,11 @@ pub fn fake_two_models(sd_size: u64, sd_line: &str, extra_daemon: &str) -> (Stri
 }
 
 /// Polls `/v1/status` in the background and remembers the most memory the registry ever
-/// said was held; [`UsedWatcher::stop`] returns it.
+/// said was held; [`UsedWatcher::stop`] returns it with the status of that moment (for the
+/// failure message).
 pub struct UsedWatcher {
     done: std::sync::Arc<std::sync::atomic::AtomicBool>,
-    thread: std::thread::JoinHandle<u64>,
+    thread: std::thread::JoinHandle<(u64, serde_json::Value)>,
 }
 
 impl UsedWatcher {
@@ -402,18 +405,21 @@ impl UsedWatcher {
         let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (socket, flag) = (socket.to_owned(), done.clone());
         let thread = std::thread::spawn(move || {
-            let mut max_used = 0;
+            let mut max = (0, serde_json::Value::Null);
             while !flag.load(std::sync::atomic::Ordering::SeqCst) {
-                let m = http(&socket, "GET", "/v1/status", &[], b"").json()["memory"].clone();
-                max_used = max_used.max(m["used_bytes"].as_u64().unwrap());
+                let status: serde_json::Value = http(&socket, "GET", "/v1/status", &[], b"").json();
+                let used = status["memory"]["used_bytes"].as_u64().unwrap();
+                if used > max.0 || max.1.is_null() {
+                    max = (used, status);
+                }
                 std::thread::sleep(Duration::from_millis(5));
             }
-            max_used
+            max
         });
         UsedWatcher { done, thread }
     }
 
-    pub fn stop(self) -> u64 {
+    pub fn stop(self) -> (u64, serde_json::Value) {
         self.done.store(true, std::sync::atomic::Ordering::SeqCst);
         self.thread.join().unwrap()
     }
@@ -447,4 +453,29 @@ pub fn next_data(r: &mut std::io::BufReader<UnixStream>) -> Option<String> {
             return Some(d.to_owned());
         }
     }
+}
+
+/// The events so far, from the replay of `GET /v1/events`, as JSON; [`kinds`] makes them
+/// `"type model"` lines.
+pub fn events(d: &Daemon) -> Vec<serde_json::Value> {
+    let mut s = UnixStream::connect(&d.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    write!(s, "GET /v1/events?replay=256 HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut out = Vec::new();
+    let mut r = std::io::BufReader::new(s);
+    let mut line = String::new();
+    while std::io::BufRead::read_line(&mut r, &mut line).is_ok_and(|n| n > 0) {
+        if let Some(d) = line.trim_end().strip_prefix("data: ") {
+            out.push(serde_json::from_str(d).unwrap());
+        }
+        line.clear();
+    }
+    out
+}
+
+pub fn kinds(events: &[serde_json::Value]) -> Vec<String> {
+    events
+        .iter()
+        .map(|e| format!("{} {}", e["type"].as_str().unwrap(), e["model"].as_str().unwrap_or("-")))
+        .collect()
 }

@@ -23,8 +23,8 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::{list_llama_ggml_backend_devices, LlamaBackendDeviceType};
 use tokio::sync::{mpsc, oneshot};
 use vramd_protocol::{
-    Bytes, ErrorCode, GenerateEvent, GenerateRequest, Health, LoadRequest, LoadResponse, UnloadMode, WorkerError,
-    WorkerState,
+    Bytes, ErrorCode, GenerateEvent, GenerateRequest, Health, LoadRequest, LoadResponse, RestoreResponse, UnloadMode,
+    WorkerError, WorkerState,
 };
 
 use crate::generate::{self, Outcome};
@@ -39,6 +39,10 @@ pub enum Job {
     Unload {
         mode: UnloadMode,
         reply: oneshot::Sender<Health>,
+    },
+    /// Recreate the context a soft unload dropped.
+    Restore {
+        reply: oneshot::Sender<Result<RestoreResponse, WorkerError>>,
     },
     Generate {
         req: GenerateRequest,
@@ -97,6 +101,9 @@ fn run(jobs: std_mpsc::Receiver<Job>, status: Status) {
             }
             Job::Generate { out, .. } => {
                 let _ = out.blocking_send(Out::Refused(error(ErrorCode::NotLoaded, "no model is loaded")));
+            }
+            Job::Restore { reply } => {
+                let _ = reply.send(Err(error(ErrorCode::NotLoaded, "no model is loaded")));
             }
         }
     }
@@ -265,8 +272,33 @@ impl<'a> Loaded<'a> {
                     return None;
                 }
                 Job::Generate { req, out } => self.generate(&mut ctx, req, &out),
+                Job::Restore { reply } => {
+                    let restored = self.ensure_context(&mut ctx).map(|context_ms| {
+                        if context_ms > 0 {
+                            tracing::info!(context_ms, "context restored after a soft unload");
+                        }
+                        RestoreResponse {
+                            health: self.status.update(|_| ()),
+                            context_ms,
+                        }
+                    });
+                    let _ = reply.send(restored);
+                }
             }
         }
+    }
+
+    /// Recreates the context if a soft unload dropped it; returns the milliseconds spent.
+    fn ensure_context(&self, ctx: &mut Option<LlamaContext<'a>>) -> Result<u64, WorkerError> {
+        if ctx.is_some() {
+            return Ok(0);
+        }
+        let t = Instant::now();
+        let (c, (kv, compute)) = new_context(self.backend, self.model, &self.settings)?;
+        *ctx = Some(c);
+        self.status.set_bytes(self.weights, kv, compute);
+        self.status.set_state(WorkerState::Loaded);
+        Ok(t.elapsed().as_millis() as u64)
     }
 
     fn generate(&self, ctx: &mut Option<LlamaContext<'a>>, req: GenerateRequest, out: &mpsc::Sender<Out>) {
@@ -282,22 +314,13 @@ impl<'a> Loaded<'a> {
                 return;
             }
         };
-        let mut context_ms = 0;
-        if ctx.is_none() {
-            let t = Instant::now();
-            match new_context(self.backend, self.model, &self.settings) {
-                Ok((c, (kv, compute))) => {
-                    *ctx = Some(c);
-                    self.status.set_bytes(self.weights, kv, compute);
-                    self.status.set_state(WorkerState::Loaded);
-                    context_ms = t.elapsed().as_millis() as u64;
-                }
-                Err(e) => {
-                    let _ = out.blocking_send(Out::Refused(e));
-                    return;
-                }
+        let context_ms = match self.ensure_context(ctx) {
+            Ok(ms) => ms,
+            Err(e) => {
+                let _ = out.blocking_send(Out::Refused(e));
+                return;
             }
-        }
+        };
         let Some(ctx) = ctx.as_mut() else { return };
         self.status.set_state(WorkerState::Busy);
         let prompt_tokens = prompt.len() as u32;

@@ -1,4 +1,4 @@
-//! The worker protocol over HTTP (see `vramd_protocol`): four routes, JSON errors.
+//! The worker protocol over HTTP (see `vramd_protocol`): five routes, JSON errors.
 //!
 //! Handlers never block: they hand a job to the llama thread with a reply channel and await
 //! it, or read the published [`Health`](vramd_protocol::Health). A generation streams NDJSON
@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use tokio::sync::{mpsc, oneshot};
-use vramd_protocol::{ErrorCode, GenerateRequest, LoadRequest, UnloadRequest, GENERATE, HEALTH, LOAD, UNLOAD};
+use vramd_protocol::{ErrorCode, GenerateRequest, LoadRequest, UnloadRequest, GENERATE, HEALTH, LOAD, RESTORE, UNLOAD};
 use vramd_worker_kit::{error, parse, stream_response, with_fallbacks, ApiError};
 
 use crate::engine::{Engine, Job};
@@ -28,6 +28,7 @@ pub fn router(engine: Engine) -> Router {
             .route(HEALTH, get(health))
             .route(LOAD, post(load))
             .route(UNLOAD, post(unload))
+            .route(RESTORE, post(restore))
             .route(GENERATE, post(generate)),
     )
     // The daemon is the only client; long chats must not hit axum's 2 MiB default.
@@ -56,6 +57,13 @@ async fn unload(State(engine): State<Engine>, body: Bytes) -> Result<Response, A
     let (reply, rx) = oneshot::channel();
     engine.submit(Job::Unload { mode: req.mode, reply })?;
     Ok(Json(rx.await.map_err(engine_gone)?).into_response())
+}
+
+async fn restore(State(engine): State<Engine>) -> Result<Response, ApiError> {
+    let (reply, rx) = oneshot::channel();
+    engine.submit(Job::Restore { reply })?;
+    let response = rx.await.map_err(engine_gone)??;
+    Ok(Json(response).into_response())
 }
 
 async fn generate(State(engine): State<Engine>, body: Bytes) -> Result<Response, ApiError> {

@@ -7,8 +7,8 @@ use std::time::{Duration, Instant};
 use support::{load_request, model_with, tiny_model, Worker};
 use vramd_gguf::llama::TinyLlamaSpec;
 use vramd_protocol::{
-    ChatMessage, ErrorCode, FinishReason, GenerateEvent, GenerateRequest, Health, Input, LoadResponse, SamplingParams,
-    UnloadMode, UnloadRequest, WorkerError, WorkerState, GENERATE, HEALTH, LOAD, UNLOAD,
+    ChatMessage, ErrorCode, FinishReason, GenerateEvent, GenerateRequest, Health, Input, LoadResponse, RestoreResponse,
+    SamplingParams, UnloadMode, UnloadRequest, WorkerError, WorkerState, GENERATE, HEALTH, LOAD, RESTORE, UNLOAD,
 };
 
 fn greedy(max_tokens: u32) -> SamplingParams {
@@ -219,6 +219,23 @@ fn load_generate_unload() {
     assert_eq!(again.health.bytes, h.bytes, "context recreated at the same size");
     eprintln!("context recreated in {} ms", again.context_ms);
 
+    // Restore recreates a dropped context ahead of the next request, and is a no-op otherwise.
+    unload(&w, UnloadMode::Soft);
+    let r = w.post(RESTORE, &serde_json::json!({}));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let restored: RestoreResponse = r.json();
+    assert_eq!(restored.health.state, WorkerState::Loaded);
+    assert_eq!(
+        restored.health.bytes, h.bytes,
+        "the same context as before the soft unload"
+    );
+    assert_eq!(health(&w).bytes, h.bytes);
+    let r = w.post(RESTORE, &serde_json::json!({}));
+    assert_eq!(r.json::<RestoreResponse>().context_ms, 0, "nothing to restore");
+    let after = generate(&w, &req);
+    assert_eq!(after.context_ms, 0, "the restored context was used");
+    assert_eq!(after.text, a.text);
+
     // Hard unload frees everything; generation is then refused.
     let e = unload(&w, UnloadMode::Hard);
     assert_eq!(e.state, WorkerState::Empty);
@@ -226,6 +243,7 @@ fn load_generate_unload() {
     assert_eq!(e.model, None);
     let r = w.post(GENERATE, &req);
     expect_error(&r, 409, ErrorCode::NotLoaded);
+    expect_error(&w.post(RESTORE, &serde_json::json!({})), 409, ErrorCode::NotLoaded);
 
     // And a load after that works again, with a context length that is clamped.
     let r = w.post(LOAD, &load_request("tiny", &model, 100_000));

@@ -11,12 +11,18 @@
 //! | `GET /internal/health` | — | [`Health`] |
 //! | `POST /internal/load` | [`LoadRequest`] | [`LoadResponse`] |
 //! | `POST /internal/unload` | [`UnloadRequest`] | [`Health`] after the unload |
+//! | `POST /internal/restore` | — (empty or `{}`) | [`RestoreResponse`] |
 //! | `POST /internal/generate` | [`GenerateRequest`] | a stream of [`GenerateEvent`]s |
 //!
 //! The image worker serves `health` and `unload` the same way, takes an
 //! [`ImageLoadRequest`] on `POST /internal/load` (answering [`ImageLoadResponse`]) and
 //! generates with `POST /internal/images` ([`ImageRequest`] → a stream of [`ImageEvent`]s).
 //! For it a soft unload is a hard one: stable-diffusion.cpp keeps no droppable context.
+//!
+//! `restore` undoes a soft unload ahead of the next request: the LLM worker recreates the
+//! context it dropped (a no-op answering `context_ms: 0` when the context is there; a
+//! `not_loaded` error when no model is). The daemon calls it in the background once memory
+//! allows, so the next chat does not pay for the context. The image worker does not serve it.
 //!
 //! `generate` answers `200` with `Content-Type: application/x-ndjson`: one JSON
 //! [`GenerateEvent`] per line, `started` first, then `token`s, then exactly one `done` or
@@ -37,6 +43,7 @@ use serde::{Deserialize, Serialize};
 pub const HEALTH: &str = "/internal/health";
 pub const LOAD: &str = "/internal/load";
 pub const UNLOAD: &str = "/internal/unload";
+pub const RESTORE: &str = "/internal/restore";
 pub const GENERATE: &str = "/internal/generate";
 pub const IMAGES: &str = "/internal/images";
 
@@ -185,6 +192,15 @@ pub enum UnloadMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct UnloadRequest {
     pub mode: UnloadMode,
+}
+
+/// The answer to `POST /internal/restore`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RestoreResponse {
+    /// Health after the restore: `loaded`, with the context's bytes.
+    pub health: Health,
+    /// Time spent recreating the context, 0 if it was there.
+    pub context_ms: u64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

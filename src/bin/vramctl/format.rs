@@ -239,6 +239,12 @@ pub fn event(e: &Value) -> String {
             why(e)
         ),
         "model_unloaded" => format!("{m} unloaded: {} freed{}", size(u(&e["freed_bytes"])), why(e)),
+        "model_restored" => format!(
+            "{m} context restored: {} in {} ms{}",
+            size(u(&e["bytes"])),
+            u(&e["context_ms"]),
+            why(e)
+        ),
         "vae_tiled" => format!(
             "{m} {}×{}: VAE decode in tiles{}",
             u(&e["width"]),
@@ -390,6 +396,10 @@ mod tests {
             (
                 json!({"type": "model_soft_unloaded", "model": "chat", "freed_bytes": 1u64 << 29, "reason": "chat is idle"}),
                 "chat soft-unloaded: 512.0 MiB freed, weights kept (chat is idle)",
+            ),
+            (
+                json!({"type": "model_restored", "model": "chat", "bytes": 1u64 << 29, "context_ms": 40, "reason": "memory is free again"}),
+                "chat context restored: 512.0 MiB in 40 ms (memory is free again)",
             ),
             (
                 json!({"type": "vae_on_cpu", "model": "sd", "width": 512, "height": 512, "reason": ""}),
