@@ -479,3 +479,48 @@ pub fn kinds(events: &[serde_json::Value]) -> Vec<String> {
         .map(|e| format!("{} {}", e["type"].as_str().unwrap(), e["model"].as_str().unwrap_or("-")))
         .collect()
 }
+
+/// The load test of the arbiter: 50 requests from 8 concurrent clients, request `i` of
+/// client `c` being `request(c, i)` (a path and a JSON body). Every request must be answered,
+/// with a result or with 503 and `Retry-After`; at least half must succeed; and what the
+/// registry says is held (reservations included) must never exceed `budget`.
+pub fn fifty_from_eight_clients(
+    socket: &Path,
+    budget: u64,
+    request: fn(u32, u32) -> (&'static str, serde_json::Value),
+) {
+    let watcher = UsedWatcher::start(socket);
+    let clients: Vec<_> = (0..8u32)
+        .map(|c| {
+            let socket = socket.to_owned();
+            std::thread::spawn(move || {
+                let mut statuses = Vec::new();
+                for i in (0..7u32).take_while(|i| c * 7 + i < 50) {
+                    let (path, body) = request(c, i);
+                    let r = http(
+                        &socket,
+                        "POST",
+                        path,
+                        &[("Content-Type", "application/json")],
+                        body.to_string().as_bytes(),
+                    );
+                    match r.status {
+                        200 => {}
+                        503 => assert!(r.header("retry-after").is_some(), "a 503 says when to retry"),
+                        s => panic!("{s}: {}", String::from_utf8_lossy(&r.body)),
+                    }
+                    statuses.push(r.status);
+                }
+                statuses
+            })
+        })
+        .collect();
+    let statuses: Vec<u16> = clients.into_iter().flat_map(|c| c.join().unwrap()).collect();
+    let (max_used, at_max) = watcher.stop();
+    assert_eq!(statuses.len(), 50);
+    assert!(statuses.iter().filter(|s| **s == 200).count() >= 25, "{statuses:?}");
+    assert!(
+        max_used <= budget,
+        "held {max_used} bytes with a budget of {budget}: {at_max:#}"
+    );
+}
