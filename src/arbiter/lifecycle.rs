@@ -71,6 +71,9 @@ pub(super) struct Runtime {
     pub restore_reason: Option<String>,
     /// A background restore failed: do not try again until the model is used.
     pub restore_failed: bool,
+    /// Its soft unload made room for a request (not a person's `unload`): restore it in the
+    /// background once memory allows.
+    pub restore_when_free: bool,
 }
 
 /// What a granted request may use beyond what its model held when it started.
@@ -108,7 +111,9 @@ impl Arbiter {
             (rt.seq, rt.just_loaded_ms, client)
         };
         let events = self.reply_later();
-        self.rt(model).restore_failed = false;
+        let rt = self.rt(model);
+        rt.restore_failed = false;
+        rt.restore_when_free = false;
         if matches!(granted.waiter, Waiter::Load(_)) {
             self.unreserve(model, granted.ticket);
         }
@@ -375,6 +380,8 @@ impl Arbiter {
                 if mode == UnloadMode::Hard || image {
                     self.evict_hard(model, reason)
                 } else {
+                    // A person asked for it: keep it so until the model is used again.
+                    self.rt(model).restore_when_free = false;
                     self.evict_soft(model, reason)
                 }
             }

@@ -251,7 +251,11 @@ impl Arbiter {
 
     fn execute(&mut self, action: Action) {
         match action.step {
-            Step::SoftUnload { model, .. } => self.evict_soft(&model, action.reason),
+            Step::SoftUnload { model, .. } => {
+                self.evict_soft(&model, action.reason);
+                // Made room for a request: give the context back once that is over.
+                self.rt(&model).restore_when_free = true;
+            }
             Step::HardUnload { model, .. } => self.evict_hard(&model, action.reason),
             Step::VaeTiled { .. } | Step::VaeOnCpu { .. } => unreachable!("not an eviction"),
         }

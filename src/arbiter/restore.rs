@@ -1,6 +1,7 @@
 //! Restoring soft-unloaded contexts: after the heavy request that made an LLM drop its KV
 //! cache and compute buffers, the arbiter gives them back in the background once they fit
-//! again, so the next chat does not pay for recreating them.
+//! again, so the next chat does not pay for recreating them. A context a person dropped
+//! (`POST /v1/models/{name}/unload` with `soft`) stays dropped until the model is used.
 //!
 //! A restore runs only after the heavy request: when the queue is empty, no request holds a
 //! memory reservation (an image still sampling or decoding), nothing is loading or being
@@ -54,7 +55,7 @@ impl Arbiter {
             .filter(|e| {
                 self.runtime
                     .get(&e.name)
-                    .is_some_and(|rt| rt.worker.is_some() && !rt.restore_failed)
+                    .is_some_and(|rt| rt.worker.is_some() && rt.restore_when_free && !rt.restore_failed)
             })
             .map(|e| RestoreCandidate {
                 name: e.name.clone(),

@@ -176,6 +176,15 @@ fn a_soft_unloaded_context_is_restored_in_the_background_after_the_image() {
     // The next chat finds its context there: nothing is evicted or restored for it.
     ok(chat(&d));
     assert_eq!(kinds(&events(&d)).len(), k.len(), "no new events");
+    // A context a person dropped stays dropped, however free memory is.
+    let r = d.post_json("/v1/models/chat/unload", &json!({"mode": "soft"}).to_string());
+    assert_eq!(ok(r)["state"], "soft_unloaded");
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        d.model_status("chat")["state"],
+        "soft_unloaded",
+        "restored against a person's unload"
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod arbiter;
 mod config;
 mod dbus;
 mod dbus_util;
+mod device;
 mod images;
 mod lifecycle;
 mod llm;

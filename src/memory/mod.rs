@@ -3,6 +3,8 @@
 //! The device's own "free" figure lags behind allocations a worker has just made, so vramd
 //! plans with `min(device free, total − reserve − what the registry holds)`.
 
+pub mod simulated;
+
 use serde::Serialize;
 
 use crate::config::{BackendKind, MemoryConfig};
@@ -165,10 +167,14 @@ impl MemoryFigures {
 }
 
 /// Picks the source for the configured backend: `auto` is NVML when it initialises (the
-/// reason it did not is logged once), else the budget; an explicit `nvml` must work.
+/// reason it did not is logged once), else the budget; an explicit `nvml` must work. (Tests
+/// stand a file in for the device: [`simulated`].)
 pub fn open_source(config: &MemoryConfig) -> Result<Box<dyn MemorySource>, String> {
     match config.backend {
         BackendKind::Budget => Ok(Box::new(Budget)),
+        BackendKind::Nvml | BackendKind::Auto if std::env::var_os(simulated::DEVICE_FILE_ENV).is_some() => {
+            Ok(Box::new(simulated::from_env().expect("the variable is set")))
+        }
         BackendKind::Nvml => Ok(Box::new(Nvml::init(config.device)?)),
         BackendKind::Auto => match Nvml::init(config.device) {
             Ok(n) => Ok(Box::new(n)),
