@@ -74,6 +74,7 @@ async fn serve(
 ) -> anyhow::Result<()> {
     let paths = worker::WorkerPaths::resolve(&config.daemon).context("preparing the worker runtime folder")?;
     tracing::info!(workers = %paths.dir.display(), sockets = %paths.runtime_dir.display(), "worker paths");
+    let private_dir = paths.private.then(|| paths.runtime_dir.clone());
     let config = std::sync::Arc::new(config);
     let arbiter = arbiter::spawn(config.clone(), source, paths);
     let activity = Activity::default();
@@ -110,6 +111,9 @@ async fn serve(
     let served = server::run(sockets, app, activity, drain, shutdown).await?;
     if served.abandoned > 0 {
         tracing::warn!(connections = served.abandoned, "exited with connections still open");
+    }
+    if let Some(dir) = private_dir {
+        let _ = std::fs::remove_dir_all(dir);
     }
     Ok(())
 }

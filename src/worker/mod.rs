@@ -17,6 +17,8 @@ pub const LIBEXEC_DIR: &str = "/usr/libexec/vramd";
 pub struct WorkerPaths {
     pub dir: PathBuf,
     pub runtime_dir: PathBuf,
+    /// The runtime folder is this process's own (`/tmp/vramd-UID-PID`): remove it on exit.
+    pub private: bool,
 }
 
 impl WorkerPaths {
@@ -30,14 +32,18 @@ impl WorkerPaths {
                 .filter(|d| d.join(LLM_WORKER).is_file() || d.join(SD_WORKER).is_file())
                 .unwrap_or_else(|| PathBuf::from(LIBEXEC_DIR))
         });
-        let runtime_dir = match &config.runtime_dir {
-            Some(d) => d.clone(),
+        let (runtime_dir, private) = match &config.runtime_dir {
+            Some(d) => (d.clone(), false),
             None => default_runtime_dir(),
         };
         std::fs::create_dir_all(&runtime_dir)?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&runtime_dir, std::fs::Permissions::from_mode(0o700))?;
-        Ok(WorkerPaths { dir, runtime_dir })
+        Ok(WorkerPaths {
+            dir,
+            runtime_dir,
+            private,
+        })
     }
 
     pub fn binary(&self, kind: ModelKind) -> PathBuf {
@@ -53,20 +59,18 @@ impl WorkerPaths {
     }
 }
 
-fn default_runtime_dir() -> PathBuf {
+/// The worker socket folder when none is configured, and whether it is this process's own.
+fn default_runtime_dir() -> (PathBuf, bool) {
     // systemd's RuntimeDirectory= (vramd.service sets RuntimeDirectory=vramd/workers).
     if let Some(first) = std::env::var_os("RUNTIME_DIRECTORY")
         .and_then(|v| v.to_str().and_then(|s| s.split(':').next().map(PathBuf::from)))
     {
-        return first;
+        return (first, false);
     }
     if let Some(xdg) = std::env::var_os("XDG_RUNTIME_DIR") {
-        return PathBuf::from(xdg).join("vramd");
+        return (PathBuf::from(xdg).join("vramd"), false);
     }
     // SAFETY: getuid cannot fail.
-    PathBuf::from(format!(
-        "/tmp/vramd-{}-{}",
-        unsafe { libc::getuid() },
-        std::process::id()
-    ))
+    let dir = format!("/tmp/vramd-{}-{}", unsafe { libc::getuid() }, std::process::id());
+    (PathBuf::from(dir), true)
 }

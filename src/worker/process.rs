@@ -135,6 +135,7 @@ pub async fn spawn(
     }
     let (stop_tx, stop_rx) = oneshot::channel();
     let (exit_tx, exit_rx) = watch::channel(None::<Exit>);
+    let own_socket = socket.clone();
     tokio::spawn(async move {
         let requested = tokio::select! {
             _ = child.wait() => false,
@@ -146,6 +147,8 @@ pub async fn spawn(
             child.wait().await
         };
         drop(stdin);
+        // A worker that was killed could not remove its socket.
+        let _ = std::fs::remove_file(&own_socket);
         // Give the stderr forwarder a moment to drain the last lines.
         tokio::time::sleep(Duration::from_millis(20)).await;
         let status = match status {

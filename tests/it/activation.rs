@@ -42,7 +42,10 @@ impl Activated {
             .arg("-E")
             .arg(format!("VRAMD_CONFIG={}", self.dir.path().join("vramd.toml").display()))
             .arg("-E")
-            .arg("RUST_LOG=debug");
+            .arg("RUST_LOG=debug")
+            // What vramd.service's RuntimeDirectory= gives it: worker sockets go there.
+            .arg("-E")
+            .arg(format!("RUNTIME_DIRECTORY={}", self.dir.path().join("run").display()));
         for e in extra_env {
             cmd.arg("-E").arg(e);
         }

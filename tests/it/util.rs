@@ -39,15 +39,20 @@ impl Daemon {
     /// Starts the daemon in a folder the test prepared (its socket is `<dir>/vramd.sock`).
     pub fn start_in(dir: tempfile::TempDir, config: &str, adjust: impl FnOnce(&mut Command)) -> Daemon {
         let cfg = dir.path().join("vramd.toml");
-        // Never the system's /var/lib/vramd: each daemon gets its own state folder.
-        let config = if config.contains("state_dir") {
-            config.to_owned()
-        } else {
-            let state = format!("[daemon]\nstate_dir = \"{}\"\n", dir.path().join("state").display());
-            match config.contains("[daemon]\n") {
-                true => config.replacen("[daemon]\n", &state, 1),
-                false => format!("{state}{config}"),
-            }
+        // Never the system's /var/lib/vramd: each daemon gets its own state folder, and its
+        // worker sockets go in the test's folder too (a killed daemon cannot clean up after
+        // itself, and the fallback, /tmp/vramd-UID-PID, would be left behind).
+        // A test of the fallback says `# runtime_dir` in a comment.
+        let mut lines = String::new();
+        if !config.contains("state_dir") {
+            lines += &format!("state_dir = \"{}\"\n", dir.path().join("state").display());
+        }
+        if !config.contains("runtime_dir") {
+            lines += &format!("runtime_dir = \"{}\"\n", dir.path().join("run").display());
+        }
+        let config = match config.contains("[daemon]\n") {
+            true => config.replacen("[daemon]\n", &format!("[daemon]\n{lines}"), 1),
+            false => format!("[daemon]\n{lines}{config}"),
         };
         // Never the system bus: a test that wants D-Bus says `[dbus] bus = "session"` and
         // points DBUS_SESSION_BUS_ADDRESS at its own bus (see `dbus_util`).

@@ -356,3 +356,39 @@ fn workers_die_with_the_daemon() {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A worker's socket goes with it, and the daemon removes the socket folder it made for
+/// itself (`/tmp/vramd-UID-PID`, when neither `runtime_dir`, systemd's `RUNTIME_DIRECTORY`
+/// nor `XDG_RUNTIME_DIR` names one) when it exits.
+#[test]
+fn worker_sockets_and_the_private_socket_folder_are_removed() {
+    let workers = fake_worker_dir();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("chat.gguf");
+    std::fs::write(&model, "ok\n").unwrap();
+    let config = format!(
+        "[daemon]\n# runtime_dir: not set, the fallback is tested\nidle_exit = \"0\"\nworker_dir = \"{}\"\n\
+         [memory]\nbackend = \"budget\"\nbudget = \"8GiB\"\n\
+         [[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"{}\"\n",
+        workers.path().display(),
+        model.display()
+    );
+    let mut d = Daemon::start_with(&config, |c| {
+        c.env_remove("XDG_RUNTIME_DIR").env_remove("RUNTIME_DIRECTORY");
+    });
+    let run = std::path::PathBuf::from(format!("/tmp/vramd-{}-{}", unsafe { libc::getuid() }, d.child.id()));
+    assert_eq!(complete(&d, "chat", 1).status, 200);
+    let socket = run.join("w1.sock");
+    assert!(socket.exists(), "the worker's socket is in {}", run.display());
+    let hard = d.post_json("/v1/models/chat/unload", r#"{"mode":"hard"}"#).json();
+    assert_eq!(hard["state"], "unloaded");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while socket.exists() {
+        assert!(Instant::now() < deadline, "{} left behind", socket.display());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(complete(&d, "chat", 1).status, 200, "a second worker, a second socket");
+    d.signal(libc::SIGTERM);
+    assert!(d.wait_exit(Duration::from_secs(10)).success());
+    assert!(!run.exists(), "{} left behind", run.display());
+}
