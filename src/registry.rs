@@ -66,10 +66,86 @@ pub struct ModelEntry {
     pub page_cache: crate::pagecache::Residency,
     /// What NVML says the worker process uses on the device (CUDA context included).
     pub device_bytes: Option<u64>,
-    /// Memory granted to work in progress that the worker has not reported yet: a model
-    /// being loaded, an image's sampling and VAE decode, a context being recreated. It counts
-    /// as held, so that requests planned meanwhile leave room for it.
-    pub reserved_bytes: u64,
+    /// Memory granted to work in progress that the worker has not reported yet; shown as
+    /// `reserved_bytes` ([`ModelStatus`]).
+    #[serde(skip)]
+    pub reservations: Reservations,
+}
+
+/// Memory granted to work in progress on one model that its worker has not reported yet: a
+/// load, a context being restored, and requests (an image's sampling and VAE decode, an LLM
+/// context recreated within a request). It counts as held, so that requests planned
+/// meanwhile leave room for it. Derived on every read from the grants and what the worker
+/// has reported since, so nothing has to keep a total in step.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reservations {
+    /// The load in progress.
+    pub loading: u64,
+    /// The context restore in progress.
+    pub restoring: u64,
+    grants: Vec<Grant>,
+}
+
+/// What a granted request may use beyond what its model held when it started.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Grant {
+    ticket: u64,
+    extra: u64,
+    /// The model's reported bytes when the request started (`None` while it waits for a
+    /// load). Once the worker reports more than that, the excess is counted, not reserved,
+    /// so a report that arrives before the request ends is not counted twice.
+    base: Option<u64>,
+}
+
+impl Reservations {
+    pub fn grant(&mut self, ticket: u64, extra: u64) {
+        if extra > 0 {
+            self.grants.push(Grant {
+                ticket,
+                extra,
+                base: None,
+            });
+        }
+    }
+
+    /// The request `ticket` starts on the model, which reports `reported` bytes now.
+    pub fn start(&mut self, ticket: u64, reported: u64) {
+        if let Some(g) = self.grants.iter_mut().find(|g| g.ticket == ticket) {
+            g.base = Some(reported);
+        }
+    }
+
+    pub fn release(&mut self, ticket: u64) {
+        self.grants.retain(|g| g.ticket != ticket);
+    }
+
+    /// The worker is gone: the requests that ran on it use nothing any more.
+    pub fn worker_gone(&mut self) {
+        for g in self.grants.iter_mut().filter(|g| g.base.is_some()) {
+            // Not `base + 0` either: the worker's bytes are gone with it.
+            g.extra = 0;
+            g.base = None;
+        }
+    }
+
+    /// Whether a request or a load holds memory here.
+    pub fn working(&self) -> bool {
+        !self.grants.is_empty() || self.loading > 0
+    }
+
+    /// The largest grant still outstanding (a worker runs one request at a time, so grants
+    /// on one model do not add up), with the model reporting `reported` bytes.
+    pub fn largest_grant(&self, reported: u64) -> u64 {
+        let outstanding = |g: &Grant| match g.base {
+            None => g.extra,
+            Some(base) => (base + g.extra).saturating_sub(reported),
+        };
+        self.grants.iter().map(outstanding).max().unwrap_or(0)
+    }
+
+    pub fn total(&self, reported: u64) -> u64 {
+        self.loading + self.restoring + self.largest_grant(reported)
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -130,7 +206,7 @@ impl ModelEntry {
             failures: 0,
             page_cache: Default::default(),
             device_bytes: None,
-            reserved_bytes: 0,
+            reservations: Reservations::default(),
         }
     }
 
@@ -152,7 +228,12 @@ impl ModelEntry {
     /// or NVML's figure for its process, whichever is larger (NVML also sees the CUDA context;
     /// the worker's account and the reservations cover buffers NVML has not seen yet).
     pub fn held(&self) -> u64 {
-        (self.bytes.total + self.reserved_bytes).max(self.device_bytes.unwrap_or(0))
+        (self.bytes.total + self.reserved()).max(self.device_bytes.unwrap_or(0))
+    }
+
+    /// What is reserved for work in progress beyond what the worker has reported.
+    pub fn reserved(&self) -> u64 {
+        self.reservations.total(self.bytes.total)
     }
 
     /// Takes what a worker reported.
@@ -164,12 +245,27 @@ impl ModelEntry {
     }
 }
 
+/// A model in a [`Snapshot`]: its entry and what is reserved for it at that moment.
+#[derive(Clone, Debug, Serialize)]
+pub struct ModelStatus {
+    #[serde(flatten)]
+    pub entry: ModelEntry,
+    pub reserved_bytes: u64,
+}
+
+impl std::ops::Deref for ModelStatus {
+    type Target = ModelEntry;
+    fn deref(&self) -> &ModelEntry {
+        &self.entry
+    }
+}
+
 /// A consistent view of the daemon's state at one moment: what `/v1/status` shows.
 #[derive(Clone, Debug, Serialize)]
 pub struct Snapshot {
     pub version: &'static str,
     pub memory: MemoryFigures,
-    pub models: Vec<ModelEntry>,
+    pub models: Vec<ModelStatus>,
     /// Unix seconds when this snapshot was taken.
     pub at: u64,
 }
@@ -179,7 +275,14 @@ impl Snapshot {
         Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             memory,
-            models: registry.models.clone(),
+            models: registry
+                .models
+                .iter()
+                .map(|m| ModelStatus {
+                    reserved_bytes: m.reserved(),
+                    entry: m.clone(),
+                })
+                .collect(),
             at: unix_secs(now),
         }
     }
@@ -261,5 +364,33 @@ mod tests {
         chat.bytes = Bytes::new(100, 0, 0);
         assert_eq!(r.held_bytes(), 100);
         assert_eq!(r.loaded_count(), 1);
+    }
+
+    #[test]
+    fn reservations_count_until_reported_and_do_not_add_up() {
+        let mut r = Reservations {
+            loading: 1000,
+            ..Default::default()
+        };
+        r.grant(1, 300); // an image waiting for its model's load
+        r.grant(2, 0); // nothing beyond what the model holds: not recorded
+        assert_eq!(r.total(0), 1300);
+        r.loading = 0;
+        r.start(1, 1000); // the load reported 1000; sampling begins
+        r.grant(3, 300);
+        r.start(3, 1000);
+        assert_eq!(r.total(1000), 300, "one worker runs one request at a time");
+        // A report of 1200 arrives before the requests end: 200 of it is counted, not reserved.
+        assert_eq!(r.total(1200), 100);
+        assert!(r.working());
+        r.release(1);
+        r.release(3);
+        assert_eq!(r.total(1200), 0);
+        assert!(!r.working());
+        // A worker that dies frees what its running requests had reserved.
+        r.grant(4, 500);
+        r.start(4, 1000);
+        r.worker_gone();
+        assert_eq!(r.total(0), 0);
     }
 }

@@ -61,12 +61,6 @@ pub(super) struct Runtime {
     warm: bool,
     /// What the model held when it was last fully loaded: better than any estimate.
     pub known: Option<Bytes>,
-    /// Memory reserved for granted requests until they are done.
-    pub grants: Vec<Reservation>,
-    /// Memory reserved for the load in progress.
-    pub loading_reserved: u64,
-    /// Memory reserved for the context restore in progress.
-    pub restoring: u64,
     /// Why the model's context is being restored.
     pub restore_reason: Option<String>,
     /// A background restore failed: do not try again until the model is used.
@@ -74,32 +68,6 @@ pub(super) struct Runtime {
     /// Its soft unload made room for a request (not a person's `unload`): restore it in the
     /// background once memory allows.
     pub restore_when_free: bool,
-}
-
-/// What a granted request may use beyond what its model held when it started.
-pub(super) struct Reservation {
-    pub ticket: u64,
-    pub extra: u64,
-    /// The model's reported bytes when the request started (`None` while it waits for a
-    /// load). Once the worker reports more than that, the excess is no longer reserved but
-    /// counted, so a report that arrives before the request ends is not counted twice.
-    pub base: Option<u64>,
-}
-
-impl Reservation {
-    fn outstanding(&self, reported: u64) -> u64 {
-        match self.base {
-            None => self.extra,
-            Some(base) => (base + self.extra).saturating_sub(reported),
-        }
-    }
-}
-
-impl Runtime {
-    /// The largest reservation still outstanding with the model reporting `reported` bytes.
-    pub fn largest_grant(&self, reported: u64) -> u64 {
-        self.grants.iter().map(|g| g.outstanding(reported)).max().unwrap_or(0)
-    }
 }
 
 impl Arbiter {
@@ -114,14 +82,12 @@ impl Arbiter {
         let rt = self.rt(model);
         rt.restore_failed = false;
         rt.restore_when_free = false;
-        if matches!(granted.waiter, Waiter::Load(_)) {
-            self.unreserve(model, granted.ticket);
-        }
-        let reported = self.registry.get(model).expect("entry").bytes.total;
-        if let Some(g) = self.rt(model).grants.iter_mut().find(|g| g.ticket == granted.ticket) {
-            g.base = Some(reported);
-        }
         let entry = self.registry.get_mut(model).expect("entry");
+        match granted.waiter {
+            // An explicit load runs nothing on the model.
+            Waiter::Load(_) => entry.reservations.release(granted.ticket),
+            Waiter::Acquire(_) => entry.reservations.start(granted.ticket, entry.bytes.total),
+        }
         match granted.waiter {
             Waiter::Acquire(reply) => {
                 entry.in_flight += 1;
@@ -182,8 +148,7 @@ impl Arbiter {
         let rt = self.rt(model);
         rt.seq = seq;
         rt.warm = warm;
-        rt.loading_reserved = need;
-        self.update_reserved(model);
+        self.registry.get_mut(model).expect("entry").reservations.loading = need;
         let rt = self.rt(model);
         let wait = rt
             .last_failure
@@ -225,10 +190,9 @@ impl Arbiter {
             }
             return;
         }
-        // From here on the worker's report (or nothing, if it failed) stands for the load.
-        self.rt(model).loading_reserved = 0;
-        self.update_reserved(model);
         let entry = self.registry.get_mut(model).expect("entry");
+        // From here on the worker's report (or nothing, if it failed) stands for the load.
+        entry.reservations.loading = 0;
         match result {
             Ok(loaded) => {
                 let restarted = entry.failures > 0;
@@ -286,9 +250,9 @@ impl Arbiter {
 
     pub(super) fn release(&mut self, model: &str, seq: u64, job: Job, ticket: u64, report: Option<Report>) {
         self.last_activity = Instant::now();
-        self.unreserve(model, ticket);
         let current = self.rt(model).seq == seq && self.rt(model).worker.is_some();
         let entry = self.registry.get_mut(model).expect("entry");
+        entry.reservations.release(ticket);
         entry.in_flight = entry.in_flight.saturating_sub(1);
         entry.last_used = Some(crate::clock::now_unix());
         if !current {
@@ -299,8 +263,6 @@ impl Arbiter {
         }
         let Some(report) = report else { return };
         entry.report(&report.health);
-        self.update_reserved(model);
-        let entry = self.registry.get_mut(model).expect("entry");
         // A completed request proves the worker works.
         entry.failures = 0;
         let context_length = entry.context_length.unwrap_or(0);
@@ -448,7 +410,6 @@ impl Arbiter {
                 let freed = entry.bytes.total.saturating_sub(health.bytes.total);
                 entry.report(&health);
                 entry.state = ModelState::SoftUnloaded;
-                self.update_reserved(model);
                 let reason = self.rt(model).unload_reason.take().unwrap_or_default();
                 self.bus.publish(EventKind::ModelSoftUnloaded {
                     model: model.to_owned(),
@@ -475,15 +436,11 @@ impl Arbiter {
         }
         rt.worker = None;
         let reason = rt.unload_reason.take();
-        // Requests that were running on it use nothing any more (they fail as it is gone).
-        for g in rt.grants.iter_mut().filter(|g| g.base.is_some()) {
-            g.extra = 0;
-        }
         let entry = self.registry.get_mut(model).expect("entry");
         let freed = entry.bytes.total;
         entry.clear_worker();
-        self.update_reserved(model);
-        let entry = self.registry.get_mut(model).expect("entry");
+        // Requests that were running on it use nothing any more (they fail as it is gone).
+        entry.reservations.worker_gone();
         if exit.requested {
             entry.state = ModelState::Unloaded;
             self.bus.publish(EventKind::ModelUnloaded {
@@ -546,7 +503,8 @@ impl Arbiter {
 
     pub(super) fn fail_waiters(&mut self, model: &str, err: impl Fn(String) -> ArbiterError) {
         for g in std::mem::take(&mut self.rt(model).waiters) {
-            self.unreserve(model, g.ticket);
+            let entry = self.registry.get_mut(model).expect("entry");
+            entry.reservations.release(g.ticket);
             reject(g.waiter, err(model.to_owned()));
         }
     }

@@ -133,7 +133,7 @@ pub(crate) enum Event {
         model: String,
         seq: u64,
         job: Job,
-        /// The memory reservation the request held (see `Runtime::grants`).
+        /// The memory reservation the request held (see `registry::Reservations`).
         ticket: u64,
         report: Option<Report>,
     },

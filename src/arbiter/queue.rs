@@ -10,7 +10,6 @@ use std::time::Instant;
 
 use tokio::sync::oneshot;
 
-use super::lifecycle::Reservation;
 use super::task::{reject, Arbiter, Shape};
 use super::{ArbiterError, Job, Lease, LoadOutcome};
 use crate::config::ModelKind;
@@ -41,7 +40,7 @@ pub(super) struct Granted {
     pub job: Job,
     pub vae: VaePlacement,
     pub actions: Vec<Action>,
-    /// Its memory reservation in `Runtime::grants`, given back when it is done.
+    /// Its memory reservation (`registry::Reservations`), given back when it is done.
     pub ticket: u64,
 }
 
@@ -204,14 +203,8 @@ impl Arbiter {
         };
         let ticket = self.next_ticket;
         self.next_ticket += 1;
-        if reserve > 0 {
-            self.rt(&model).grants.push(Reservation {
-                ticket,
-                extra: reserve,
-                base: None,
-            });
-            self.update_reserved(&model);
-        }
+        let entry = self.registry.get_mut(&model).expect("entry");
+        entry.reservations.grant(ticket, reserve);
         let granted = Granted {
             waiter: head.waiter,
             job: head.job,
@@ -231,22 +224,6 @@ impl Arbiter {
             }
             _ => self.serve(&model, granted),
         }
-    }
-
-    /// Gives back a request's reservation.
-    pub(super) fn unreserve(&mut self, model: &str, ticket: u64) {
-        self.rt(model).grants.retain(|g| g.ticket != ticket);
-        self.update_reserved(model);
-    }
-
-    /// The registry's `reserved_bytes`: a load or restore in progress, plus the largest
-    /// grant (a worker runs one request at a time, so grants on one model do not add up),
-    /// less what the worker has reported since. Called whenever either side changes.
-    pub(super) fn update_reserved(&mut self, model: &str) {
-        let now = self.registry.get(model).expect("entry").bytes.total;
-        let rt = self.rt(model);
-        let bytes = rt.loading_reserved + rt.restoring + rt.largest_grant(now);
-        self.registry.get_mut(model).expect("entry").reserved_bytes = bytes;
     }
 
     fn execute(&mut self, action: Action) {
@@ -321,10 +298,7 @@ impl Arbiter {
         let entry = self.registry.get(model).expect("configured");
         let cfg = self.config.model(model).expect("configured");
         let known = self.runtime.get(model).and_then(|rt| rt.known);
-        let granted = self
-            .runtime
-            .get(model)
-            .map_or(0, |rt| rt.largest_grant(entry.bytes.total));
+        let granted = entry.reservations.largest_grant(entry.bytes.total);
         let shape = self.shapes.get(model).expect("every model has a shape");
         let mut need = Need {
             model: model.to_owned(),

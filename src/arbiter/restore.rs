@@ -29,10 +29,7 @@ impl Arbiter {
         let Some(quiet) = self.config.policy.restore_after.0 else {
             return;
         };
-        let working = self
-            .runtime
-            .values()
-            .any(|rt| !rt.grants.is_empty() || rt.loading_reserved > 0);
+        let working = self.registry.models().iter().any(|e| e.reservations.working());
         let moving = self
             .registry
             .models()
@@ -83,10 +80,11 @@ impl Arbiter {
     /// Asks the worker to recreate the context its soft unload dropped.
     pub(super) fn start_restore(&mut self, model: &str, reason: String) {
         let bytes = self.need_for(model, Job::Text).load;
-        self.registry.get_mut(model).expect("entry").state = ModelState::Loading;
+        let entry = self.registry.get_mut(model).expect("entry");
+        entry.state = ModelState::Loading;
+        entry.reservations.restoring = bytes;
         let events = self.reply_later();
         let rt = self.rt(model);
-        rt.restoring = bytes;
         rt.restore_reason = Some(reason);
         let (client, seq, name) = (
             rt.worker
@@ -97,7 +95,6 @@ impl Arbiter {
             rt.seq,
             model.to_owned(),
         );
-        self.update_reserved(model);
         tokio::spawn(async move {
             let result = client
                 .post::<_, RestoreResponse>(vramd_protocol::RESTORE, &serde_json::json!({}))
@@ -113,11 +110,10 @@ impl Arbiter {
 
     pub(super) fn restore_done(&mut self, model: &str, seq: u64, result: Result<RestoreResponse, String>) {
         let rt = self.rt(model);
-        rt.restoring = 0;
         let reason = rt.restore_reason.take().unwrap_or_default();
         let current = rt.seq == seq;
-        self.update_reserved(model);
         let entry = self.registry.get_mut(model).expect("entry");
+        entry.reservations.restoring = 0;
         // The worker crashed or was stopped meanwhile: that path has settled the model.
         if !current || entry.state != ModelState::Loading {
             return;
