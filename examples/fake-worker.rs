@@ -14,19 +14,23 @@
 //! Every generation appends one line to `<model file>.log` (`generate N` / `cancelled N` /
 //! `done N`), and `restore` is logged the same way, so tests can see what the worker did
 //! after the client left and whether the daemon restored a soft-unloaded context.
+//!
+//! What is not about inference comes from `vramd-worker-kit`, as in the real workers: the
+//! command line, the stdin lifeline, the socket binding, the JSON errors and the NDJSON
+//! framing of streams.
 
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::State;
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use tokio::sync::mpsc;
 use vramd_protocol::*;
+use vramd_worker_kit::{error, stream_response, ApiError, Cli, Out, StreamEvent};
 
 #[derive(Default)]
 struct Model {
@@ -67,12 +71,22 @@ fn health(m: &Option<Model>) -> Health {
     }
 }
 
-fn error(status: StatusCode, code: ErrorCode, message: &str) -> Response {
-    let body = WorkerError {
-        code,
-        message: message.into(),
-    };
-    (status, Json(body)).into_response()
+/// The protocol's error answer, with the workers' own status mapping (`not_loaded` is 409,
+/// `load_failed` 422).
+fn error_response(code: ErrorCode, message: &str) -> Response {
+    ApiError::from(error(code, message)).into_response()
+}
+
+/// A stream's channel holds one event, so that a generation notices a client that left
+/// within an event or two (its `cancelled N` line).
+fn stream_channel<E>() -> (mpsc::Sender<Out<E>>, mpsc::Receiver<Out<E>>) {
+    mpsc::channel(1)
+}
+
+/// Answers with the NDJSON stream of what the generation task sends (the workers' framing).
+async fn ndjson<E: StreamEvent>(rx: mpsc::Receiver<Out<E>>) -> Response {
+    let gone = error(ErrorCode::Internal, "fake: the generation task ended");
+    stream_response(rx, gone).await.into_response()
 }
 
 /// The first line of the model file: behaviour and `key=value` options.
@@ -105,13 +119,7 @@ async fn load(State(s): State<Shared>, Json(req): Json<serde_json::Value>) -> Re
     };
     let (behaviour, opts) = behaviour(&path);
     match behaviour.as_str() {
-        "bad" => {
-            return error(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                ErrorCode::LoadFailed,
-                "fake: corrupt model file",
-            )
-        }
+        "bad" => return error_response(ErrorCode::LoadFailed, "fake: corrupt model file"),
         "crash-on-load" => {
             eprintln!("ERROR fake worker: crashing while loading {}", path.display());
             std::process::abort();
@@ -168,37 +176,28 @@ async fn images(State(s): State<Shared>, Json(req): Json<ImageRequest>) -> Respo
     let (delay, path) = {
         let guard = s.lock().unwrap();
         let Some(m) = guard.as_ref() else {
-            return error(StatusCode::CONFLICT, ErrorCode::NotLoaded, "no model");
+            return error_response(ErrorCode::NotLoaded, "no model");
         };
         (m.delay, m.path.clone())
     };
     note(&path, &format!("image {}x{} vae={:?}", req.width, req.height, req.vae));
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+    let (tx, rx) = stream_channel();
     tokio::spawn(async move {
-        let line = |e: &ImageEvent| {
-            let mut v = serde_json::to_vec(e).unwrap();
-            v.push(b'\n');
-            v
-        };
-        let _ = tx.send(line(&ImageEvent::Started { switch_ms: 0 })).await;
+        let send = |e: ImageEvent| tx.send(Out::Event(e));
+        let _ = send(ImageEvent::Started { switch_ms: 0 }).await;
         for step in 1..=req.steps {
             tokio::time::sleep(delay).await;
-            if tx
-                .send(line(&ImageEvent::Progress { step, steps: req.steps }))
-                .await
-                .is_err()
-            {
+            if send(ImageEvent::Progress { step, steps: req.steps }).await.is_err() {
                 return;
             }
         }
         let seed = req.seed.unwrap_or(0);
-        let _ = tx
-            .send(line(&ImageEvent::Image {
-                index: 0,
-                seed,
-                png_base64: PNG_1X1.into(),
-            }))
-            .await;
+        let _ = send(ImageEvent::Image {
+            index: 0,
+            seed,
+            png_base64: PNG_1X1.into(),
+        })
+        .await;
         let peaks = GenerationPeaks {
             width: req.width,
             height: req.height,
@@ -212,15 +211,9 @@ async fn images(State(s): State<Shared>, Json(req): Json<ImageRequest>) -> Respo
             health: health(&s.lock().unwrap()),
             peaks,
         };
-        let _ = tx.send(line(&done)).await;
+        let _ = send(done).await;
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
-    });
-    Response::builder()
-        .header("content-type", "application/x-ndjson")
-        .body(Body::from_stream(stream))
-        .unwrap()
+    ndjson(rx).await
 }
 
 async fn unload(State(s): State<Shared>, Json(req): Json<UnloadRequest>) -> Json<Health> {
@@ -239,7 +232,7 @@ async fn unload(State(s): State<Shared>, Json(req): Json<UnloadRequest>) -> Json
 async fn restore(State(s): State<Shared>) -> Response {
     let mut guard = s.lock().unwrap();
     let Some(m) = guard.as_mut() else {
-        return error(StatusCode::CONFLICT, ErrorCode::NotLoaded, "no model");
+        return error_response(ErrorCode::NotLoaded, "no model");
     };
     let context_ms = u64::from(m.soft);
     m.soft = false;
@@ -263,20 +256,21 @@ async fn generate(State(s): State<Shared>, Json(req): Json<GenerateRequest>) -> 
     let (delay, path) = {
         let mut guard = s.lock().unwrap();
         let Some(m) = guard.as_mut() else {
-            return error(StatusCode::CONFLICT, ErrorCode::NotLoaded, "no model");
+            return error_response(ErrorCode::NotLoaded, "no model");
         };
         m.soft = false;
         (m.delay, m.path.clone())
     };
-    let max = req.params.max_tokens;
+    // Without a limit the fake "model" ends its turn after this many tokens.
+    const TURN: u32 = 16;
+    let (max, finish_reason) = match req.params.max_tokens {
+        Some(n) => (n, FinishReason::Length),
+        None => (TURN, FinishReason::Stop),
+    };
     note(&path, &format!("generate {max}"));
-    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+    let (tx, rx) = stream_channel();
     tokio::spawn(async move {
-        let line = |e: &GenerateEvent| {
-            let mut v = serde_json::to_vec(e).unwrap();
-            v.push(b'\n');
-            v
-        };
+        let send = |e: GenerateEvent| tx.send(Out::Event(e));
         let prompt_tokens = match &req.input {
             Input::Text { prompt } => prompt.split_whitespace().count() as u32,
             Input::Chat { messages } => messages
@@ -284,61 +278,44 @@ async fn generate(State(s): State<Shared>, Json(req): Json<GenerateRequest>) -> 
                 .map(|m| m.content.split_whitespace().count() as u32)
                 .sum(),
         };
-        if tx
-            .send(line(&GenerateEvent::Started {
-                prompt_tokens,
-                context_ms: 0,
-            }))
-            .await
-            .is_err()
-        {
+        let started = GenerateEvent::Started {
+            prompt_tokens,
+            context_ms: 0,
+            cached_tokens: 0,
+        };
+        if send(started).await.is_err() {
             return;
         }
         for i in 0..max {
             tokio::time::sleep(delay).await;
-            if tx
-                .send(line(&GenerateEvent::Token { text: format!("t{i} ") }))
-                .await
-                .is_err()
-            {
+            let token = GenerateEvent::Token {
+                text: format!("t{i} "),
+                logprob: None,
+            };
+            if send(token).await.is_err() {
                 note(&path, &format!("cancelled {i}"));
                 return;
             }
         }
         note(&path, &format!("done {max}"));
         let done = GenerateEvent::Done {
-            finish_reason: FinishReason::Length,
+            finish_reason,
             prompt_tokens,
             completion_tokens: max,
             health: health(&s.lock().unwrap()),
         };
-        let _ = tx.send(line(&done)).await;
+        let _ = send(done).await;
     });
-    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
-        rx.recv().await.map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
-    });
-    Response::builder()
-        .header("content-type", "application/x-ndjson")
-        .body(Body::from_stream(stream))
-        .unwrap()
+    ndjson(rx).await
 }
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    let socket = args
-        .iter()
-        .position(|a| a == "--socket")
-        .and_then(|i| args.get(i + 1))
-        .expect("--socket PATH");
+    let cli = Cli::parse_as("fake-worker", "A vramd worker without inference, for tests");
+    let socket = &cli.socket;
     // Exit when the daemon goes away (stdin closes), as real workers do.
-    std::thread::spawn(|| {
-        let mut sink = Vec::new();
-        let _ = std::io::Read::read_to_end(&mut std::io::stdin(), &mut sink);
-        std::process::exit(0);
-    });
-    let _ = std::fs::remove_file(socket);
-    let listener = tokio::net::UnixListener::bind(socket).expect("bind");
+    vramd_worker_kit::on_stdin_eof(|| std::process::exit(0));
+    let listener = vramd_worker_kit::bind(socket).expect("bind");
     let state: Shared = Arc::default();
     let app = Router::new()
         .route(
@@ -351,6 +328,6 @@ async fn main() {
         .route(GENERATE, post(generate))
         .route(IMAGES, post(images))
         .with_state(state);
-    eprintln!("fake worker {} listening on {socket}", std::process::id());
+    eprintln!("fake worker {} listening on {}", std::process::id(), socket.display());
     axum::serve(listener, app).await.expect("serve");
 }

@@ -41,7 +41,7 @@ check_sysusers_tmpfiles() {
 
 # verify_units UNITDIR: systemd-analyze verify on the installed units (UNITDIR relative to
 # the root: lib/systemd/system or usr/lib/systemd/system). The root has no systemd of its own
-# for --root=: verify copies whose ExecStart points into the root (as tests/it/units.rs
+# for --root=: verify copies whose ExecStart points into the root (as tests/it/systemd_units.rs
 # does); Documentation=man:vramd(8) is looked up in the root's man pages when man(1) is here.
 verify_units() {
   local unitdir=$1 units=$tmp/units u man=no

@@ -5,23 +5,19 @@
 //! Reading status, estimating and generating stay open to anyone who can reach the socket
 //! (the socket's own mode, `root:vramd 0660`, already decides who that is).
 //!
-//! [`check`] is the rule, a pure function of the caller's credentials. Where credentials
-//! come from is the callers' business: `SO_PEERCRED` for the Unix socket (see
-//! [`Privileged`]; `SO_PEERGROUPS` adds the supplementary groups the peer had when it
-//! connected), `GetConnectionCredentials` for D-Bus (see `dbus::interface`). D-Bus may learn
-//! only the primary group (dbus-daemon before 1.16 sends no `UnixGroupIDs`), so further
-//! groups come from the process itself
-//! ([`proc_groups`], `/proc/<pid>/status`) or, where vramd cannot see that process
-//! (vramd.service runs with `ProtectProc=invisible`), from the group database for the
-//! caller's user ([`user_groups`]), which is what `usermod -aG vramd` changes.
+//! [`check`] is the rule, a pure function of the caller's credentials, and [`Denied`] its
+//! refusal; each front end words that refusal itself (HTTP 403 in `api/error.rs`, a typed
+//! D-Bus error in `dbus/error.rs`). This module knows neither front end. Where credentials
+//! come from is the callers' business: `SO_PEERCRED` for the Unix socket (the API's
+//! `Privileged` extractor, through [`socket_caller`]; `SO_PEERGROUPS` adds the supplementary
+//! groups the peer had when it connected), `GetConnectionCredentials` for D-Bus (see
+//! `dbus::interface`, through [`bus_caller`]). D-Bus may learn only the primary group
+//! (dbus-daemon before 1.16 sends no `UnixGroupIDs`), so further groups come from the
+//! process itself ([`proc_groups`], `/proc/<pid>/status`) or, where vramd cannot see that
+//! process (vramd.service runs with `ProtectProc=invisible`), from the group database for
+//! the caller's user ([`user_groups`]), which is what `usermod -aG vramd` changes.
 
 use std::ffi::CString;
-
-use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
-
-use crate::api::{ApiError, AppState};
-use crate::server::Peer;
 
 /// What is known about a caller.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,6 +52,12 @@ pub enum Denied {
     NotInGroup { uid: u32, group: String },
     #[error("changing vramd's state is not allowed over TCP; use the Unix socket as root or a member of {group:?}")]
     Remote { group: String },
+}
+
+/// The rule for `caller` against `[daemon] control_group`, the group looked up now (see
+/// [`ControlGroup::resolve`]).
+pub fn authorize(caller: &Caller, control_group: &str) -> Result<(), Denied> {
+    check(caller, &ControlGroup::resolve(control_group))
 }
 
 /// The rule: root, or a member of the control group.
@@ -194,25 +196,20 @@ fn groups_of(uid: u32, known: &[u32], pid: Option<u32>) -> Vec<u32> {
     gids
 }
 
-/// The caller behind an HTTP connection.
-pub fn http_caller(peer: Option<&Peer>) -> Caller {
-    match peer {
-        Some(Peer::Unix { uid, gid, pid, groups }) => {
-            let mut known = vec![*gid];
-            known.extend(groups.iter().filter(|g| *g != gid));
-            Caller::Local {
-                uid: *uid,
-                gids: groups_of(*uid, &known, pid.and_then(|p| u32::try_from(p).ok())),
-            }
-        }
-        // No peer (a request not from `server::run`) or TCP: nobody to vouch for.
-        Some(Peer::Tcp(_)) | None => Caller::Remote,
+/// The caller at the other end of a Unix socket, from what the kernel says about it:
+/// `SO_PEERCRED` (`uid`, `gid`, `pid`) and `SO_PEERGROUPS` (`groups`).
+pub fn socket_caller(uid: u32, gid: u32, groups: &[u32], pid: Option<u32>) -> Caller {
+    let mut known = vec![gid];
+    known.extend(groups.iter().filter(|g| **g != gid));
+    Caller::Local {
+        uid,
+        gids: groups_of(uid, &known, pid),
     }
 }
 
 /// The caller behind a D-Bus message, from the bus's `GetConnectionCredentials`: its
 /// `UnixGroupIDs` when the bus sends them (dbus-broker, dbus-daemon ≥ 1.16), else as for
-/// [`http_caller`]. A caller without a Unix user id (a bus reached over TCP) cannot be
+/// [`socket_caller`]. A caller without a Unix user id (a bus reached over TCP) cannot be
 /// vouched for.
 pub fn bus_caller(uid: Option<u32>, gids: Option<Vec<u32>>, pid: Option<u32>) -> Caller {
     let Some(uid) = uid else {
@@ -223,24 +220,6 @@ pub fn bus_caller(uid: Option<u32>, gids: Option<Vec<u32>>, pid: Option<u32>) ->
         None => groups_of(uid, &[], pid),
     };
     Caller::Local { uid, gids }
-}
-
-/// An extractor that admits only callers allowed to change state; handlers that do take it
-/// as their first argument, so the check runs before the body is read.
-pub struct Privileged;
-
-impl FromRequestParts<AppState> for Privileged {
-    type Rejection = ApiError;
-
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let caller = http_caller(parts.extensions.get::<Peer>());
-        let group = ControlGroup::resolve(&state.config.daemon.control_group);
-        check(&caller, &group).map_err(|e| {
-            tracing::info!(?caller, "refused: {e}");
-            ApiError::AccessDenied(e.to_string())
-        })?;
-        Ok(Privileged)
-    }
 }
 
 #[cfg(test)]
@@ -324,41 +303,32 @@ mod tests {
         );
         assert_eq!(lookup_group("root"), Some(0));
         assert_eq!(lookup_group("no-such-group-vramd-test"), None);
+        // `authorize` looks the group up by name, then applies the rule.
+        assert_eq!(authorize(&local(1000, &[1000, 0]), "root"), Ok(()));
+        assert!(authorize(&local(1000, &[1000]), "no-such-group-vramd-test").is_err());
+        assert_eq!(authorize(&local(0, &[]), "no-such-group-vramd-test"), Ok(()));
         // The group database: root is in group root; a uid without a user is in none.
         assert!(user_groups(0).contains(&0));
         assert_eq!(user_groups(4_000_000_000), Vec::<u32>::new());
         // A process vramd cannot see (gone, or hidden by ProtectProc=invisible): its user's
         // groups from the database stand in, so a supplementary member is still recognised.
-        let hidden = Peer::Unix {
-            uid: 65534,
-            gid: 12345,
-            pid: Some(i32::MAX),
-            groups: vec![],
-        };
-        let Caller::Local { gids: seen, .. } = http_caller(Some(&hidden)) else {
-            panic!("a Unix peer is local")
+        let Caller::Local { gids: seen, .. } = socket_caller(65534, 12345, &[], Some(i32::MAX as u32)) else {
+            panic!("a socket peer is local")
         };
         assert_eq!(seen[0], 12345, "the kernel's gid comes first");
         assert_eq!(seen[1..], user_groups(65534)[..]);
-        let peer = Peer::Unix {
-            uid,
-            gid,
-            pid: Some(std::process::id() as i32),
-            groups: vec![4242],
-        };
         let Caller::Local {
             uid: u,
             gids: peer_gids,
-        } = http_caller(Some(&peer))
+        } = socket_caller(uid, gid, &[4242], Some(std::process::id()))
         else {
-            panic!("a Unix peer is local")
+            panic!("a socket peer is local")
         };
         assert_eq!(
             (u, peer_gids[0], peer_gids[1]),
             (uid, gid, 4242),
             "SO_PEERGROUPS' groups are the caller's"
         );
-        assert_eq!(http_caller(None), Caller::Remote);
         // The bus's group list wins; without it, /proc by pid; without a uid, nobody.
         assert_eq!(bus_caller(Some(5), Some(vec![7, 8]), None), local(5, &[7, 8]));
         assert_eq!(bus_caller(Some(uid), None, Some(std::process::id())), local(uid, &gids));

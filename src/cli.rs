@@ -19,6 +19,10 @@ pub mod daemon {
         /// Unix socket to bind when not socket-activated (overrides `[daemon] socket`).
         #[arg(long, value_name = "PATH")]
         pub socket: Option<PathBuf>,
+        /// Also serve the API on this loopback TCP address when not socket-activated (what
+        /// `vramd-tcp.socket` gives under systemd), e.g. `127.0.0.1:7867`.
+        #[arg(long, value_name = "ADDR")]
+        pub tcp: Option<std::net::SocketAddr>,
         /// Validate the configuration, print it resolved, and exit.
         #[arg(long)]
         pub check_config: bool,

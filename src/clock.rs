@@ -10,7 +10,20 @@ use std::time::SystemTime;
 pub const OFFSET_FILE_ENV: &str = "VRAMD_TEST_CLOCK_OFFSET_FILE";
 
 pub fn now_unix() -> u64 {
-    crate::registry::unix_secs(SystemTime::now()) + offset()
+    unix_secs(SystemTime::now()) + offset()
+}
+
+/// `t` in Unix seconds; 0 for a time before 1970.
+pub fn unix_secs(t: SystemTime) -> u64 {
+    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Unix milliseconds on the system clock, without the test offset: for how long something
+/// has run (image progress), which no test moves.
+pub fn wall_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn offset() -> u64 {

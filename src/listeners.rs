@@ -48,6 +48,13 @@ pub enum ListenError {
     NotASocket(PathBuf),
     #[error("cannot bind {path}: {source}")]
     Bind { path: PathBuf, source: io::Error },
+    #[error("--tcp {0} is not a loopback address; vramd serves TCP on loopback only")]
+    TcpNotLoopback(std::net::SocketAddr),
+    #[error("cannot bind TCP {addr}: {source}")]
+    BindTcp {
+        addr: std::net::SocketAddr,
+        source: io::Error,
+    },
 }
 
 impl Listener {
@@ -155,9 +162,32 @@ pub fn bind_unix(path: &Path) -> Result<Listener, ListenError> {
     })
 }
 
+/// Binds the loopback TCP listener (`api-tcp`) for a hand-started daemon, as
+/// `vramd-tcp.socket` does under systemd: what WebUIs that cannot use a Unix socket reach.
+pub fn bind_tcp(addr: std::net::SocketAddr) -> Result<Listener, ListenError> {
+    if !addr.ip().is_loopback() {
+        return Err(ListenError::TcpNotLoopback(addr));
+    }
+    let listener = std::net::TcpListener::bind(addr).map_err(|source| ListenError::BindTcp { addr, source })?;
+    Ok(Listener::Tcp {
+        listener,
+        name: "api-tcp".into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tcp_is_loopback_only() {
+        let l = bind_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+        assert_eq!(l.name(), "api-tcp");
+        assert!(matches!(
+            bind_tcp("0.0.0.0:0".parse().unwrap()),
+            Err(ListenError::TcpNotLoopback(_))
+        ));
+    }
 
     #[test]
     fn stale_socket_is_replaced_but_live_one_is_not() {

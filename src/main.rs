@@ -10,7 +10,7 @@ use vramd::activity::{idle_exit_in, Activity, IdleInputs};
 use vramd::arbiter::ArbiterHandle;
 use vramd::cli::daemon::Cli;
 use vramd::config::{self, Config};
-use vramd::{api, arbiter, dbus, listeners, logging, memory, notify, server, worker};
+use vramd::{api, arbiter, dbus, listeners, logging, memory, server, systemd_notify, worker};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -30,11 +30,11 @@ fn main() -> ExitCode {
         config.daemon.socket = socket;
     }
     logging::init(&config.daemon.log);
-    match run(config) {
+    match run(config, cli.tcp) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e:#}");
-            notify::stopping(&format!("failed: {e:#}"));
+            systemd_notify::stopping(&format!("failed: {e:#}"));
             ExitCode::FAILURE
         }
     }
@@ -53,11 +53,14 @@ fn print_config(loaded: &config::LoadedConfig) {
     print!("{}", loaded.config.to_toml());
 }
 
-fn run(config: Config) -> anyhow::Result<()> {
+fn run(config: Config, tcp: Option<std::net::SocketAddr>) -> anyhow::Result<()> {
     // Before any thread exists: this unsets LISTEN_* so workers do not inherit them.
     let mut sockets = listeners::from_systemd().context("taking sockets from systemd")?;
     if sockets.is_empty() {
         sockets.push(listeners::bind_unix(&config.daemon.socket).context("binding the API socket")?);
+        if let Some(addr) = tcp {
+            sockets.push(listeners::bind_tcp(addr).context("binding the TCP listener")?);
+        }
     }
     let source = memory::open_source(&config.memory).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -82,7 +85,7 @@ async fn serve(
         config: config.clone(),
         arbiter: arbiter.clone(),
         activity: activity.clone(),
-        progress: Default::default(),
+        templates: std::sync::Arc::new(vramd::chat::Templates::load(&config)),
     });
     let idle_limit = config.daemon.idle_exit.0;
     let shutdown = {
@@ -93,14 +96,14 @@ async fn serve(
                 _ = idle(idle_limit, &arbiter, &activity) => "idle".to_owned(),
             };
             tracing::info!("stopping: {why}");
-            notify::stopping(&format!("stopping: {why}"));
+            systemd_notify::stopping(&format!("stopping: {why}"));
         }
     };
-    let watchdog = notify::watchdog_interval();
+    let watchdog = systemd_notify::watchdog_interval();
     let status = arbiter.snapshot().status_line();
     tracing::info!(version = env!("CARGO_PKG_VERSION"), "ready: {status}");
-    notify::ready(&status);
-    tokio::spawn(notify::follow(arbiter.subscribe(), watchdog));
+    systemd_notify::ready(&status);
+    tokio::spawn(systemd_notify::follow(arbiter.subscribe(), watchdog));
     // D-Bus never gates the HTTP API: it connects (and reconnects) on its own.
     tokio::spawn(dbus::serve(
         config.dbus.bus,

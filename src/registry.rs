@@ -7,33 +7,15 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 
-use crate::config::{Config, ModelConfig, ModelKind};
+use crate::config::{Config, ModelConfig};
 use crate::memory::MemoryFigures;
+use crate::model::ModelKind;
+use crate::units::Timeout;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ModelState {
-    Unloaded,
-    Loading,
-    Loaded,
-    /// Weights kept, KV cache and compute buffers freed.
-    SoftUnloaded,
-    Busy,
-    Unloading,
-    Failed,
-}
-
-impl ModelState {
-    /// Whether the model holds device memory and so keeps the daemon from idling out.
-    pub fn holds_memory(self) -> bool {
-        !matches!(self, ModelState::Unloaded | ModelState::Failed)
-    }
-
-    /// Loaded and idle, neither coming nor going.
-    pub fn settled(self) -> bool {
-        matches!(self, ModelState::Loaded | ModelState::SoftUnloaded)
-    }
-}
+// Re-exported from the leaf modules that own them (`model`, `clock`), so that the planner
+// and the clock need not import the registry.
+pub use crate::clock::unix_secs;
+pub use crate::model::ModelState;
 
 pub use vramd_protocol::Bytes;
 
@@ -66,10 +48,46 @@ pub struct ModelEntry {
     pub page_cache: crate::pagecache::Residency,
     /// What NVML says the worker process uses on the device (CUDA context included).
     pub device_bytes: Option<u64>,
+    /// Requests waiting in the arbiter's queue for it.
+    pub queued: u32,
+    /// A client's wish for its idle life (Ollama's `keep_alive` duration), which replaces
+    /// the configured `keep_alive` until the model is unloaded; `null`: the configured one.
+    pub keep_alive_override: Option<Timeout>,
+    /// A client said it is done with it (Ollama's `keep_alive: 0` from a caller who may not
+    /// unload): the first to go when memory is needed, until it is used again.
+    pub evict_first: bool,
+    /// The requests granted on it and not finished, with their progress.
+    pub running: Vec<Running>,
     /// Memory granted to work in progress that the worker has not reported yet; shown as
     /// `reserved_bytes` ([`ModelStatus`]).
     #[serde(skip)]
     pub reservations: Reservations,
+}
+
+/// A request granted on a model and not finished: what progress readers (A1111's
+/// `progress`, `/v1/status`) and `interrupt` need.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Running {
+    pub request_id: String,
+    /// The grant's number (its memory reservation's ticket).
+    #[serde(skip)]
+    pub ticket: u64,
+    /// Unix milliseconds when it was granted.
+    pub started_ms: u64,
+    /// Images: how far it is (`None` for text, and for an image not yet sampling).
+    pub progress: Option<ImageProgress>,
+    /// `interrupt` stopped it.
+    pub interrupted: bool,
+}
+
+/// An image request's progress, as its worker reports sampling steps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ImageProgress {
+    /// The image being made (from 0) and how many the request makes.
+    pub image: u32,
+    pub images: u32,
+    pub step: u32,
+    pub steps: u32,
 }
 
 /// Memory granted to work in progress on one model that its worker has not reported yet: a
@@ -206,6 +224,10 @@ impl ModelEntry {
             failures: 0,
             page_cache: Default::default(),
             device_bytes: None,
+            queued: 0,
+            keep_alive_override: None,
+            evict_first: false,
+            running: Vec::new(),
             reservations: Reservations::default(),
         }
     }
@@ -308,10 +330,6 @@ impl Snapshot {
         }
         line
     }
-}
-
-pub fn unix_secs(t: SystemTime) -> u64 {
-    t.duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

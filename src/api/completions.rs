@@ -1,27 +1,26 @@
-//! `POST /v1/chat/completions` and `POST /v1/completions`: validate, lease the model from the
-//! arbiter (loading it if needed), relay the worker's token stream as OpenAI JSON or SSE.
+//! `POST /v1/chat/completions` and `POST /v1/completions`: OpenAI's wire format around the
+//! chat service ([`super::chat`]): request bodies in, JSON or Server-Sent Events out, tool
+//! calls and logprobs shaped as OpenAI shapes them.
 //!
-//! The lease lives inside the response stream, so the model counts as busy exactly as long
+//! The grant lives inside the response stream, so the model counts as busy exactly as long
 //! as a client is being answered; a client that disconnects drops the stream, which closes
 //! the worker connection, which cancels the generation.
 
 use std::convert::Infallible;
 use std::time::{Instant, SystemTime};
 
-use axum::body::Body;
 use axum::extract::{Extension, State};
-use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
-use vramd_protocol::{FinishReason, GenerateEvent, GenerateRequest, Input, SamplingParams};
+use vramd_protocol::TokenLogprob;
 
+use super::chat::{self, ChatEvent, ChatJob, ChatRun, OutputFormat, Usage};
 use super::error::error_json;
 use super::openai::{ChatRequest, CompletionRequest};
+use super::sse::{self, frame};
 use super::{ApiError, ApiJson, AppState, RequestId};
-use crate::arbiter::{Job, Lease};
-use crate::config::ModelKind;
-use crate::worker::client::{CallError, EventStream};
+use crate::chat::ToolCall;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Flavor {
@@ -34,10 +33,19 @@ pub async fn chat(
     Extension(id): Extension<RequestId>,
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
-    let context = text_model_context(&state, &req.model)?;
-    let input = req.input()?;
-    let params = req.sampling.params(context)?;
-    generate(state, Flavor::Chat, req.model, id.0, input, params, req.sampling.stream).await
+    chat::chat_model(&state, &req.model)?;
+    let job = ChatJob {
+        prompt: req.prompt()?,
+        format: req.format()?,
+        params: req.sampling.params(
+            chat::context_length(&state, &req.model),
+            chat::default_max_tokens(&state, &req.model),
+        )?,
+        model: req.model,
+        request_id: id.0,
+    };
+    let usage_chunk = req.sampling.stream_options.is_some_and(|o| o.include_usage);
+    respond(state, Flavor::Chat, job, req.sampling.stream, usage_chunk).await
 }
 
 pub async fn completion(
@@ -45,58 +53,33 @@ pub async fn completion(
     Extension(id): Extension<RequestId>,
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
-    let context = text_model_context(&state, &req.model)?;
-    let input = req.input()?;
-    let params = req.sampling.params(context)?;
-    generate(state, Flavor::Text, req.model, id.0, input, params, req.sampling.stream).await
+    chat::chat_model(&state, &req.model)?;
+    let job = ChatJob {
+        prompt: req.prompt()?,
+        format: OutputFormat::Text,
+        params: req.sampling.params(
+            chat::context_length(&state, &req.model),
+            chat::default_max_tokens(&state, &req.model),
+        )?,
+        model: req.model,
+        request_id: id.0,
+    };
+    let usage_chunk = req.sampling.stream_options.is_some_and(|o| o.include_usage);
+    respond(state, Flavor::Text, job, req.sampling.stream, usage_chunk).await
 }
 
-/// Checks that `model` is a configured LLM; returns its context length when known.
-fn text_model_context(state: &AppState, model: &str) -> Result<u32, ApiError> {
-    let cfg = state
-        .config
-        .model(model)
-        .ok_or_else(|| ApiError::UnknownModel(model.to_owned()))?;
-    if cfg.kind != ModelKind::Llm {
-        return Err(ApiError::InvalidRequest {
-            message: format!("model {model:?} is an image model; use /v1/images/generations"),
-            param: Some("model".into()),
-        });
-    }
-    let loaded = state
-        .arbiter
-        .snapshot()
-        .models
-        .iter()
-        .find(|m| m.name == model)
-        .and_then(|m| m.context_length);
-    Ok(loaded.unwrap_or_else(|| cfg.llm_options.as_ref().map_or(0, |o| o.context_length)))
-}
-
-async fn generate(
+async fn respond(
     state: AppState,
     flavor: Flavor,
-    model: String,
-    request_id: String,
-    input: Input,
-    params: SamplingParams,
+    job: ChatJob,
     stream: bool,
+    usage_chunk: bool,
 ) -> Result<Response, ApiError> {
     let queued = Instant::now();
-    let req = GenerateRequest {
-        request_id: request_id.clone(),
-        input,
-        params,
-    };
-    let (lease, mut events) = start(&state, &model, &req).await.map_err(|e| for_flavor(e, flavor))?;
+    let request_id = job.request_id.clone();
+    let model = job.model.clone();
+    let run = chat::start(&state, job).await.map_err(|e| for_flavor(e, flavor))?;
     let queued_ms = queued.elapsed().as_millis() as u64;
-    match events.next().await? {
-        Some(GenerateEvent::Started { .. }) => {}
-        Some(GenerateEvent::Error { error }) => {
-            return Err(for_flavor(CallError::Worker(error, Default::default()).into(), flavor))
-        }
-        other => return Err(CallError::Protocol(format!("expected `started`, got {other:?}")).into()),
-    }
     let meta = Meta {
         flavor,
         id: format!(
@@ -105,36 +88,13 @@ async fn generate(
         ),
         created: crate::registry::unix_secs(SystemTime::now()),
         model,
-        vramd: json!({"load_ms": lease.load_ms, "queued_ms": queued_ms, "actions": lease.actions}),
+        vramd: json!({"load_ms": run.grant.load_ms, "queued_ms": queued_ms, "actions": run.grant.actions}),
+        usage_chunk,
     };
     if stream {
-        Ok(sse(meta, lease, events))
+        Ok(stream_chunks(meta, run))
     } else {
-        collect(meta, lease, events).await
-    }
-}
-
-/// Leases the model and starts the generation. A worker that cannot even be reached has
-/// just died: the arbiter learns it within moments and starts a new one, so try again
-/// (twice at most) instead of failing a request that never reached any worker.
-async fn start(
-    state: &AppState,
-    model: &str,
-    req: &GenerateRequest,
-) -> Result<(Lease, EventStream<GenerateEvent>), ApiError> {
-    let mut attempts = 0;
-    loop {
-        let lease = state.arbiter.acquire(model, Job::Text).await?;
-        match lease.client.generate(req).await {
-            Ok(events) => return Ok((lease, events)),
-            Err(CallError::Transport(e)) if attempts < 2 => {
-                attempts += 1;
-                tracing::warn!(model, "worker unreachable ({e}); retrying on a restarted worker");
-                drop(lease);
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            }
-            Err(e) => return Err(e.into()),
-        }
+        collect(meta, run).await
     }
 }
 
@@ -161,6 +121,8 @@ struct Meta {
     model: String,
     /// What vramd did for this request (load time, time queued).
     vramd: Value,
+    /// `stream_options.include_usage`: a last chunk with the usage and no choices.
+    usage_chunk: bool,
 }
 
 impl Meta {
@@ -172,127 +134,160 @@ impl Meta {
         }
     }
 
-    fn choice(&self, text: Option<&str>, finish: Option<FinishReason>, chunk: bool) -> Value {
-        match (self.flavor, chunk) {
-            (Flavor::Chat, false) => {
-                json!({"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish, "logprobs": null})
-            }
-            (Flavor::Chat, true) => {
-                let delta = match text {
-                    Some(t) => json!({"content": t}),
-                    None => json!({}),
-                };
-                json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": null})
-            }
-            (Flavor::Text, _) => {
-                json!({"index": 0, "text": text.unwrap_or(""), "finish_reason": finish, "logprobs": null})
-            }
-        }
-    }
-
     fn body(&self, choice: Value, chunk: bool) -> Value {
         json!({"id": self.id, "object": self.object(chunk), "created": self.created, "model": self.model, "choices": [choice]})
     }
-}
 
-fn usage(prompt: u32, completion: u32) -> Value {
-    json!({"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion})
-}
-
-async fn collect(meta: Meta, mut lease: Lease, mut events: EventStream<GenerateEvent>) -> Result<Response, ApiError> {
-    let mut text = String::new();
-    loop {
-        match events.next().await? {
-            Some(GenerateEvent::Token { text: t }) => text.push_str(&t),
-            Some(GenerateEvent::Done {
-                finish_reason,
-                prompt_tokens,
-                completion_tokens,
-                health,
-            }) => {
-                lease.report(health);
-                let mut body = meta.body(meta.choice(Some(&text), Some(finish_reason), false), false);
-                body["usage"] = usage(prompt_tokens, completion_tokens);
-                body["vramd"] = meta.vramd.clone();
-                return Ok(Json(body).into_response());
+    /// A streamed chunk with one delta (chat) or text piece (completions).
+    fn chunk(&self, delta: Value, finish: Option<&str>, logprobs: Value) -> Value {
+        let choice = match self.flavor {
+            Flavor::Chat => json!({"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}),
+            Flavor::Text => {
+                let text = delta.get("content").and_then(Value::as_str).unwrap_or("");
+                json!({"index": 0, "text": text, "finish_reason": finish, "logprobs": logprobs})
             }
-            Some(GenerateEvent::Error { error }) => return Err(CallError::Worker(error, Default::default()).into()),
-            Some(GenerateEvent::Started { .. }) => return Err(CallError::Protocol("second `started`".into()).into()),
-            None => return Err(CallError::Transport("the worker ended the stream early".into()).into()),
-        }
+        };
+        self.body(choice, true)
     }
+}
+
+fn usage(u: &Usage) -> Value {
+    json!({"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+           "total_tokens": u.prompt_tokens + u.completion_tokens,
+           "prompt_tokens_details": {"cached_tokens": u.cached_tokens}})
+}
+
+/// OpenAI's `tool_calls` entry; streamed, it carries its `index` too.
+fn tool_call(index: usize, call: &ToolCall) -> Value {
+    json!({"index": index, "id": call.id, "type": "function",
+           "function": {"name": call.name, "arguments": call.arguments}})
+}
+
+/// The legacy completions' `logprobs` object for these tokens.
+fn legacy_logprobs(tokens: &[TokenLogprob]) -> Value {
+    let mut offset = 0;
+    let offsets: Vec<usize> = tokens
+        .iter()
+        .map(|t| {
+            let at = offset;
+            offset += t.token.len();
+            at
+        })
+        .collect();
+    let top: Vec<Value> = tokens
+        .iter()
+        .map(|t| Value::Object(t.top.iter().map(|a| (a.token.clone(), json!(a.logprob))).collect()))
+        .collect();
+    json!({"tokens": tokens.iter().map(|t| &t.token).collect::<Vec<_>>(),
+           "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
+           "top_logprobs": top, "text_offset": offsets})
+}
+
+/// OpenAI's `logprobs.content` entry for one token.
+fn logprob_entry(l: &TokenLogprob) -> Value {
+    let top: Vec<Value> = l
+        .top
+        .iter()
+        .map(|t| json!({"token": t.token, "logprob": t.logprob, "bytes": t.bytes}))
+        .collect();
+    json!({"token": l.token, "logprob": l.logprob, "bytes": l.bytes, "top_logprobs": top})
+}
+
+/// The whole answer: content, calls and logprobs gathered, then one JSON body.
+async fn collect(meta: Meta, mut run: ChatRun) -> Result<Response, ApiError> {
+    let (mut text, mut calls, mut logprobs) = (String::new(), Vec::new(), Vec::new());
+    let done = loop {
+        match run.next().await? {
+            Some(ChatEvent::Content { text: t, logprob }) => {
+                text.push_str(&t);
+                logprobs.extend(logprob);
+            }
+            Some(ChatEvent::Call { index, call }) => calls.push(tool_call(index, &call)),
+            Some(ChatEvent::Done(u)) => break u,
+            None => return Err(ApiError::WorkerFailed("the chat ended without its last event".into())),
+        }
+    };
+    let logprobs = match (logprobs.is_empty(), meta.flavor) {
+        (true, _) => Value::Null,
+        (false, Flavor::Chat) => json!({"content": logprobs.iter().map(logprob_entry).collect::<Vec<_>>()}),
+        (false, Flavor::Text) => legacy_logprobs(&logprobs),
+    };
+    let choice = match meta.flavor {
+        Flavor::Chat => {
+            let mut message = json!({"role": "assistant", "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::from(text) }});
+            if !calls.is_empty() {
+                calls
+                    .iter_mut()
+                    .for_each(|c| drop(c.as_object_mut().map(|o| o.remove("index"))));
+                message["tool_calls"] = Value::Array(calls);
+            }
+            json!({"index": 0, "message": message, "finish_reason": done.finish_reason, "logprobs": logprobs})
+        }
+        Flavor::Text => json!({"index": 0, "text": text, "finish_reason": done.finish_reason, "logprobs": logprobs}),
+    };
+    let mut body = meta.body(choice, false);
+    body["usage"] = usage(&done);
+    body["vramd"] = meta.vramd.clone();
+    Ok(Json(body).into_response())
 }
 
 /// Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`. A failure after
 /// the stream started becomes an `error` event (what OpenAI clients raise on) and no DONE.
-fn sse(meta: Meta, lease: Lease, events: EventStream<GenerateEvent>) -> Response {
-    enum Phase {
-        First,
-        Tokens,
-        Finished,
-    }
-    let state = (meta, lease, events, Phase::First);
-    let stream = futures_util::stream::unfold(state, |(meta, mut lease, mut events, phase)| async move {
-        let data = match phase {
-            Phase::Finished => return None,
-            Phase::First if meta.flavor == Flavor::Chat => {
-                let mut first = meta.body(meta.choice(None, None, true), true);
-                first["choices"][0]["delta"] = json!({"role": "assistant", "content": ""});
-                let line = frame(&first);
-                return Some((Ok::<_, Infallible>(line), (meta, lease, events, Phase::Tokens)));
-            }
-            Phase::First | Phase::Tokens => events.next().await,
-        };
-        let (line, next) = match data {
-            Ok(Some(GenerateEvent::Token { text })) => (
-                frame(&meta.body(meta.choice(Some(&text), None, true), true)),
-                Phase::Tokens,
-            ),
-            Ok(Some(GenerateEvent::Done {
-                finish_reason,
-                prompt_tokens,
-                completion_tokens,
-                health,
-            })) => {
-                lease.report(health);
-                let mut last = meta.body(meta.choice(None, Some(finish_reason), true), true);
-                last["usage"] = usage(prompt_tokens, completion_tokens);
-                last["vramd"] = meta.vramd.clone();
-                let mut bytes = frame(&last);
-                bytes.extend_from_slice(b"data: [DONE]\n\n");
-                (bytes, Phase::Finished)
-            }
-            Ok(Some(GenerateEvent::Error { error })) => (
-                frame(&error_json(&CallError::Worker(error, Default::default()).into())),
-                Phase::Finished,
-            ),
-            Ok(Some(GenerateEvent::Started { .. })) => (
-                frame(&error_json(&CallError::Protocol("second `started`".into()).into())),
-                Phase::Finished,
-            ),
-            Ok(None) => (
-                frame(&error_json(
-                    &CallError::Transport("the worker ended the stream early".into()).into(),
-                )),
-                Phase::Finished,
-            ),
+fn stream_chunks(meta: Meta, run: ChatRun) -> Response {
+    let first = (meta.flavor == Flavor::Chat)
+        .then(|| frame(&meta.chunk(json!({"role": "assistant", "content": ""}), None, Value::Null)));
+    let state = (meta, run, first, false);
+    let stream = futures_util::stream::unfold(state, |(meta, mut run, first, finished)| async move {
+        if let Some(line) = first {
+            return Some((Ok::<_, Infallible>(line), (meta, run, None, false)));
+        }
+        if finished {
+            return None;
+        }
+        let (bytes, finished) = match run.next().await {
+            Ok(Some(event)) => chunk_of(&meta, event),
+            Ok(None) => return None,
             Err(e) => {
                 tracing::warn!(model = %meta.model, "stream failed: {e}");
-                (frame(&error_json(&e.into())), Phase::Finished)
+                (frame(&error_json(&e)), true)
             }
         };
-        Some((Ok(line), (meta, lease, events, next)))
+        Some((Ok(bytes), (meta, run, None, finished)))
     });
-    let mut resp = Body::from_stream(stream).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
-    resp
+    sse::response(stream)
 }
 
-fn frame(v: &Value) -> Vec<u8> {
-    format!("data: {v}\n\n").into_bytes()
+/// The SSE bytes of one chat event, and whether the stream is over.
+fn chunk_of(meta: &Meta, event: ChatEvent) -> (Vec<u8>, bool) {
+    match event {
+        ChatEvent::Content { text, logprob } => {
+            let logprobs = match (logprob.as_ref(), meta.flavor) {
+                (None, _) => Value::Null,
+                (Some(l), Flavor::Chat) => json!({"content": [logprob_entry(l)]}),
+                (Some(l), Flavor::Text) => legacy_logprobs(std::slice::from_ref(l)),
+            };
+            (frame(&meta.chunk(json!({"content": text}), None, logprobs)), false)
+        }
+        ChatEvent::Call { index, call } => {
+            let delta = json!({"tool_calls": [tool_call(index, &call)]});
+            (frame(&meta.chunk(delta, None, Value::Null)), false)
+        }
+        ChatEvent::Done(u) => {
+            let mut last = meta.chunk(json!({}), Some(u.finish_reason), Value::Null);
+            last["vramd"] = meta.vramd.clone();
+            let mut bytes = if meta.usage_chunk {
+                let mut b = frame(&last);
+                let mut tail = meta.body(Value::Null, true);
+                tail["choices"] = json!([]);
+                tail["usage"] = usage(&u);
+                b.extend(frame(&tail));
+                b
+            } else {
+                last["usage"] = usage(&u);
+                frame(&last)
+            };
+            bytes.extend_from_slice(b"data: [DONE]\n\n");
+            (bytes, true)
+        }
+    }
 }

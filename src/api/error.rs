@@ -1,5 +1,6 @@
 //! The one place HTTP errors are shaped: every error is JSON,
-//! `{"error":{"message":…,"type":…,"code":…,"param":…}}`, the format OpenAI clients parse.
+//! `{"error":{"message":…,"type":…,"code":…,"param":…}}`, the format OpenAI clients parse,
+//! except on Ollama's routes (`/api/…`), where it is Ollama's `{"error":"message"}`.
 //!
 //! Handler errors are [`ApiError`]s. Errors that axum produces itself (405, 413, bad JSON)
 //! are rewritten by [`json_errors`], so no plain-text error can leave the daemon.
@@ -14,7 +15,8 @@ use serde::Serialize;
 
 use vramd_protocol::ErrorCode;
 
-use crate::arbiter::ArbiterError;
+use crate::access::Denied;
+use crate::arbiter::{ArbiterError, RunError};
 use crate::worker::client::CallError;
 
 #[derive(Debug, thiserror::Error)]
@@ -36,7 +38,7 @@ pub enum ApiError {
     #[error("{0}")]
     WorkerFailed(String),
     #[error("{0}")]
-    Busy(String),
+    InUse(String),
     /// Not enough memory now: 503 with `Retry-After`.
     #[error("{message}")]
     NoMemory { message: String, retry_after: u64 },
@@ -45,9 +47,18 @@ pub enum ApiError {
     TooLarge(String),
     #[error("the generation was interrupted")]
     Interrupted,
-    /// The caller may not change state (see `access`): 403.
+    /// The caller may not change state (see `access` and `privileged.rs`): 403.
     #[error("{0}")]
     AccessDenied(String),
+    /// Something that is not there, other than a model or a route (Ollama's `pull` of a
+    /// model vramd is not configured with): 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// A request vramd will never serve (Ollama's `create`, `copy`, `delete`, `push`: models
+    /// are configured in models.d): 501, which says the server lacks the feature, not that
+    /// the request was malformed.
+    #[error("{0}")]
+    NotSupported(String),
 }
 
 #[derive(Serialize)]
@@ -74,7 +85,7 @@ impl ApiError {
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "unavailable"),
             ApiError::ModelFailed(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "model_failed"),
             ApiError::WorkerFailed(_) => (StatusCode::BAD_GATEWAY, "server_error", "worker_failed"),
-            ApiError::Busy(_) => (StatusCode::CONFLICT, "invalid_request_error", "model_busy"),
+            ApiError::InUse(_) => (StatusCode::CONFLICT, "invalid_request_error", "model_busy"),
             ApiError::NoMemory { .. } => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "insufficient_memory"),
             ApiError::TooLarge(_) => (
                 StatusCode::INSUFFICIENT_STORAGE,
@@ -83,6 +94,8 @@ impl ApiError {
             ),
             ApiError::Interrupted => (StatusCode::CONFLICT, "invalid_request_error", "interrupted"),
             ApiError::AccessDenied(_) => (StatusCode::FORBIDDEN, "permission_error", "access_denied"),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found_error", "not_found"),
+            ApiError::NotSupported(_) => (StatusCode::NOT_IMPLEMENTED, "invalid_request_error", "not_supported"),
         }
     }
 }
@@ -93,7 +106,7 @@ impl From<ArbiterError> for ApiError {
             ArbiterError::UnknownModel(m) => ApiError::UnknownModel(m),
             ArbiterError::ModelFailed { .. } => ApiError::ModelFailed(e.to_string()),
             ArbiterError::WorkerFailed { .. } => ApiError::WorkerFailed(e.to_string()),
-            ArbiterError::Busy { .. } => ApiError::Busy(e.to_string()),
+            ArbiterError::InUse { .. } => ApiError::InUse(e.to_string()),
             ArbiterError::NoMemory { retry_after, .. } => ApiError::NoMemory {
                 message: e.to_string(),
                 retry_after,
@@ -101,6 +114,21 @@ impl From<ArbiterError> for ApiError {
             ArbiterError::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
             ArbiterError::Stopped => ApiError::Unavailable(e.to_string()),
         }
+    }
+}
+
+impl From<RunError> for ApiError {
+    fn from(e: RunError) -> Self {
+        match e {
+            RunError::Arbiter(e) => e.into(),
+            RunError::Worker(e) => e.into(),
+        }
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(e: Denied) -> Self {
+        ApiError::AccessDenied(e.to_string())
     }
 }
 
@@ -154,6 +182,12 @@ pub fn error_json(e: &ApiError) -> serde_json::Value {
     serde_json::json!({"error": {"message": e.to_string(), "type": kind, "code": code}})
 }
 
+/// Ollama's error object, for the `{"error": …}` line of an NDJSON stream that failed after
+/// it started (what Ollama's clients raise on).
+pub fn ollama_error_json(e: &ApiError) -> serde_json::Value {
+    serde_json::json!({ "error": e.to_string() })
+}
+
 fn error_response(status: StatusCode, message: &str, kind: &str, code: &str, param: Option<&str>) -> Response {
     let body = Envelope {
         error: ErrorBody {
@@ -200,9 +234,41 @@ impl<S: Send + Sync, T: serde::de::DeserializeOwned> FromRequest<S> for ApiJson<
 }
 
 /// Rewrites any error response that is not already JSON (axum's own 405 and 413, a
-/// timeout) into the JSON error shape, keeping status and headers such as `Allow`.
+/// timeout) into the JSON error shape, keeping status and headers such as `Allow`; on
+/// Ollama's routes (`/api/…`), into Ollama's shape ([`ollama_shape`]).
 pub async fn json_errors(req: Request, next: Next) -> Response {
-    let resp = next.run(req).await;
+    let ollama = req.uri().path().starts_with("/api/");
+    let resp = openai_shape(next.run(req).await).await;
+    if ollama {
+        ollama_shape(resp).await
+    } else {
+        resp
+    }
+}
+
+/// Ollama's clients read errors as `{"error": "message"}` (the official Python client
+/// raises `ResponseError(body["error"])`; given an object it would show its JSON). The
+/// status and headers (`Retry-After`, `Allow`) stay.
+async fn ollama_shape(resp: Response) -> Response {
+    if !(resp.status().is_client_error() || resp.status().is_server_error()) {
+        return resp;
+    }
+    let (mut parts, body) = resp.into_parts();
+    let bytes = axum::body::to_bytes(body, 64 * 1024).await.unwrap_or_default();
+    let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    let message = match &value["error"] {
+        serde_json::Value::String(m) => m.clone(),
+        e => e["message"].as_str().unwrap_or("error").to_owned(),
+    };
+    let body = serde_json::to_vec(&serde_json::json!({ "error": message })).expect("serialises");
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    Response::from_parts(parts, Body::from(body))
+}
+
+async fn openai_shape(resp: Response) -> Response {
     let status = resp.status();
     let is_json = resp
         .headers()

@@ -4,14 +4,13 @@
 
 use std::convert::Infallible;
 
-use axum::body::Body;
 use axum::extract::{Query, State};
-use axum::http::header;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
+use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 
-use super::AppState;
+use super::{sse, AppState};
 use crate::events::Event;
 
 #[derive(Deserialize)]
@@ -28,23 +27,15 @@ pub async fn stream(State(state): State<AppState>, Query(q): Query<EventsQuery>)
     let live = futures_util::stream::unfold(rx, |mut rx| async move {
         let bytes = match rx.recv().await {
             Ok(e) => frame(&e),
-            Err(RecvError::Lagged(n)) => format!("event: lagged\ndata: {{\"missed\":{n}}}\n\n").into_bytes(),
+            Err(RecvError::Lagged(n)) => sse::event_frame(None, "lagged", &json!({"missed": n})),
             Err(RecvError::Closed) => return None,
         };
         Some((Ok::<_, Infallible>(bytes), rx))
     });
     let stream = futures_util::StreamExt::chain(futures_util::stream::iter([Ok(head)]), live);
-    let mut resp = Body::from_stream(stream).into_response();
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        header::HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-cache"));
-    resp
+    sse::response(stream)
 }
 
 fn frame(e: &Event) -> Vec<u8> {
-    let data = serde_json::to_string(e).expect("events serialise");
-    format!("id: {}\nevent: {}\ndata: {data}\n\n", e.id, e.kind.name()).into_bytes()
+    sse::event_frame(Some(e.id), e.kind.name(), e)
 }

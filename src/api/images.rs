@@ -1,11 +1,12 @@
 //! Image generation: OpenAI's `POST /v1/images/generations` and the AUTOMATIC1111 API that
 //! WebUIs speak (`/sdapi/v1/txt2img`, `sd-models`, `progress`, `interrupt`).
 //!
-//! Both front ends become one [`ImageJob`], validated against the model's limits, leased from
-//! the arbiter (which decides the VAE placement) and run one image at a time on the worker,
-//! so each PNG carries its own seed in the `parameters` text chunk, as A1111 writes it.
+//! Both front ends become one [`Images`] (the worker protocol's [`ImageRequest`] with the
+//! model, the count and the caller's VAE wish), validated against the model's limits,
+//! granted by the arbiter (which decides the VAE placement and follows the progress) and
+//! run one image at a time on the worker, so each PNG carries its own seed in the
+//! `parameters` text chunk, as A1111 writes it.
 
-use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use axum::extract::{Extension, State};
@@ -15,7 +16,7 @@ use serde_json::{json, Value};
 use vramd_protocol::{ImageEvent, ImageRequest, VaePlacement};
 
 use super::{ApiError, ApiJson, AppState, RequestId};
-use crate::arbiter::{Job, Lease};
+use crate::arbiter::{Grant, Work};
 use crate::config::{ImageOptions, ModelKind};
 use crate::worker::client::CallError;
 
@@ -46,42 +47,24 @@ const SCHEDULERS: &[&str] = &[
 ];
 pub const MAX_STEPS: u32 = 150;
 
-/// A1111's progress, shared by the image handlers and `GET /sdapi/v1/progress`.
-#[derive(Default)]
-pub struct Progress {
-    active: Option<Active>,
-    /// Set by `interrupt`, so the running request reports an interruption, not a crash.
-    interrupted: bool,
-}
-
-struct Active {
-    model: String,
-    started: Instant,
-    /// Images done and total.
-    image: u32,
-    images: u32,
-    step: u32,
-    steps: u32,
-}
-
-pub type SharedProgress = Arc<Mutex<Progress>>;
-
-/// One request, whichever API it came from.
+/// One image request, whichever API it came from: what the worker is sent for each image
+/// (`seed` is the first image's, `vae` is set by the grant), and what only the daemon uses.
 #[derive(Clone, Debug, PartialEq)]
-pub struct ImageJob {
+pub struct Images {
     pub model: String,
-    pub prompt: String,
-    pub negative_prompt: String,
-    pub width: u32,
-    pub height: u32,
-    pub steps: u32,
-    pub cfg_scale: f32,
-    pub seed: i64,
-    pub sampler: String,
-    pub scheduler: String,
-    pub count: u32,
+    pub request: ImageRequest,
     /// vramd's extension: force the VAE placement (`gpu`, `tiled`, `cpu`) instead of `auto`.
     pub vae: Option<VaePlacement>,
+}
+
+impl Images {
+    fn count(&self) -> u32 {
+        self.request.batch_count
+    }
+
+    fn seed(&self) -> i64 {
+        self.request.seed.unwrap_or(-1)
+    }
 }
 
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {
@@ -91,13 +74,14 @@ fn invalid(param: &str, message: impl Into<String>) -> ApiError {
     }
 }
 
-/// Checks a job against the model's limits. Pure.
+/// Checks a request against the model's limits. Pure.
 pub fn validate(
-    job: &ImageJob,
+    images: &Images,
     limits: &ImageOptions,
     size_param: (&str, &str),
     count_param: &str,
 ) -> Result<(), ApiError> {
+    let (job, count) = (&images.request, images.count());
     for (value, param) in [(job.width, size_param.0), (job.height, size_param.1)] {
         if value == 0 || value % limits.size_multiple != 0 {
             return Err(invalid(
@@ -121,12 +105,12 @@ pub fn validate(
             format!("`steps` must be between 1 and {MAX_STEPS}, got {}", job.steps),
         ));
     }
-    if !(1..=limits.max_batch).contains(&job.count) {
+    if !(1..=limits.max_batch).contains(&count) {
         return Err(invalid(
             count_param,
             format!(
                 "`{count_param}` must be between 1 and {}, got {}",
-                limits.max_batch, job.count
+                limits.max_batch, count
             ),
         ));
     }
@@ -188,14 +172,15 @@ pub fn scheduler(name: Option<&str>) -> Result<String, ApiError> {
 }
 
 /// A1111's `parameters` text for one image.
-pub fn parameters_text(job: &ImageJob, seed: i64) -> String {
+pub fn parameters_text(images: &Images, seed: i64) -> String {
+    let job = &images.request;
     let mut s = job.prompt.clone();
     if !job.negative_prompt.is_empty() {
         s.push_str(&format!("\nNegative prompt: {}", job.negative_prompt));
     }
     s.push_str(&format!(
         "\nSteps: {}, Sampler: {}, CFG scale: {}, Seed: {seed}, Size: {}x{}, Model: {}",
-        job.steps, job.sampler, job.cfg_scale, job.width, job.height, job.model
+        job.steps, job.sampler, job.cfg_scale, job.width, job.height, images.model
     ));
     if !job.scheduler.is_empty() {
         s.push_str(&format!(", Schedule type: {}", job.scheduler));
@@ -226,102 +211,78 @@ pub fn image_model<'a>(state: &'a AppState, model: &str) -> Result<&'a ImageOpti
     }
 }
 
-/// What a finished job produced.
+/// What a finished request produced.
 pub struct Generated {
     pub images: Vec<(i64, String)>,
     pub vramd: Value,
 }
 
-/// Leases the model and generates `job.count` images one after another.
-pub async fn run(state: &AppState, mut job: ImageJob, request_id: &str) -> Result<Generated, ApiError> {
-    if job.seed < 0 {
-        job.seed = random_seed();
+/// Gets a grant of the model and generates the images one after another.
+pub async fn run(state: &AppState, mut images: Images, request_id: &str) -> Result<Generated, ApiError> {
+    if images.seed() < 0 {
+        images.request.seed = Some(random_seed());
     }
+    images.request.request_id = request_id.to_owned();
     let queued = Instant::now();
-    let mut lease = state
+    let work = Work::Image {
+        width: images.request.width,
+        height: images.request.height,
+        count: images.count(),
+        vae: images.vae,
+    };
+    let (mut grant, first) = state
         .arbiter
-        .acquire(
-            &job.model,
-            Job::Image {
-                width: job.width,
-                height: job.height,
-                vae: job.vae,
-            },
-        )
+        .images(&images.model, work, &one_image(&images, 0))
         .await?;
     let queued_ms = queued.elapsed().as_millis() as u64;
-    {
-        let mut p = state.progress.lock().expect("progress");
-        p.interrupted = false;
-        p.active = Some(Active {
-            model: job.model.clone(),
-            started: Instant::now(),
-            image: 0,
-            images: job.count,
-            step: 0,
-            steps: job.steps,
-        });
-    }
-    let result = generate_all(state, &job, &mut lease, request_id).await;
-    let interrupted = {
-        let mut p = state.progress.lock().expect("progress");
-        p.active = None;
-        std::mem::take(&mut p.interrupted)
-    };
-    let (images, switch_ms) = match result {
+    let result = generate_all(&images, &mut grant, first).await;
+    let (made, switch_ms) = match result {
         Ok(r) => r,
-        Err(_) if interrupted => return Err(ApiError::Interrupted),
+        Err(_) if grant.interrupted() => return Err(ApiError::Interrupted),
         Err(e) => return Err(e),
     };
-    let seeds: Vec<i64> = images.iter().map(|(s, _)| *s).collect();
+    let seeds: Vec<i64> = made.iter().map(|(s, _)| *s).collect();
     let vramd = json!({
-        "vae": lease.vae,
-        "actions": lease.actions,
-        "load_ms": lease.load_ms,
+        "vae": grant.vae(),
+        "actions": grant.actions,
+        "load_ms": grant.load_ms,
         "queued_ms": queued_ms,
         "vae_switch_ms": switch_ms,
         "seeds": seeds,
     });
-    Ok(Generated { images, vramd })
+    Ok(Generated { images: made, vramd })
+}
+
+/// The worker request for image `i` of the batch: its own seed and `parameters` text.
+fn one_image(images: &Images, i: u32) -> ImageRequest {
+    let seed = images.seed() + i64::from(i);
+    ImageRequest {
+        seed: Some(seed),
+        batch_count: 1,
+        png_text: vec![("parameters".into(), parameters_text(images, seed))],
+        ..images.request.clone()
+    }
 }
 
 async fn generate_all(
-    state: &AppState,
-    job: &ImageJob,
-    lease: &mut Lease,
-    request_id: &str,
+    images: &Images,
+    grant: &mut Grant,
+    first: crate::arbiter::ImageRun,
 ) -> Result<(Vec<(i64, String)>, u64), ApiError> {
-    let mut images = Vec::new();
+    let mut made = Vec::new();
     let mut switch_ms = 0;
-    for i in 0..job.count {
-        let seed = job.seed + i64::from(i);
-        let req = ImageRequest {
-            request_id: request_id.to_owned(),
-            prompt: job.prompt.clone(),
-            negative_prompt: job.negative_prompt.clone(),
-            width: job.width,
-            height: job.height,
-            steps: job.steps,
-            cfg_scale: job.cfg_scale,
-            seed: Some(seed),
-            sampler: job.sampler.clone(),
-            scheduler: job.scheduler.clone(),
-            batch_count: 1,
-            vae: lease.vae,
-            png_text: vec![("parameters".into(), parameters_text(job, seed))],
-        };
-        let mut events = lease.client.images(&req).await?;
+    let mut run = first;
+    for i in 0..images.count() {
+        if i > 0 {
+            run = grant.image(one_image(images, i)).await.map_err(CallError::from)?;
+        }
+        switch_ms += run.switch_ms;
         loop {
-            match events.next().await? {
-                Some(ImageEvent::Started { switch_ms: ms }) => switch_ms += ms,
-                Some(ImageEvent::Progress { step, steps }) => {
-                    if let Some(a) = state.progress.lock().expect("progress").active.as_mut() {
-                        (a.image, a.step, a.steps) = (i, step, steps);
-                    }
-                }
-                Some(ImageEvent::Image { seed, png_base64, .. }) => images.push((seed, png_base64)),
+            match run.next().await? {
+                Some(ImageEvent::Progress { .. } | ImageEvent::Started { .. }) => {}
+                Some(ImageEvent::Image { seed, png_base64, .. }) => made.push((seed, png_base64)),
                 Some(ImageEvent::Done { health, .. }) => {
-                    lease.report(health);
+                    grant.report(health);
                     break;
                 }
                 Some(ImageEvent::Error { error }) => return Err(CallError::Worker(error, Default::default()).into()),
@@ -329,7 +290,7 @@ async fn generate_all(
             }
         }
     }
-    Ok((images, switch_ms))
+    Ok((made, switch_ms))
 }
 
 // ---- OpenAI ----
@@ -371,22 +332,27 @@ pub async fn openai(
             .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)))
             .ok_or_else(|| invalid("size", format!("`size` must be \"WIDTHxHEIGHT\", got {s:?}")))?,
     };
-    let job = ImageJob {
+    let images = Images {
         model: req.model.clone(),
-        prompt: req.prompt,
-        negative_prompt: req.negative_prompt,
-        width,
-        height,
-        steps: req.steps.unwrap_or(20),
-        cfg_scale: req.cfg_scale.unwrap_or(7.0),
-        seed: req.seed.unwrap_or(-1),
-        sampler: sampler(req.sampler.as_deref(), "sampler")?,
-        scheduler: scheduler(req.scheduler.as_deref())?,
-        count: req.n.unwrap_or(1),
+        request: ImageRequest {
+            request_id: id.0.clone(),
+            prompt: req.prompt,
+            negative_prompt: req.negative_prompt,
+            width,
+            height,
+            steps: req.steps.unwrap_or(20),
+            cfg_scale: req.cfg_scale.unwrap_or(7.0),
+            seed: req.seed,
+            sampler: sampler(req.sampler.as_deref(), "sampler")?,
+            scheduler: scheduler(req.scheduler.as_deref())?,
+            batch_count: req.n.unwrap_or(1),
+            vae: VaePlacement::default(),
+            png_text: Vec::new(),
+        },
         vae: vae(req.vae.as_deref())?,
     };
-    validate(&job, limits, ("size", "size"), "n")?;
-    let out = run(&state, job, &id.0).await?;
+    validate(&images, limits, ("size", "size"), "n")?;
+    let out = run(&state, images, &id.0).await?;
     let data: Vec<Value> = out.images.iter().map(|(_, b64)| json!({"b64_json": b64})).collect();
     Ok(Json(
         json!({"created": crate::registry::unix_secs(std::time::SystemTime::now()), "data": data, "vramd": out.vramd}),
@@ -440,36 +406,43 @@ pub async fn txt2img(
             .ok_or_else(|| invalid("model", "no image model is configured"))?,
     };
     let limits = image_model(&state, &model)?;
-    let job = ImageJob {
+    let images = Images {
         model,
-        prompt: req.prompt,
-        negative_prompt: req.negative_prompt,
-        width: req.width.unwrap_or(512),
-        height: req.height.unwrap_or(512),
-        steps: req.steps.unwrap_or(20),
-        cfg_scale: req.cfg_scale.unwrap_or(7.0),
-        seed: req.seed.unwrap_or(-1),
-        sampler: sampler(
-            req.sampler_name.as_deref().or(req.sampler_index.as_deref()),
-            "sampler_name",
-        )?,
-        scheduler: scheduler(req.scheduler.as_deref())?,
-        count: req.batch_size.unwrap_or(1).saturating_mul(req.n_iter.unwrap_or(1)),
+        request: ImageRequest {
+            request_id: id.0.clone(),
+            prompt: req.prompt,
+            negative_prompt: req.negative_prompt,
+            width: req.width.unwrap_or(512),
+            height: req.height.unwrap_or(512),
+            steps: req.steps.unwrap_or(20),
+            cfg_scale: req.cfg_scale.unwrap_or(7.0),
+            seed: req.seed,
+            sampler: sampler(
+                req.sampler_name.as_deref().or(req.sampler_index.as_deref()),
+                "sampler_name",
+            )?,
+            scheduler: scheduler(req.scheduler.as_deref())?,
+            batch_count: req.batch_size.unwrap_or(1).saturating_mul(req.n_iter.unwrap_or(1)),
+            vae: VaePlacement::default(),
+            png_text: Vec::new(),
+        },
         vae: vae(req.vae.as_deref())?,
     };
-    validate(&job, limits, ("width", "height"), "batch_size")?;
+    validate(&images, limits, ("width", "height"), "batch_size")?;
+    let job = &images.request;
     let parameters = json!({
         "prompt": job.prompt, "negative_prompt": job.negative_prompt, "width": job.width, "height": job.height,
-        "steps": job.steps, "cfg_scale": job.cfg_scale, "seed": job.seed, "sampler_name": job.sampler,
-        "batch_size": job.count, "model": job.model,
+        "steps": job.steps, "cfg_scale": job.cfg_scale, "seed": images.seed(), "sampler_name": job.sampler,
+        "batch_size": images.count(), "model": images.model,
     });
-    let template = job.clone();
-    let out = run(&state, job, &id.0).await?;
+    let template = images.clone();
+    let out = run(&state, images, &id.0).await?;
     let seeds: Vec<i64> = out.images.iter().map(|(s, _)| *s).collect();
+    let job = &template.request;
     let info = json!({
-        "prompt": template.prompt, "negative_prompt": template.negative_prompt,
-        "seed": seeds.first(), "all_seeds": seeds, "width": template.width, "height": template.height,
-        "sampler_name": template.sampler, "cfg_scale": template.cfg_scale, "steps": template.steps,
+        "prompt": job.prompt, "negative_prompt": job.negative_prompt,
+        "seed": seeds.first(), "all_seeds": seeds, "width": job.width, "height": job.height,
+        "sampler_name": job.sampler, "cfg_scale": job.cfg_scale, "steps": job.steps,
         "sd_model_name": template.model,
         "infotexts": seeds.iter().map(|s| parameters_text(&template, *s)).collect::<Vec<_>>(),
         "vramd": out.vramd,
@@ -494,64 +467,79 @@ pub async fn sd_models(State(state): State<AppState>) -> Json<Value> {
     Json(Value::Array(models))
 }
 
-pub async fn progress(State(state): State<AppState>) -> Json<Value> {
-    let p = state.progress.lock().expect("progress");
-    let Some(a) = &p.active else {
-        return Json(
+/// A1111's progress of the image running now, read from the arbiter's state as of this
+/// request (a client that just got its image must not see it still running).
+pub async fn progress(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let snapshot = state.arbiter.current().await?;
+    let running = snapshot
+        .models
+        .iter()
+        .filter(|m| m.kind == ModelKind::Image)
+        .flat_map(|m| m.running.iter().map(move |r| (m.name.as_str(), r)))
+        .next();
+    let Some((model, r)) = running else {
+        return Ok(Json(
             json!({"progress": 0.0, "eta_relative": 0.0, "state": {"job_count": 0, "job": "", "sampling_step": 0,
-            "sampling_steps": 0, "interrupted": p.interrupted, "skipped": false}, "current_image": null, "textinfo": null}),
-        );
+            "sampling_steps": 0, "interrupted": false, "skipped": false}, "current_image": null, "textinfo": null}),
+        ));
     };
-    let total = f64::from(a.images * a.steps.max(1));
-    let done = f64::from(a.image * a.steps.max(1) + a.step);
+    let p = r.progress.unwrap_or_default();
+    let total = f64::from(p.images * p.steps.max(1));
+    let done = f64::from(p.image * p.steps.max(1) + p.step);
     let fraction = if total > 0.0 { done / total } else { 0.0 };
-    let elapsed = a.started.elapsed().as_secs_f64();
+    let elapsed = crate::clock::wall_ms().saturating_sub(r.started_ms) as f64 / 1000.0;
     let eta = if fraction > 0.0 {
         elapsed / fraction - elapsed
     } else {
         0.0
     };
-    Json(json!({
+    Ok(Json(json!({
         "progress": fraction, "eta_relative": eta,
-        "state": {"job_count": 1, "job": a.model, "job_no": a.image, "sampling_step": a.step, "sampling_steps": a.steps,
-                  "interrupted": p.interrupted, "skipped": false},
+        "state": {"job_count": 1, "job": model, "job_no": p.image, "sampling_step": p.step, "sampling_steps": p.steps,
+                  "interrupted": r.interrupted, "skipped": false},
         "current_image": null, "textinfo": null,
-    }))
+    })))
 }
 
 /// Stops the running generation: stable-diffusion.cpp has no cancel call, so the worker is
 /// stopped; the next request starts a new one (weights from the page cache).
-pub async fn interrupt(_: crate::access::Privileged, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let model = {
-        let mut p = state.progress.lock().expect("progress");
-        let Some(a) = &p.active else {
-            return Ok(Json(json!({"interrupted": false})));
-        };
-        let model = a.model.clone();
-        p.interrupted = true;
-        model
-    };
-    let stopped = state.arbiter.interrupt(&model).await?;
-    Ok(Json(json!({"interrupted": stopped, "model": model})))
+pub async fn interrupt(_: super::Privileged, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    match state.arbiter.interrupt(None).await? {
+        Some(model) => Ok(Json(json!({"interrupted": true, "model": model}))),
+        None => Ok(Json(json!({"interrupted": false}))),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn job() -> ImageJob {
-        ImageJob {
-            model: "sd".into(),
+    fn request() -> ImageRequest {
+        ImageRequest {
+            request_id: "r".into(),
             prompt: "a cat".into(),
             negative_prompt: "blurry".into(),
             width: 512,
             height: 768,
             steps: 20,
             cfg_scale: 7.0,
-            seed: 42,
+            seed: Some(42),
             sampler: "euler_a".into(),
             scheduler: String::new(),
-            count: 1,
+            batch_count: 1,
+            vae: VaePlacement::default(),
+            png_text: Vec::new(),
+        }
+    }
+
+    fn job() -> Images {
+        with(request())
+    }
+
+    fn with(request: ImageRequest) -> Images {
+        Images {
+            model: "sd".into(),
+            request,
             vae: None,
         }
     }
@@ -570,33 +558,25 @@ mod tests {
             max_size: 1024,
             max_batch: 4,
         };
-        let v = |j: ImageJob| validate(&j, &limits, ("width", "height"), "batch_size");
+        let v = |j: Images| validate(&j, &limits, ("width", "height"), "batch_size");
+        let r = request;
         assert!(v(job()).is_ok());
-        assert_eq!(param(v(ImageJob { width: 500, ..job() }).unwrap_err()), "width");
-        assert_eq!(param(v(ImageJob { height: 2048, ..job() }).unwrap_err()), "height");
-        assert_eq!(param(v(ImageJob { steps: 0, ..job() }).unwrap_err()), "steps");
-        assert_eq!(param(v(ImageJob { steps: 151, ..job() }).unwrap_err()), "steps");
-        assert_eq!(param(v(ImageJob { count: 5, ..job() }).unwrap_err()), "batch_size");
+        assert_eq!(param(v(with(ImageRequest { width: 500, ..r() })).unwrap_err()), "width");
         assert_eq!(
-            param(
-                v(ImageJob {
-                    cfg_scale: -1.0,
-                    ..job()
-                })
-                .unwrap_err()
-            ),
-            "cfg_scale"
+            param(v(with(ImageRequest { height: 2048, ..r() })).unwrap_err()),
+            "height"
         );
-        assert_eq!(
-            param(
-                v(ImageJob {
-                    prompt: String::new(),
-                    ..job()
-                })
-                .unwrap_err()
-            ),
-            "prompt"
-        );
+        assert_eq!(param(v(with(ImageRequest { steps: 0, ..r() })).unwrap_err()), "steps");
+        assert_eq!(param(v(with(ImageRequest { steps: 151, ..r() })).unwrap_err()), "steps");
+        let five = with(ImageRequest { batch_count: 5, ..r() });
+        assert_eq!(param(v(five).unwrap_err()), "batch_size");
+        let negative = with(ImageRequest { cfg_scale: -1.0, ..r() });
+        assert_eq!(param(v(negative).unwrap_err()), "cfg_scale");
+        let empty = with(ImageRequest {
+            prompt: String::new(),
+            ..r()
+        });
+        assert_eq!(param(v(empty).unwrap_err()), "prompt");
     }
 
     #[test]

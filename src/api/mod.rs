@@ -3,12 +3,17 @@
 //! Routes are listed in [`router`]; the README's API reference documents them. Handlers only
 //! validate input and talk to the arbiter through its handle; they never block.
 
+mod chat;
 mod completions;
+mod embeddings;
 mod error;
 mod events;
-mod handlers;
 pub mod images;
+mod models;
+mod ollama;
 mod openai;
+mod privileged;
+mod sse;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +23,7 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{HeaderValue, Method, Uri};
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::Router;
 use tracing::Instrument;
 
@@ -27,6 +32,7 @@ use crate::arbiter::ArbiterHandle;
 use crate::config::Config;
 
 pub use error::{ApiError, ApiJson};
+pub use privileged::Privileged;
 
 /// What every handler can reach.
 #[derive(Clone)]
@@ -34,21 +40,22 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub arbiter: ArbiterHandle,
     pub activity: Activity,
-    pub progress: images::SharedProgress,
+    /// The LLMs' own chat templates.
+    pub templates: Arc<crate::chat::Templates>,
 }
 
 pub fn router(state: AppState) -> Router {
     let max_body = usize::try_from(state.config.daemon.max_body.0).unwrap_or(usize::MAX);
     Router::new()
-        .route("/health", get(handlers::health))
-        .route("/v1/status", get(handlers::status))
-        .route("/v1/models", get(handlers::models))
-        .route("/v1/models/{name}/load", post(handlers::load))
-        .route("/v1/models/{name}/pin", post(handlers::pin))
-        .route("/v1/models/{name}/unpin", post(handlers::unpin))
-        .route("/v1/estimate", get(handlers::estimate))
+        .route("/health", get(models::health))
+        .route("/v1/status", get(models::status))
+        .route("/v1/models", get(models::models))
+        .route("/v1/models/{name}/load", post(models::load))
+        .route("/v1/models/{name}/pin", post(models::pin))
+        .route("/v1/models/{name}/unpin", post(models::unpin))
+        .route("/v1/estimate", get(models::estimate))
         .route("/v1/events", get(events::stream))
-        .route("/v1/models/{name}/unload", post(handlers::unload))
+        .route("/v1/models/{name}/unload", post(models::unload))
         .route("/v1/chat/completions", post(completions::chat))
         .route("/v1/images/generations", post(images::openai))
         .route("/sdapi/v1/txt2img", post(images::txt2img))
@@ -56,6 +63,23 @@ pub fn router(state: AppState) -> Router {
         .route("/sdapi/v1/progress", get(images::progress))
         .route("/sdapi/v1/interrupt", post(images::interrupt))
         .route("/v1/completions", post(completions::completion))
+        .route("/v1/embeddings", post(embeddings::openai))
+        // Ollama's API (ollama/mod.rs): the routes its clients use.
+        .route("/", get(ollama::root))
+        .route("/api/version", get(ollama::version))
+        .route("/api/tags", get(ollama::tags))
+        .route("/api/ps", get(ollama::ps))
+        .route("/api/show", post(ollama::show))
+        .route("/api/chat", post(ollama::chat))
+        .route("/api/generate", post(ollama::generate))
+        .route("/api/embed", post(ollama::embed))
+        .route("/api/embeddings", post(ollama::embeddings))
+        .route("/api/pull", post(ollama::pull))
+        .route("/api/create", post(ollama::unsupported))
+        .route("/api/copy", post(ollama::unsupported))
+        .route("/api/push", post(ollama::unsupported))
+        .route("/api/delete", delete(ollama::unsupported))
+        .route("/api/blobs/{digest}", post(ollama::unsupported))
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(error::json_errors))

@@ -5,16 +5,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use vramd_protocol::{
-    Bytes, Health, ImageFiles, ImageLoadRequest, ImageLoadResponse, LoadOptions, LoadRequest, LoadResponse, UnloadMode,
-    UnloadRequest, VaePlacement,
-};
+use vramd_protocol::{Health, UnloadMode, VaePlacement};
 
-use super::queue::{Granted, Waiter};
-use super::task::{reject, Arbiter, UnloadReply};
-use super::{ArbiterError, Event, Job, Lease, LoadOutcome, Report, UnloadOutcome};
-use crate::config::{GpuLayers, ModelConfig, ModelKind, ModelSource};
-use crate::estimate::{self, Phase};
+use super::state::{reject, Arbiter, UnloadReply};
+use super::{ArbiterError, Internal, UnloadOutcome, Work};
+use crate::config::{ModelConfig, ModelKind};
 use crate::events::EventKind;
 use crate::registry::ModelState;
 use crate::worker::client::CallError;
@@ -43,95 +38,11 @@ pub(crate) enum LoadFailure {
     Worker(String),
 }
 
-/// What the arbiter keeps per model beside its registry entry.
-#[derive(Default)]
-pub(super) struct Runtime {
-    pub worker: Option<Worker>,
-    /// Bumped for every worker, so late events from an old one are recognised.
-    pub seq: u64,
-    /// Requests granted memory, waiting for the load to finish.
-    pub waiters: Vec<Granted>,
-    unload_waiters: Vec<(UnloadMode, u64, UnloadReply)>,
-    /// Why the model is being unloaded (for the event), when the arbiter decided it.
-    unload_reason: Option<String>,
-    last_failure: Option<Instant>,
-    /// The load time to report to requests that waited for it.
-    just_loaded_ms: Option<u64>,
-    /// Whether the page cache held the files when the load started.
-    warm: bool,
-    /// What the model held when it was last fully loaded: better than any estimate.
-    pub known: Option<Bytes>,
-    /// Why the model's context is being restored.
-    pub restore_reason: Option<String>,
-    /// A background restore failed: do not try again until the model is used.
-    pub restore_failed: bool,
-    /// Its soft unload made room for a request (not a person's `unload`): restore it in the
-    /// background once memory allows.
-    pub restore_when_free: bool,
-}
-
 impl Arbiter {
-    /// Answers a granted request on a model whose worker is up.
-    pub(super) fn serve(&mut self, model: &str, granted: Granted) {
-        let (seq, load_ms, client) = {
-            let rt = self.rt(model);
-            let client = rt.worker.as_ref().expect("serving needs a worker").client.clone();
-            (rt.seq, rt.just_loaded_ms, client)
-        };
-        let events = self.reply_later();
-        let rt = self.rt(model);
-        rt.restore_failed = false;
-        rt.restore_when_free = false;
-        let entry = self.registry.get_mut(model).expect("entry");
-        match granted.waiter {
-            // An explicit load runs nothing on the model.
-            Waiter::Load(_) => entry.reservations.release(granted.ticket),
-            Waiter::Acquire(_) => entry.reservations.start(granted.ticket, entry.bytes.total),
-        }
-        match granted.waiter {
-            Waiter::Acquire(reply) => {
-                entry.in_flight += 1;
-                entry.state = ModelState::Busy;
-                entry.last_used = Some(crate::clock::now_unix());
-                let lease = Lease {
-                    model: model.to_owned(),
-                    client,
-                    load_ms,
-                    context_length: entry.context_length.unwrap_or(0),
-                    vae: granted.vae,
-                    actions: granted.actions,
-                    job: granted.job,
-                    seq,
-                    ticket: granted.ticket,
-                    report: None,
-                    events,
-                };
-                if let Err(Ok(lease)) = reply.send(Ok(lease)) {
-                    drop(lease); // the requester went away; its drop releases the model
-                }
-            }
-            Waiter::Load(reply) => {
-                let _ = reply.send(Ok(LoadOutcome {
-                    model: model.to_owned(),
-                    state: entry.state,
-                    load_ms,
-                    bytes: entry.bytes,
-                    actions: granted.actions,
-                }));
-            }
-        }
-    }
-
     pub(super) fn start_load(&mut self, model: &str) {
         let cfg = self.config.model(model).expect("configured").clone();
-        let need = self.need_for(model, Job::Text).load;
-        let warm = self.files.get(model).is_some_and(|f| {
-            let r = f
-                .iter()
-                .map(|f| f.residency())
-                .fold(Default::default(), crate::pagecache::Residency::combine);
-            r.warm()
-        });
+        let need = self.need_for(model, Work::Text).load;
+        let warm = self.host.residency(model).warm();
         let entry = self.registry.get_mut(model).expect("entry");
         entry.state = ModelState::Loading;
         let backoff = backoff(entry.failures);
@@ -175,7 +86,7 @@ impl Arbiter {
             tokio::time::sleep(wait).await;
             let name = cfg.name.clone();
             let result = load(&cfg, &binary, socket, seq, ready_within, vae, events.clone()).await;
-            let _ = events.send(Event::LoadDone {
+            let _ = events.send(Internal::LoadDone {
                 model: name,
                 seq,
                 result,
@@ -248,73 +159,13 @@ impl Arbiter {
         }
     }
 
-    pub(super) fn release(&mut self, model: &str, seq: u64, job: Job, ticket: u64, report: Option<Report>) {
-        self.last_activity = Instant::now();
-        let current = self.rt(model).seq == seq && self.rt(model).worker.is_some();
-        let entry = self.registry.get_mut(model).expect("entry");
-        entry.reservations.release(ticket);
-        entry.in_flight = entry.in_flight.saturating_sub(1);
-        entry.last_used = Some(crate::clock::now_unix());
-        if !current {
-            return;
-        }
-        if entry.in_flight == 0 && entry.state == ModelState::Busy {
-            entry.state = ModelState::Loaded;
-        }
-        let Some(report) = report else { return };
-        entry.report(&report.health);
-        // A completed request proves the worker works.
-        entry.failures = 0;
-        let context_length = entry.context_length.unwrap_or(0);
-        let bytes = report.health.bytes;
-        let image = self.config.model(model).is_some_and(|m| m.kind == ModelKind::Image);
-        let rt = self.rt(model);
-        rt.last_failure = None;
-        if bytes.context > 0 || image {
-            rt.known = Some(bytes);
-        }
-        self.calibrate(model, job, &report.health, context_length);
-    }
-
-    /// Teaches the estimator what this request measured.
-    fn calibrate(&mut self, model: &str, job: Job, health: &Health, context_length: u32) {
-        let before = self.calibration.clone();
-        match (self.shapes.get(model), job) {
-            (Some(super::task::Shape::Llm(s)), Job::Text) if health.bytes.compute > 0 => {
-                let raw = estimate::llm(s, context_length, None, model).compute;
-                self.calibration
-                    .observe(model, Phase::LlmCompute, health.bytes.compute, raw);
-            }
-            (Some(super::task::Shape::Image(w)), Job::Image { .. }) => {
-                if let Some(last) = health.image.as_ref().and_then(|i| i.last.as_ref()) {
-                    let raw = |p| estimate::raw_image_phase(w, last.width, last.height, p);
-                    self.calibration
-                        .observe(model, Phase::Sampling, last.sampling_bytes, raw(Phase::Sampling));
-                    let phase = match last.vae {
-                        VaePlacement::Gpu => Some(Phase::VaeDecode),
-                        VaePlacement::Tiled => Some(Phase::VaeTiled),
-                        VaePlacement::Cpu => None, // nothing on the device to learn from
-                    };
-                    if let Some(phase) = phase {
-                        self.calibration
-                            .observe(model, phase, last.vae_decode_bytes, raw(phase));
-                    }
-                }
-            }
-            _ => {}
-        }
-        if self.calibration != before {
-            self.save_calibration();
-        }
-    }
-
     /// `POST /v1/models/{name}/unload`: a person asked; busy models are refused, not waited for.
     pub(super) fn unload(&mut self, model: &str, mode: UnloadMode, reply: UnloadReply) {
         let Some(entry) = self.registry.get(model) else {
             let _ = reply.send(Err(ArbiterError::UnknownModel(model.to_owned())));
             return;
         };
-        let busy = |reason: String| ArbiterError::Busy {
+        let busy = |reason: String| ArbiterError::InUse {
             model: model.to_owned(),
             reason,
         };
@@ -362,12 +213,8 @@ impl Arbiter {
             model.to_owned(),
         );
         tokio::spawn(async move {
-            let req = UnloadRequest { mode: UnloadMode::Soft };
-            let result = client
-                .post::<_, Health>(vramd_protocol::UNLOAD, &req)
-                .await
-                .map_err(|e| e.to_string());
-            let _ = events.send(Event::SoftUnloadDone {
+            let result = client.unload(UnloadMode::Soft).await.map_err(|e| e.to_string());
+            let _ = events.send(Internal::SoftUnloadDone {
                 model: name,
                 seq,
                 result,
@@ -443,15 +290,16 @@ impl Arbiter {
         entry.reservations.worker_gone();
         if exit.requested {
             entry.state = ModelState::Unloaded;
+            // Clients' keep_alive wishes were about this load; the next one starts afresh.
+            entry.keep_alive_override = None;
+            entry.evict_first = false;
             self.bus.publish(EventKind::ModelUnloaded {
                 model: model.to_owned(),
                 freed_bytes: freed,
                 reason: reason.unwrap_or_else(|| "stopped".into()),
             });
             // Keep its pages in RAM so that loading it again is fast.
-            for f in self.files.get(model).into_iter().flatten() {
-                f.will_need();
-            }
+            self.host.will_need(model);
         } else {
             let reason = exit.reason();
             self.bus.publish(EventKind::WorkerCrashed {
@@ -479,9 +327,20 @@ impl Arbiter {
         if self.evicting.as_deref() == Some(model) {
             self.evicting = None;
         }
-        // Requests granted before a crash: their model is gone, load it again for them.
+        // Requests granted before a crash: their model is gone, load it again for them,
+        // unless it has failed for good.
         if state == ModelState::Unloaded && !self.rt(model).waiters.is_empty() {
             self.start_load(model);
+        } else if state == ModelState::Failed {
+            let reason = self
+                .registry
+                .get(model)
+                .and_then(|e| e.error.clone())
+                .unwrap_or_default();
+            self.fail_waiters(model, |m| ArbiterError::ModelFailed {
+                model: m,
+                reason: reason.clone(),
+            });
         }
     }
 
@@ -525,25 +384,21 @@ async fn load(
     seq: u64,
     ready_within: Duration,
     vae: VaePlacement,
-    events: tokio::sync::mpsc::UnboundedSender<Event>,
+    events: tokio::sync::mpsc::UnboundedSender<Internal>,
 ) -> LoadResult {
     let started = Instant::now();
     let name = cfg.name.clone();
     let on_exit = move |exit| {
-        let _ = events.send(Event::WorkerExit { model: name, seq, exit });
+        let _ = events.send(Internal::WorkerExit { model: name, seq, exit });
     };
     let mut worker = process::spawn(binary, socket, &cfg.name, ready_within, on_exit)
         .await
         .map_err(|e| LoadFailure::Worker(e.to_string()))?;
-    let result = match cfg.kind {
-        ModelKind::Llm => load_llm(cfg, &worker).await,
-        ModelKind::Image => load_image(cfg, &worker, vae).await,
-    };
-    match result {
-        Ok((health, context_length)) => Ok(Loaded {
+    match worker.client.load(cfg, vae).await {
+        Ok(report) => Ok(Loaded {
             worker,
-            health,
-            context_length,
+            health: report.health,
+            context_length: report.context_length,
             ms: started.elapsed().as_millis() as u64,
         }),
         Err(CallError::Worker(e, _)) => {
@@ -559,56 +414,6 @@ async fn load(
             Err(LoadFailure::Worker(reason))
         }
     }
-}
-
-async fn load_llm(cfg: &ModelConfig, worker: &Worker) -> Result<(Health, Option<u32>), CallError> {
-    let (ModelSource::File { path }, Some(llm)) = (&cfg.source, &cfg.llm_options) else {
-        return Err(CallError::Protocol("an llm model has one file and llm options".into()));
-    };
-    let req = LoadRequest {
-        model: cfg.name.clone(),
-        path: path.clone(),
-        options: LoadOptions {
-            context_length: llm.context_length,
-            gpu_layers: match llm.gpu_layers {
-                GpuLayers::All => u32::MAX,
-                GpuLayers::Count(n) => n,
-            },
-            threads: llm.threads,
-            mmap: llm.mmap,
-            batch: llm.batch,
-        },
-    };
-    let resp: LoadResponse = worker.client.post(vramd_protocol::LOAD, &req).await?;
-    Ok((resp.health, Some(resp.context_length)))
-}
-
-async fn load_image(cfg: &ModelConfig, worker: &Worker, vae: VaePlacement) -> Result<(Health, Option<u32>), CallError> {
-    let files = match &cfg.source {
-        ModelSource::File { path } => ImageFiles {
-            model: Some(path.clone()),
-            ..Default::default()
-        },
-        ModelSource::Components(c) => ImageFiles {
-            model: None,
-            diffusion_model: c.diffusion_model.clone(),
-            vae: c.vae.clone(),
-            taesd: c.taesd.clone(),
-            clip_l: c.clip_l.clone(),
-            clip_g: c.clip_g.clone(),
-            t5xxl: c.t5xxl.clone(),
-            llm: c.llm.clone(),
-        },
-    };
-    let req = ImageLoadRequest {
-        model: cfg.name.clone(),
-        files,
-        mmap: true,
-        threads: 0,
-        vae,
-    };
-    let resp: ImageLoadResponse = worker.client.post(vramd_protocol::LOAD, &req).await?;
-    Ok((resp.health, None))
 }
 
 #[cfg(test)]

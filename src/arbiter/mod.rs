@@ -3,42 +3,76 @@
 //! HTTP (and D-Bus) handlers never touch the [`Registry`](crate::registry::Registry); they
 //! send a [`Command`] and await its reply, or read the latest [`Snapshot`] from a `watch`
 //! channel. One owner means no lock ordering to get wrong and one place where decisions are
-//! made. Decisions come from the pure [`planner`](crate::planner); slow work (starting a
-//! worker, loading, unloading) runs in tasks the arbiter spawns, which report back as
-//! internal events, so the arbiter itself never waits on I/O.
+//! made. Decisions come from the pure [`planner`](crate::planner).
+//!
+//! The arbiter's loop awaits nothing but its next input (a command, an [`Internal`] event,
+//! the tick). Slow work (starting a worker, loading, unloading, restoring a context) runs in
+//! tasks it spawns, which report back as [`Internal`] events. Its own synchronous I/O is short:
+//! device memory and the page cache go through `host::Host` (an NVML query, `mincore`,
+//! `WILLNEED`), and a worker is asked of the kernel whether it is alive (`waitid`) before it
+//! is granted; the calibration file is written on a blocking thread, and the model headers
+//! are read once, when the arbiter is made.
+//!
+//! This file is the interface ([`ArbiterHandle`], the commands); `state` holds the types
+//! (the one `Arbiter` struct), `task` the loop, `queue` planning and plan execution,
+//! `lifecycle` loads, unloads and crashes, `running` the grants in progress, `restore` the
+//! background restores, `grant` the [`Grant`] (the one way a request reaches a worker) and
+//! `host` the I/O. The behaviour modules import `state` (and `host`, `grant`), never one
+//! another (`tests/it/structure.rs`).
 
+mod grant;
+mod host;
 mod lifecycle;
 mod queue;
 mod restore;
+mod running;
+mod state;
 mod task;
+
+pub use grant::{Grant, ImageRun, RunError};
 
 use std::sync::Arc;
 
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
-use vramd_protocol::{Health, RestoreResponse};
+use vramd_protocol::{EmbedRequest, EmbedResponse, GenerateEvent, GenerateRequest, Health, RestoreResponse};
 pub use vramd_protocol::{UnloadMode, VaePlacement};
 
 use crate::config::Config;
+use crate::estimate::{Estimate, EstimateQuery};
 use crate::events::EventFeed;
 use crate::memory::MemorySource;
 use crate::planner::Action;
 use crate::registry::{ModelState, Snapshot};
-use crate::worker::client::WorkerClient;
+use crate::units::Timeout;
+use crate::worker::client::EventStream;
 use crate::worker::WorkerPaths;
 
 /// What a request will do with its model, which decides how much memory it needs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Job {
+pub enum Work {
     /// Text generation (or anything that needs the model loaded and nothing more).
     Text,
-    /// One image of this size (batches run one image at a time); `vae` forces a placement
-    /// instead of letting the planner choose.
+    /// `count` images of this size, made one at a time; `vae` is the caller's forced
+    /// placement (vramd's `vae` extension) instead of the planner's choice.
     Image {
         width: u32,
         height: u32,
+        count: u32,
         vae: Option<VaePlacement>,
     },
+}
+
+/// A client's wish about a model's idle life (Ollama's `keep_alive`): advice about its own
+/// use, never an order, so it can neither fail a request nor take a model from another user.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KeepAlive {
+    /// Unload it after this long unused ([`Timeout::NEVER`]: never for idleness) instead of
+    /// its configured `keep_alive`, until it is next unloaded.
+    Idle(Timeout),
+    /// The client is done with it: the first model to go when memory is needed, until it is
+    /// used again. What `keep_alive: 0` means from a caller who may not unload it.
+    EvictFirst,
 }
 
 #[derive(Debug, Serialize, PartialEq, Eq)]
@@ -68,8 +102,9 @@ pub enum ArbiterError {
     ModelFailed { model: String, reason: String },
     #[error("model {model:?} could not be started: {reason}")]
     WorkerFailed { model: String, reason: String },
+    /// A person's unload of a model that is loading or serving requests.
     #[error("model {model:?} is busy: {reason}")]
-    Busy { model: String, reason: String },
+    InUse { model: String, reason: String },
     /// Not enough memory now; it may be later.
     #[error("not enough GPU memory for {model:?} now: {reason}")]
     NoMemory {
@@ -84,11 +119,13 @@ pub enum ArbiterError {
     Stopped,
 }
 
+/// What handlers ask of the arbiter.
 pub(crate) enum Command {
     Acquire {
         model: String,
-        job: Job,
-        reply: oneshot::Sender<Result<Lease, ArbiterError>>,
+        work: Work,
+        request_id: String,
+        reply: oneshot::Sender<Result<Grant, ArbiterError>>,
     },
     Load {
         model: String,
@@ -104,38 +141,48 @@ pub(crate) enum Command {
         pinned: bool,
         reply: oneshot::Sender<Result<(), ArbiterError>>,
     },
+    KeepAlive {
+        model: String,
+        wish: KeepAlive,
+        reply: oneshot::Sender<Result<(), ArbiterError>>,
+    },
     Estimate {
         model: String,
-        job: EstimateJob,
-        reply: oneshot::Sender<Result<serde_json::Value, ArbiterError>>,
+        query: EstimateQuery,
+        reply: oneshot::Sender<Result<Estimate, ArbiterError>>,
     },
+    /// Stops the running image generations (of `model`, or of any image model).
     Interrupt {
-        model: String,
-        reply: oneshot::Sender<Result<bool, ArbiterError>>,
+        model: Option<String>,
+        reply: oneshot::Sender<Result<Option<String>, ArbiterError>>,
     },
-    /// The state now, after every event already sent (a released lease, a finished load).
+    /// The state now, after every event already sent (a dropped grant, a finished load).
     Snapshot {
         reply: oneshot::Sender<Result<Arc<Snapshot>, ArbiterError>>,
     },
 }
 
-/// What to estimate: an image size, an LLM context, or just the model.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct EstimateJob {
-    pub width: Option<u32>,
-    pub height: Option<u32>,
-    pub context: Option<u32>,
-}
-
-/// Internal events, from tasks the arbiter spawned and from dropped leases.
-pub(crate) enum Event {
+/// What the arbiter learns from the tasks it spawned and from its grants (not to be
+/// confused with [`crate::events`], what it tells the world).
+pub(crate) enum Internal {
     Release {
         model: String,
         seq: u64,
-        job: Job,
+        work: Work,
         /// The memory reservation the request held (see `registry::Reservations`).
         ticket: u64,
         report: Option<Report>,
+        /// When the request ended (Unix seconds): its model's last use, read when the grant
+        /// was dropped, before the client had its answer, not when the arbiter gets to it.
+        ended: u64,
+    },
+    /// An image generation's step, for progress readers.
+    Progress {
+        model: String,
+        ticket: u64,
+        image: u32,
+        step: u32,
+        steps: u32,
     },
     LoadDone {
         model: String,
@@ -163,44 +210,6 @@ pub(crate) enum Event {
 #[derive(Clone, Debug)]
 pub struct Report {
     pub health: Health,
-}
-
-/// The right to use a loaded model's worker for one request. While it lives the model is
-/// busy and cannot be evicted; dropping it tells the arbiter the request is over.
-pub struct Lease {
-    pub model: String,
-    pub client: WorkerClient,
-    /// How long this request waited for the model to load, when it had to.
-    pub load_ms: Option<u64>,
-    pub context_length: u32,
-    /// Where this request's VAE decode runs (images).
-    pub vae: VaePlacement,
-    /// What the arbiter did to make room for this request, in order.
-    pub actions: Vec<Action>,
-    job: Job,
-    seq: u64,
-    ticket: u64,
-    report: Option<Report>,
-    events: mpsc::UnboundedSender<Event>,
-}
-
-impl Lease {
-    /// Records what the worker reported at the end of the request.
-    pub fn report(&mut self, health: Health) {
-        self.report = Some(Report { health });
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        let _ = self.events.send(Event::Release {
-            model: std::mem::take(&mut self.model),
-            seq: self.seq,
-            job: self.job,
-            ticket: self.ticket,
-            report: self.report.take(),
-        });
-    }
 }
 
 /// What handlers hold: a way to send commands, read the latest snapshot and follow events.
@@ -231,12 +240,60 @@ impl ArbiterHandle {
         &self.events
     }
 
-    /// Gets a lease on `model` for `job`, making room and loading it first if needed.
-    pub async fn acquire(&self, model: &str, job: Job) -> Result<Lease, ArbiterError> {
+    /// A grant of `model` for `work`, making room and loading it first if needed. The
+    /// worker was alive when it was granted; [`ArbiterHandle::generate`] and
+    /// [`ArbiterHandle::images`] also recover when it dies before the work starts.
+    pub async fn acquire(&self, model: &str, work: Work, request_id: &str) -> Result<Grant, ArbiterError> {
         self.ask(|reply| Command::Acquire {
             model: model.to_owned(),
-            job,
+            work,
+            request_id: request_id.to_owned(),
             reply,
+        })
+        .await
+    }
+
+    /// Grants `model` and starts `req` on its worker; returns once the worker has taken it
+    /// (its `started` event), so a worker that died before then is replaced and the
+    /// request sent again, on every transport alike.
+    pub async fn generate(
+        &self,
+        model: &str,
+        req: &GenerateRequest,
+    ) -> Result<(Grant, EventStream<GenerateEvent>), RunError> {
+        grant::retrying(|| async {
+            let mut grant = self.acquire(model, Work::Text, &req.request_id).await?;
+            let events = grant.generate(req).await;
+            Ok((grant, events))
+        })
+        .await
+    }
+
+    /// Grants `model` and computes the embeddings of `req` on its worker, sent again on a
+    /// replacement when the worker died before it answered.
+    pub async fn embed(&self, model: &str, req: &EmbedRequest) -> Result<EmbedResponse, RunError> {
+        let (_grant, response) = grant::retrying(|| async {
+            let mut grant = self.acquire(model, Work::Text, &req.request_id).await?;
+            let response = grant.embed(req).await;
+            Ok((grant, response))
+        })
+        .await?;
+        Ok(response)
+    }
+
+    /// Grants `model` for images of `work` and starts the first, `req`, as
+    /// [`ArbiterHandle::generate`] does; the next images of the batch go through
+    /// [`Grant::image`].
+    pub async fn images(
+        &self,
+        model: &str,
+        work: Work,
+        req: &vramd_protocol::ImageRequest,
+    ) -> Result<(Grant, ImageRun), RunError> {
+        grant::retrying(|| async {
+            let mut grant = self.acquire(model, work, &req.request_id).await?;
+            let run = grant.image(req.clone()).await;
+            Ok((grant, run))
         })
         .await
     }
@@ -267,20 +324,32 @@ impl ArbiterHandle {
         .await
     }
 
-    /// Stops the worker of `model` in the middle of its work (image generations cannot be
-    /// cancelled any other way); `false` when it had none.
-    pub async fn interrupt(&self, model: &str) -> Result<bool, ArbiterError> {
-        self.ask(|reply| Command::Interrupt {
+    /// Records a client's wish about `model`'s idle life (see [`KeepAlive`]); it shows in
+    /// `/v1/status` as `keep_alive_override` and `evict_first`.
+    pub async fn keep_alive(&self, model: &str, wish: KeepAlive) -> Result<(), ArbiterError> {
+        self.ask(|reply| Command::KeepAlive {
             model: model.to_owned(),
+            wish,
             reply,
         })
         .await
     }
 
-    pub async fn estimate(&self, model: &str, job: EstimateJob) -> Result<serde_json::Value, ArbiterError> {
+    /// Stops the image generations running on `model` (any image model when `None`) by
+    /// stopping its worker: stable-diffusion.cpp has no cancel call. Their grants learn
+    /// that they were interrupted. Returns the model stopped, `None` when nothing ran.
+    pub async fn interrupt(&self, model: Option<&str>) -> Result<Option<String>, ArbiterError> {
+        self.ask(|reply| Command::Interrupt {
+            model: model.map(str::to_owned),
+            reply,
+        })
+        .await
+    }
+
+    pub async fn estimate(&self, model: &str, query: EstimateQuery) -> Result<Estimate, ArbiterError> {
         self.ask(|reply| Command::Estimate {
             model: model.to_owned(),
-            job,
+            query,
             reply,
         })
         .await
@@ -299,7 +368,7 @@ impl ArbiterHandle {
 /// Starts the arbiter task.
 pub fn spawn(config: Arc<Config>, source: Box<dyn MemorySource>, paths: WorkerPaths) -> ArbiterHandle {
     let (tx, rx) = mpsc::channel(256);
-    let (snapshot, events, task) = task::Arbiter::new(config, source, paths);
+    let (snapshot, events, task) = state::Arbiter::new(config, source, paths);
     tokio::spawn(task.run(rx));
     ArbiterHandle { tx, snapshot, events }
 }

@@ -8,51 +8,23 @@
 
 use std::time::Instant;
 
-use tokio::sync::oneshot;
-
-use super::task::{reject, Arbiter, Shape};
-use super::{ArbiterError, Job, Lease, LoadOutcome};
+use super::state::{reject, Arbiter, Granted, Pending, Waiter};
+use super::{ArbiterError, Work};
 use crate::config::ModelKind;
-use crate::estimate;
+use crate::estimate::{self, Shape};
 use crate::events::EventKind;
 use crate::planner::{self, Action, Memory, ModelView, Need, Outcome, Policy, Step, VaeNeed, VaePlacement};
 use crate::registry::ModelState;
 
-pub(super) enum Waiter {
-    Acquire(oneshot::Sender<Result<Lease, ArbiterError>>),
-    Load(oneshot::Sender<Result<LoadOutcome, ArbiterError>>),
-}
-
-pub(super) struct Pending {
-    pub model: String,
-    pub job: Job,
-    pub waiter: Waiter,
-    pub since: Instant,
-    /// Whether `request_queued` was published for it.
-    pub queued: bool,
-    /// What was done for it so far.
-    pub done: Vec<Action>,
-}
-
-/// A request that may go ahead, waiting only for its model to finish loading.
-pub(super) struct Granted {
-    pub waiter: Waiter,
-    pub job: Job,
-    pub vae: VaePlacement,
-    pub actions: Vec<Action>,
-    /// Its memory reservation (`registry::Reservations`), given back when it is done.
-    pub ticket: u64,
-}
-
 impl Arbiter {
-    pub(super) fn enqueue(&mut self, model: String, job: Job, waiter: Waiter) {
+    pub(super) fn enqueue(&mut self, model: String, work: Work, waiter: Waiter) {
         if self.config.model(&model).is_none() {
             return reject(waiter, ArbiterError::UnknownModel(model));
         }
         self.last_activity = Instant::now();
         self.pending.push_back(Pending {
             model,
-            job,
+            work,
             waiter,
             since: Instant::now(),
             queued: false,
@@ -84,80 +56,94 @@ impl Arbiter {
                 ModelState::Loading | ModelState::Unloading => return,
                 _ => {}
             }
-            let need = self.need_for(&model, head.job);
-            let policy = Policy {
-                ladder: self.config.policy.ladder.clone(),
-                llm_idle_first: self.config.policy.llm_idle_first.0.map_or(u64::MAX, |d| d.as_secs()),
-                retry_after: self.config.policy.retry_after.0.map_or(5, |d| d.as_secs().max(1)),
-            };
-            let memory = self.memory();
-            let plan = planner::plan(&self.views(), memory, &need, crate::clock::now_unix(), &policy);
-            match plan.outcome {
-                Outcome::Proceed { vae } => {
-                    if let Some(action) = plan.actions.iter().find(|a| is_eviction(&a.step)).cloned() {
-                        if !self.pending[0].done.iter().any(|a| is_eviction(&a.step)) {
-                            self.bus.publish(EventKind::MemoryPressure {
-                                model: model.clone(),
-                                need_bytes: plan.need,
-                                free_bytes: plan.free,
-                                reason: format!("{} free, making room", crate::units::format_size_human(plan.free)),
-                            });
-                        }
-                        self.pending[0].done.push(action.clone());
-                        self.execute(action);
-                        return;
-                    }
-                    let mut head = self.pending.pop_front().expect("head");
-                    let forced = match head.job {
-                        Job::Image { vae: Some(v), .. } => Some(v),
-                        _ => None,
-                    };
-                    for a in plan.actions {
-                        // With a forced placement the planner's VAE steps are moot.
-                        if forced.is_some() && !is_eviction(&a.step) {
-                            continue;
-                        }
-                        self.publish_vae(&model, head.job, &a);
-                        head.done.push(a);
-                    }
-                    self.grant(head, forced.unwrap_or(vae), &need);
-                }
-                Outcome::Wait { model: busy, reason } => {
-                    let head = &mut self.pending[0];
-                    if !head.queued {
-                        head.queued = true;
-                        let reason = format!("waiting for {busy}: {reason}");
-                        self.bus.publish(EventKind::RequestQueued { model, reason });
-                    }
-                    return;
-                }
-                Outcome::Busy { reason, retry_after } => {
-                    let head = self.pending.pop_front().expect("head");
-                    self.bus.publish(EventKind::RequestRejected {
-                        model: model.clone(),
-                        status: 503,
-                        reason: reason.clone(),
-                    });
-                    reject(
-                        head.waiter,
-                        ArbiterError::NoMemory {
-                            model,
-                            reason,
-                            retry_after,
-                        },
-                    );
-                }
-                Outcome::TooLarge { reason } => {
-                    let head = self.pending.pop_front().expect("head");
-                    self.bus.publish(EventKind::RequestRejected {
-                        model: model.clone(),
-                        status: 507,
-                        reason: reason.clone(),
-                    });
-                    reject(head.waiter, ArbiterError::TooLarge { model, reason });
-                }
+            if !self.serve_head(model) {
+                return;
             }
         }
+    }
+
+    /// Plans the head of the queue and acts on the plan: an eviction started or a wait
+    /// return `false` (drive again once it settles), a grant or a refusal `true`.
+    fn serve_head(&mut self, model: String) -> bool {
+        let need = self.need_for(&model, self.pending[0].work);
+        let policy = Policy {
+            ladder: self.config.policy.ladder.clone(),
+            llm_idle_first: self.config.policy.llm_idle_first.0.map_or(u64::MAX, |d| d.as_secs()),
+            retry_after: self.config.policy.retry_after.0.map_or(5, |d| d.as_secs().max(1)),
+        };
+        let memory = self.memory();
+        let plan = planner::plan(&self.views(), memory, &need, crate::clock::now_unix(), &policy);
+        match plan.outcome {
+            Outcome::Proceed { vae } => self.proceed(model, plan, vae, &need),
+            Outcome::Wait { model: busy, reason } => {
+                let head = &mut self.pending[0];
+                if !head.queued {
+                    head.queued = true;
+                    let reason = format!("waiting for {busy}: {reason}");
+                    self.bus.publish(EventKind::RequestQueued { model, reason });
+                }
+                false
+            }
+            Outcome::NoRoom { reason, retry_after } => {
+                self.refuse(model, 503, reason, |model, reason| ArbiterError::NoMemory {
+                    model,
+                    reason,
+                    retry_after,
+                });
+                true
+            }
+            Outcome::TooLarge { reason } => {
+                self.refuse(model, 507, reason, |model, reason| ArbiterError::TooLarge {
+                    model,
+                    reason,
+                });
+                true
+            }
+        }
+    }
+
+    /// A plan that lets the head go ahead: its first eviction, if any, is performed (and the
+    /// head waits for it); otherwise the head is granted with the planned VAE placement.
+    fn proceed(&mut self, model: String, plan: planner::Plan, vae: VaePlacement, need: &Need) -> bool {
+        if let Some(action) = plan.actions.iter().find(|a| is_eviction(&a.step)).cloned() {
+            if !self.pending[0].done.iter().any(|a| is_eviction(&a.step)) {
+                self.bus.publish(EventKind::MemoryPressure {
+                    model,
+                    need_bytes: plan.need,
+                    free_bytes: plan.free,
+                    reason: format!("{} free, making room", crate::units::format_size_human(plan.free)),
+                });
+            }
+            self.pending[0].done.push(action.clone());
+            self.execute(action);
+            return false;
+        }
+        let mut head = self.pending.pop_front().expect("head");
+        let forced = match head.work {
+            Work::Image { vae: Some(v), .. } => Some(v),
+            _ => None,
+        };
+        for a in plan.actions {
+            // With a forced placement the planner's VAE steps are moot.
+            if forced.is_some() && !is_eviction(&a.step) {
+                continue;
+            }
+            self.publish_vae(&model, head.work, &a);
+            head.done.push(a);
+        }
+        self.grant(head, forced.unwrap_or(vae), need);
+        true
+    }
+
+    /// Answers the head with a refusal (`status` 503 or 507), published as an event too.
+    fn refuse(&mut self, model: String, status: u16, reason: String, err: impl FnOnce(String, String) -> ArbiterError) {
+        let head = self.pending.pop_front().expect("head");
+        self.bus.publish(EventKind::RequestRejected {
+            model: model.clone(),
+            status,
+            reason: reason.clone(),
+        });
+        reject(head.waiter, err(model, reason));
     }
 
     /// Rejects the head when it has waited longer than `[policy] wait_timeout`.
@@ -195,11 +181,11 @@ impl Arbiter {
         let model = head.model;
         let state = self.registry.get(&model).expect("entry").state;
         let explicit_load = matches!(head.waiter, Waiter::Load(_));
-        let reserve = match (head.job, state) {
-            (Job::Image { .. }, _) => need.peak(vae).saturating_sub(need.load),
+        let reserve = match (head.work, state) {
+            (Work::Image { .. }, _) => need.peak(vae).saturating_sub(need.load),
             // Its context comes back within the request.
-            (Job::Text, ModelState::SoftUnloaded) if !explicit_load => need.load,
-            (Job::Text, _) => 0,
+            (Work::Text, ModelState::SoftUnloaded) if !explicit_load => need.load,
+            (Work::Text, _) => 0,
         };
         let ticket = self.next_ticket;
         self.next_ticket += 1;
@@ -207,7 +193,7 @@ impl Arbiter {
         entry.reservations.grant(ticket, reserve);
         let granted = Granted {
             waiter: head.waiter,
-            job: head.job,
+            work: head.work,
             vae,
             actions: head.done,
             ticket,
@@ -238,8 +224,10 @@ impl Arbiter {
         }
     }
 
-    fn publish_vae(&mut self, model: &str, job: Job, action: &Action) {
-        let Job::Image { width, height, .. } = job else { return };
+    fn publish_vae(&mut self, model: &str, work: Work, action: &Action) {
+        let Work::Image { width, height, .. } = work else {
+            return;
+        };
         let (model, reason) = (model.to_owned(), action.reason.clone());
         match action.step {
             Step::VaeTiled { .. } => self.bus.publish(EventKind::VaeTiled {
@@ -259,7 +247,7 @@ impl Arbiter {
     }
 
     pub(super) fn memory(&mut self) -> Memory {
-        let reading = self.source.read();
+        let reading = self.host.memory();
         Memory {
             total: reading.map_or(self.config.memory.budget.0, |r| r.total),
             reserve: self.config.memory.reserve.0,
@@ -282,19 +270,21 @@ impl Arbiter {
                     state: e.state,
                     weights: unaccounted + if llm { e.bytes.weights } else { e.bytes.total },
                     context: if llm { e.bytes.context + e.bytes.compute } else { 0 },
-                    last_used: e.last_used,
+                    // A model a client is done with (`evict_first`) ranks below every other
+                    // and as if never used, so each rung of the ladder takes it first.
+                    last_used: if e.evict_first { None } else { e.last_used },
                     in_flight: e.in_flight,
                     pinned: e.pinned,
-                    priority: e.priority,
+                    priority: if e.evict_first { i32::MIN } else { e.priority },
                 }
             })
             .collect()
     }
 
-    /// What `job` on `model` needs beyond what the model holds: measured figures when it
+    /// What `work` on `model` needs beyond what the model holds: measured figures when it
     /// was loaded before, estimates otherwise. A request granted earlier on the same model
     /// has reserved working memory that this one reuses after it (one request at a time).
-    pub(super) fn need_for(&self, model: &str, job: Job) -> Need {
+    pub(super) fn need_for(&self, model: &str, work: Work) -> Need {
         let entry = self.registry.get(model).expect("configured");
         let cfg = self.config.model(model).expect("configured");
         let known = self.runtime.get(model).and_then(|rt| rt.known);
@@ -314,7 +304,7 @@ impl Arbiter {
             (ModelKind::Llm, shape) => {
                 let est = match shape {
                     Shape::Llm(s) => {
-                        let ctx = cfg.llm_options.as_ref().map_or(0, |o| o.context_length);
+                        let ctx = estimate::context_length(cfg, shape);
                         let e = estimate::llm(s, ctx, Some(&self.calibration), model);
                         (e.weights, e.context + e.compute)
                     }
@@ -340,7 +330,7 @@ impl Arbiter {
                 if !resident {
                     need.load = known.map_or(weights.total(), |b| b.total);
                 }
-                if let Job::Image { width, height, vae } = job {
+                if let Work::Image { width, height, vae, .. } = work {
                     let e = estimate::image(&weights, width, height, Some(&self.calibration), model);
                     need.work = e.sampling.saturating_sub(granted);
                     let mut v = VaeNeed {

@@ -16,8 +16,8 @@ use std::time::Instant;
 
 use vramd_protocol::RestoreResponse;
 
-use super::task::Arbiter;
-use super::{ArbiterError, Event, Job};
+use super::state::Arbiter;
+use super::{ArbiterError, Internal, Work};
 use crate::config::ModelKind;
 use crate::events::EventKind;
 use crate::planner::{self, RestoreCandidate};
@@ -56,7 +56,7 @@ impl Arbiter {
             })
             .map(|e| RestoreCandidate {
                 name: e.name.clone(),
-                bytes: self.need_for(&e.name, Job::Text).load,
+                bytes: self.need_for(&e.name, Work::Text).load,
             })
             .collect();
         if candidates.is_empty() {
@@ -79,7 +79,7 @@ impl Arbiter {
 
     /// Asks the worker to recreate the context its soft unload dropped.
     pub(super) fn start_restore(&mut self, model: &str, reason: String) {
-        let bytes = self.need_for(model, Job::Text).load;
+        let bytes = self.need_for(model, Work::Text).load;
         let entry = self.registry.get_mut(model).expect("entry");
         entry.state = ModelState::Loading;
         entry.reservations.restoring = bytes;
@@ -96,11 +96,8 @@ impl Arbiter {
             model.to_owned(),
         );
         tokio::spawn(async move {
-            let result = client
-                .post::<_, RestoreResponse>(vramd_protocol::RESTORE, &serde_json::json!({}))
-                .await
-                .map_err(|e| e.to_string());
-            let _ = events.send(Event::RestoreDone {
+            let result = client.restore().await.map_err(|e| e.to_string());
+            let _ = events.send(Internal::RestoreDone {
                 model: name,
                 seq,
                 result,

@@ -16,6 +16,9 @@ use serde::Serialize;
 
 use crate::units::{ByteSize, Timeout};
 
+// Re-exported from its leaf module, `model`, where the registry and the planner find it
+// without importing the configuration.
+pub use crate::model::ModelKind;
 pub use load::{load, LoadedConfig, DEFAULT_CONFIG_PATH};
 pub use raw::{parse_dropin, parse_main, RawDropin, RawMain};
 
@@ -72,22 +75,6 @@ pub enum BackendKind {
     Nvml,
     /// A configured total; what is used is what workers report.
     Budget,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum ModelKind {
-    Llm,
-    Image,
-}
-
-impl ModelKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ModelKind::Llm => "llm",
-            ModelKind::Image => "image",
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -231,6 +218,14 @@ pub struct LlmOptions {
     /// Memory-map the weights (page cache, fast reloads).
     pub mmap: bool,
     pub batch: u32,
+    /// An embedding model: served by `/v1/embeddings` and `/api/embed`, not by chat.
+    pub embeddings: bool,
+    /// The most tokens a chat or completion generates when the request sets no limit
+    /// (`None`: until the model ends its turn or the context is full, as OpenAI does).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_tokens: Option<u32>,
+    /// Host memory the conversation's KV cache may be kept in across a soft unload.
+    pub kv_ram: ByteSize,
 }
 
 impl Default for LlmOptions {
@@ -241,6 +236,9 @@ impl Default for LlmOptions {
             threads: 0,
             mmap: true,
             batch: 512,
+            embeddings: false,
+            max_tokens: None,
+            kv_ram: ByteSize(1 << 30),
         }
     }
 }

@@ -97,6 +97,9 @@ struct ModelTable {
     threads: Option<u32>,
     mmap: Option<bool>,
     batch: Option<u32>,
+    embeddings: Option<bool>,
+    max_tokens: Option<u32>,
+    kv_ram: Option<ByteSize>,
     pinned: Option<bool>,
     priority: Option<i32>,
     keep_alive: Option<Timeout>,
@@ -118,51 +121,77 @@ pub struct RawDropin {
 }
 
 /// Parses the main configuration file. `file` names it in errors and anchors relative paths.
+///
+/// Sections are converted in a fixed order (`[daemon]`, `[memory]`, `[[models]]`, `[policy]`),
+/// each by its own function, so the same file always reports the same first problem.
 pub fn parse_main(file: &Path, text: &str) -> Result<RawMain, ConfigError> {
     let raw: MainFile = toml::from_str(text).map_err(|e| toml_error(file, text, e))?;
-    let defaults = Config::defaults();
     let base = file.parent().unwrap_or(Path::new("/"));
-    let d = raw.daemon;
-    let daemon = DaemonConfig {
-        socket: d.socket.map(|p| absolute(base, p)).unwrap_or(defaults.daemon.socket),
-        idle_exit: d.idle_exit.unwrap_or(defaults.daemon.idle_exit),
-        log: d.log.unwrap_or(defaults.daemon.log),
-        max_body: match d.max_body {
-            Some(s) if s.get_ref().0 < 1024 => {
-                return Err(ConfigError::at_span(
-                    file,
-                    text,
-                    Some(s.span()),
-                    "max_body must be at least 1KiB",
-                ))
-            }
-            Some(s) => s.into_inner(),
-            None => defaults.daemon.max_body,
+    let daemon = daemon_config(file, text, base, raw.daemon)?;
+    let memory = memory_config(file, text, raw.memory)?;
+    let models = convert_models(file, text, raw.models)?;
+    Ok(RawMain {
+        config: Config {
+            daemon,
+            memory,
+            policy: policy_config(raw.policy),
+            dbus: DbusConfig {
+                bus: raw.dbus.bus.unwrap_or(DbusConfig::default().bus),
+            },
+            models,
         },
-        shutdown_timeout: d.shutdown_timeout.unwrap_or(defaults.daemon.shutdown_timeout),
-        state_dir: d
-            .state_dir
-            .map(|p| absolute(base, p))
-            .unwrap_or(defaults.daemon.state_dir),
+    })
+}
+
+/// `[daemon]`, relative paths taken from `base` (the main file's folder). Checks the values
+/// a slip makes harmful: a `max_body` too small for any request, a `control_group` that no
+/// group lookup could find (which would lock everyone out of changing state).
+fn daemon_config(file: &Path, text: &str, base: &Path, d: DaemonSection) -> Result<DaemonConfig, ConfigError> {
+    let defaults = DaemonConfig::default();
+    let max_body = match d.max_body {
+        Some(s) if s.get_ref().0 < 1024 => {
+            return Err(ConfigError::at_span(
+                file,
+                text,
+                Some(s.span()),
+                "max_body must be at least 1KiB",
+            ))
+        }
+        Some(s) => s.into_inner(),
+        None => defaults.max_body,
+    };
+    let control_group = match d.control_group {
+        Some(g) if !valid_group_name(g.get_ref()) => {
+            return Err(ConfigError::at_span(
+                file,
+                text,
+                Some(g.span()),
+                format!("control_group {:?} is not a valid group name", g.get_ref()),
+            ))
+        }
+        Some(g) => g.into_inner(),
+        None => defaults.control_group,
+    };
+    Ok(DaemonConfig {
+        socket: d.socket.map(|p| absolute(base, p)).unwrap_or(defaults.socket),
+        idle_exit: d.idle_exit.unwrap_or(defaults.idle_exit),
+        log: d.log.unwrap_or(defaults.log),
+        max_body,
+        shutdown_timeout: d.shutdown_timeout.unwrap_or(defaults.shutdown_timeout),
+        state_dir: d.state_dir.map(|p| absolute(base, p)).unwrap_or(defaults.state_dir),
         worker_dir: d.worker_dir.map(|p| absolute(base, p)),
         runtime_dir: d.runtime_dir.map(|p| absolute(base, p)),
-        worker_start_timeout: d.worker_start_timeout.unwrap_or(defaults.daemon.worker_start_timeout),
-        control_group: match d.control_group {
-            Some(g) if !valid_group_name(g.get_ref()) => {
-                return Err(ConfigError::at_span(
-                    file,
-                    text,
-                    Some(g.span()),
-                    format!("control_group {:?} is not a valid group name", g.get_ref()),
-                ))
-            }
-            Some(g) => g.into_inner(),
-            None => defaults.daemon.control_group,
-        },
-    };
-    let m = raw.memory;
-    let budget = m.budget.as_ref().map_or(defaults.memory.budget, |s| *s.get_ref());
-    let reserve = m.reserve.as_ref().map_or(defaults.memory.reserve, |s| *s.get_ref());
+        worker_start_timeout: d.worker_start_timeout.unwrap_or(defaults.worker_start_timeout),
+        control_group,
+    })
+}
+
+/// `[memory]`. A zero budget, or a reserve that leaves nothing of it, could never serve a
+/// request, so they are errors here rather than 507s later.
+fn memory_config(file: &Path, text: &str, m: MemorySection) -> Result<MemoryConfig, ConfigError> {
+    let defaults = MemoryConfig::default();
+    let budget = m.budget.as_ref().map_or(defaults.budget, |s| *s.get_ref());
+    let reserve = m.reserve.as_ref().map_or(defaults.reserve, |s| *s.get_ref());
     if budget.0 == 0 {
         let span = m.budget.as_ref().map(|s| s.span());
         return Err(ConfigError::at_span(
@@ -181,34 +210,25 @@ pub fn parse_main(file: &Path, text: &str) -> Result<RawMain, ConfigError> {
             format!("memory reserve ({reserve}) must be smaller than the budget ({budget})"),
         ));
     }
-    let memory = MemoryConfig {
-        backend: m.backend.unwrap_or(defaults.memory.backend),
+    Ok(MemoryConfig {
+        backend: m.backend.unwrap_or(defaults.backend),
         budget,
         reserve,
-        pin_ram: m.pin_ram.unwrap_or(defaults.memory.pin_ram),
-        device: m.device.unwrap_or(defaults.memory.device),
-    };
-    let models = convert_models(file, text, raw.models)?;
-    let p = raw.policy;
+        pin_ram: m.pin_ram.unwrap_or(defaults.pin_ram),
+        device: m.device.unwrap_or(defaults.device),
+    })
+}
+
+/// `[policy]`: every key optional, nothing to check beyond what parsing did.
+fn policy_config(p: PolicySection) -> PolicyConfig {
     let dp = PolicyConfig::default();
-    let policy = PolicyConfig {
+    PolicyConfig {
         ladder: p.ladder.unwrap_or(dp.ladder),
         llm_idle_first: p.llm_idle_first.unwrap_or(dp.llm_idle_first),
         wait_timeout: p.wait_timeout.unwrap_or(dp.wait_timeout),
         retry_after: p.retry_after.unwrap_or(dp.retry_after),
         restore_after: p.restore_after.unwrap_or(dp.restore_after),
-    };
-    Ok(RawMain {
-        config: Config {
-            daemon,
-            memory,
-            policy,
-            dbus: DbusConfig {
-                bus: raw.dbus.bus.unwrap_or(defaults.dbus.bus),
-            },
-            models,
-        },
-    })
+    }
 }
 
 /// Parses a `models.d/*.toml` drop-in: only `[[models]]` tables are allowed there.
@@ -240,117 +260,146 @@ fn absolute(base: &Path, p: PathBuf) -> PathBuf {
     }
 }
 
+/// Converts `[[models]]` tables, each error located at its table.
 fn convert_models(file: &Path, text: &str, tables: Vec<Spanned<ModelTable>>) -> Result<Vec<ModelConfig>, ConfigError> {
     let base = file.parent().unwrap_or(Path::new("/"));
     tables
         .into_iter()
         .map(|spanned| {
             let span = spanned.span();
-            let err = |msg: String| ConfigError::at_span(file, text, Some(span.clone()), msg);
-            let t = spanned.into_inner();
-            let valid_name = !t.name.is_empty()
-                && t.name.len() <= 64
-                && t.name.chars().all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c));
-            if !valid_name {
-                return Err(err(format!(
-                    "model name {:?} must be 1 to 64 characters of letters, digits, '.', '_', '-' or ':'",
-                    t.name
-                )));
-            }
-            let abs = |p: Option<PathBuf>| p.map(|p| absolute(base, p));
-            let components = ImageComponents {
-                diffusion_model: abs(t.diffusion_model),
-                vae: abs(t.vae),
-                taesd: abs(t.taesd),
-                clip_l: abs(t.clip_l),
-                clip_g: abs(t.clip_g),
-                t5xxl: abs(t.t5xxl),
-                llm: abs(t.llm),
-            };
-            let has_components = components != ImageComponents::default();
-            let source = match (t.kind, abs(t.path), has_components) {
-                (ModelKind::Llm, Some(path), false) => ModelSource::File { path },
-                (ModelKind::Llm, _, true) => {
-                    return Err(err(format!(
-                        "model {:?}: component paths are for image models; an llm model takes only `path`",
-                        t.name
-                    )))
-                }
-                (_, None, false) => return Err(err(format!("model {:?} needs a `path`", t.name))),
-                (ModelKind::Image, Some(_), true) => {
-                    return Err(err(format!(
-                        "model {:?}: give either `path` or component paths, not both",
-                        t.name
-                    )))
-                }
-                (ModelKind::Image, Some(path), false) => ModelSource::File { path },
-                (ModelKind::Image, None, true) if components.diffusion_model.is_none() => {
-                    return Err(err(format!(
-                        "model {:?}: component models need `diffusion_model`",
-                        t.name
-                    )))
-                }
-                (ModelKind::Image, None, true) => ModelSource::Components(components),
-            };
-            let llm_only = [
-                ("context_length", t.context_length.is_some()),
-                ("gpu_layers", t.gpu_layers.is_some()),
-                ("threads", t.threads.is_some()),
-                ("batch", t.batch.is_some()),
-                ("mmap", t.mmap.is_some()),
-            ];
-            let image_only = [
-                ("size_multiple", t.size_multiple.is_some()),
-                ("max_size", t.max_size.is_some()),
-                ("max_batch", t.max_batch.is_some()),
-            ];
-            if let Some((key, _)) = image_only.iter().find(|(_, set)| *set && t.kind != ModelKind::Image) {
-                return Err(err(format!("model {:?}: `{key}` applies to image models only", t.name)));
-            }
-            let di = ImageOptions::default();
-            let image = ImageOptions {
-                size_multiple: t.size_multiple.unwrap_or(di.size_multiple),
-                max_size: t.max_size.unwrap_or(di.max_size),
-                max_batch: t.max_batch.unwrap_or(di.max_batch),
-            };
-            if image.size_multiple == 0 || image.size_multiple % 8 != 0 {
-                return Err(err(format!(
-                    "model {:?}: `size_multiple` must be a multiple of 8",
-                    t.name
-                )));
-            }
-            if image.max_batch == 0 || image.max_size < image.size_multiple {
-                return Err(err(format!(
-                    "model {:?}: `max_batch` must be at least 1 and `max_size` at least `size_multiple`",
-                    t.name
-                )));
-            }
-            if let Some((key, _)) = llm_only.iter().find(|(_, set)| *set && t.kind != ModelKind::Llm) {
-                return Err(err(format!("model {:?}: `{key}` applies to llm models only", t.name)));
-            }
-            let defaults = LlmOptions::default();
-            let llm = LlmOptions {
-                context_length: t.context_length.unwrap_or(defaults.context_length),
-                gpu_layers: t.gpu_layers.unwrap_or(defaults.gpu_layers),
-                threads: t.threads.unwrap_or(defaults.threads),
-                mmap: t.mmap.unwrap_or(defaults.mmap),
-                batch: t.batch.unwrap_or(defaults.batch),
-            };
-            if llm.batch == 0 {
-                return Err(err(format!("model {:?}: `batch` must be at least 1", t.name)));
-            }
             let (line, _) = super::line_col(text, span.start);
-            Ok(ModelConfig {
-                name: t.name,
-                kind: t.kind,
-                source,
-                llm_options: (t.kind == ModelKind::Llm).then_some(llm),
-                image_options: (t.kind == ModelKind::Image).then_some(image),
-                pinned: t.pinned.unwrap_or(false),
-                priority: t.priority.unwrap_or(0),
-                keep_alive: t.keep_alive.unwrap_or(Timeout::NEVER),
-                origin: format!("{}:{line}", file.display()),
-            })
+            let origin = format!("{}:{line}", file.display());
+            convert_model(spanned.into_inner(), base, origin)
+                .map_err(|msg| ConfigError::at_span(file, text, Some(span), msg))
         })
         .collect()
+}
+
+/// One `[[models]]` table, from `origin` (`file:line`). The checks run in a fixed order
+/// (name, files, image options, LLM options) so that the same table always reports the same
+/// first problem; the error is the message only, located by the caller.
+fn convert_model(t: ModelTable, base: &Path, origin: String) -> Result<ModelConfig, String> {
+    check_model_name(&t.name)?;
+    let source = model_source(&t, base)?;
+    let image = image_options(&t)?;
+    let llm = llm_options(&t)?;
+    Ok(ModelConfig {
+        name: t.name,
+        kind: t.kind,
+        source,
+        llm_options: (t.kind == ModelKind::Llm).then_some(llm),
+        image_options: (t.kind == ModelKind::Image).then_some(image),
+        pinned: t.pinned.unwrap_or(false),
+        priority: t.priority.unwrap_or(0),
+        keep_alive: t.keep_alive.unwrap_or(Timeout::NEVER),
+        origin,
+    })
+}
+
+/// Model names go into URLs, JSON, D-Bus and log lines unquoted: keep them to a plain set.
+fn check_model_name(name: &str) -> Result<(), String> {
+    let valid =
+        !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-:".contains(c));
+    if valid {
+        return Ok(());
+    }
+    Err(format!(
+        "model name {name:?} must be 1 to 64 characters of letters, digits, '.', '_', '-' or ':'"
+    ))
+}
+
+/// Where the model is loaded from: one `path`, or (image models only) component files with
+/// at least a `diffusion_model`, never both. Relative paths are taken from `base`.
+fn model_source(t: &ModelTable, base: &Path) -> Result<ModelSource, String> {
+    let abs = |p: &Option<PathBuf>| p.clone().map(|p| absolute(base, p));
+    let components = ImageComponents {
+        diffusion_model: abs(&t.diffusion_model),
+        vae: abs(&t.vae),
+        taesd: abs(&t.taesd),
+        clip_l: abs(&t.clip_l),
+        clip_g: abs(&t.clip_g),
+        t5xxl: abs(&t.t5xxl),
+        llm: abs(&t.llm),
+    };
+    let has_components = components != ImageComponents::default();
+    let name = &t.name;
+    match (t.kind, abs(&t.path), has_components) {
+        (ModelKind::Llm, Some(path), false) => Ok(ModelSource::File { path }),
+        (ModelKind::Llm, _, true) => Err(format!(
+            "model {name:?}: component paths are for image models; an llm model takes only `path`"
+        )),
+        (_, None, false) => Err(format!("model {name:?} needs a `path`")),
+        (ModelKind::Image, Some(_), true) => Err(format!(
+            "model {name:?}: give either `path` or component paths, not both"
+        )),
+        (ModelKind::Image, Some(path), false) => Ok(ModelSource::File { path }),
+        (ModelKind::Image, None, true) if components.diffusion_model.is_none() => {
+            Err(format!("model {name:?}: component models need `diffusion_model`"))
+        }
+        (ModelKind::Image, None, true) => Ok(ModelSource::Components(components)),
+    }
+}
+
+/// The image options, defaults filled in: refused on an LLM (a misplaced key is a mistake,
+/// never silently ignored), and checked so that some image size is always acceptable.
+fn image_options(t: &ModelTable) -> Result<ImageOptions, String> {
+    let image_only = [
+        ("size_multiple", t.size_multiple.is_some()),
+        ("max_size", t.max_size.is_some()),
+        ("max_batch", t.max_batch.is_some()),
+    ];
+    if let Some((key, _)) = image_only.iter().find(|(_, set)| *set && t.kind != ModelKind::Image) {
+        return Err(format!("model {:?}: `{key}` applies to image models only", t.name));
+    }
+    let di = ImageOptions::default();
+    let image = ImageOptions {
+        size_multiple: t.size_multiple.unwrap_or(di.size_multiple),
+        max_size: t.max_size.unwrap_or(di.max_size),
+        max_batch: t.max_batch.unwrap_or(di.max_batch),
+    };
+    if image.size_multiple == 0 || image.size_multiple % 8 != 0 {
+        return Err(format!("model {:?}: `size_multiple` must be a multiple of 8", t.name));
+    }
+    if image.max_batch == 0 || image.max_size < image.size_multiple {
+        return Err(format!(
+            "model {:?}: `max_batch` must be at least 1 and `max_size` at least `size_multiple`",
+            t.name
+        ));
+    }
+    Ok(image)
+}
+
+/// The LLM options, defaults filled in: refused on an image model, as above.
+fn llm_options(t: &ModelTable) -> Result<LlmOptions, String> {
+    let llm_only = [
+        ("context_length", t.context_length.is_some()),
+        ("gpu_layers", t.gpu_layers.is_some()),
+        ("threads", t.threads.is_some()),
+        ("batch", t.batch.is_some()),
+        ("mmap", t.mmap.is_some()),
+        ("embeddings", t.embeddings.is_some()),
+        ("max_tokens", t.max_tokens.is_some()),
+        ("kv_ram", t.kv_ram.is_some()),
+    ];
+    if let Some((key, _)) = llm_only.iter().find(|(_, set)| *set && t.kind != ModelKind::Llm) {
+        return Err(format!("model {:?}: `{key}` applies to llm models only", t.name));
+    }
+    let defaults = LlmOptions::default();
+    let llm = LlmOptions {
+        context_length: t.context_length.unwrap_or(defaults.context_length),
+        gpu_layers: t.gpu_layers.unwrap_or(defaults.gpu_layers),
+        threads: t.threads.unwrap_or(defaults.threads),
+        mmap: t.mmap.unwrap_or(defaults.mmap),
+        batch: t.batch.unwrap_or(defaults.batch),
+        embeddings: t.embeddings.unwrap_or(defaults.embeddings),
+        max_tokens: t.max_tokens,
+        kv_ram: t.kv_ram.unwrap_or(defaults.kv_ram),
+    };
+    if llm.batch == 0 {
+        return Err(format!("model {:?}: `batch` must be at least 1", t.name));
+    }
+    if llm.max_tokens == Some(0) {
+        return Err(format!("model {:?}: `max_tokens` must be at least 1", t.name));
+    }
+    Ok(llm)
 }

@@ -37,7 +37,7 @@ impl From<ArbiterError> for Error {
         let message = e.to_string();
         match e {
             ArbiterError::UnknownModel(_) => Error::UnknownModel(message),
-            ArbiterError::Busy { .. } => Error::Busy(message),
+            ArbiterError::InUse { .. } => Error::Busy(message),
             ArbiterError::ModelFailed { .. } => Error::ModelFailed(message),
             ArbiterError::WorkerFailed { .. } => Error::WorkerFailed(message),
             ArbiterError::NoMemory { .. } => Error::InsufficientMemory(message),
@@ -64,7 +64,7 @@ mod tests {
         let cases = [
             (ArbiterError::UnknownModel("x".into()), "UnknownModel"),
             (
-                ArbiterError::Busy {
+                ArbiterError::InUse {
                     model: "x".into(),
                     reason: "loading".into(),
                 },

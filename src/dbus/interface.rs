@@ -13,8 +13,9 @@ use zbus::object_server::SignalEmitter;
 use zbus::Connection;
 
 use super::error::Error;
-use crate::access::{bus_caller, check, ControlGroup};
-use crate::arbiter::{ArbiterHandle, EstimateJob, UnloadMode};
+use crate::access::{authorize, bus_caller};
+use crate::arbiter::{ArbiterHandle, UnloadMode};
+use crate::estimate::EstimateQuery;
 
 /// The largest width or height `Estimate` takes (far above any model's limit).
 const MAX_SIDE: u32 = 16384;
@@ -101,9 +102,8 @@ impl Vramd1 {
     /// is ignored).
     #[zbus(out_args("bytes"))]
     async fn estimate(&self, model: &str, width: u32, height: u32) -> Result<u64, Error> {
-        let job = estimate_job(width, height)?;
-        let v = self.arbiter.estimate(model, job).await?;
-        Ok(v["total"].as_u64().unwrap_or(0))
+        let query = estimate_query(width, height)?;
+        Ok(self.arbiter.estimate(model, query).await?.total)
     }
 
     /// Loads a model now, making room as the policy allows (a failed model is retried).
@@ -207,7 +207,7 @@ impl Vramd1 {
             creds.unix_group_ids().cloned(),
             creds.process_id(),
         );
-        check(&caller, &ControlGroup::resolve(&self.control_group)).map_err(|e| {
+        authorize(&caller, &self.control_group).map_err(|e| {
             tracing::info!(%sender, ?caller, "D-Bus: refused: {e}");
             Error::from(e)
         })
@@ -233,13 +233,13 @@ pub fn unload_mode(mode: &str) -> Result<UnloadMode, Error> {
 }
 
 /// 0 × 0 means the default size; one side alone, or a side above [`MAX_SIDE`], is refused.
-pub fn estimate_job(width: u32, height: u32) -> Result<EstimateJob, Error> {
+pub fn estimate_query(width: u32, height: u32) -> Result<EstimateQuery, Error> {
     match (width, height) {
-        (0, 0) => Ok(EstimateJob::default()),
+        (0, 0) => Ok(EstimateQuery::default()),
         (w, h) if w == 0 || h == 0 || w > MAX_SIDE || h > MAX_SIDE => Err(Error::InvalidArgument(format!(
             "width and height must both be 0 (the default size) or both between 1 and {MAX_SIDE}, not {w}×{h}"
         ))),
-        (w, h) => Ok(EstimateJob {
+        (w, h) => Ok(EstimateQuery {
             width: Some(w),
             height: Some(h),
             context: None,
@@ -256,10 +256,10 @@ mod tests {
         assert_eq!(unload_mode("soft").unwrap(), UnloadMode::Soft);
         assert_eq!(unload_mode("hard").unwrap(), UnloadMode::Hard);
         assert!(matches!(unload_mode("gentle"), Err(Error::InvalidArgument(m)) if m.contains("\"gentle\"")));
-        assert_eq!(estimate_job(0, 0).unwrap(), EstimateJob::default());
-        assert_eq!(estimate_job(1024, 768).unwrap().width, Some(1024));
-        assert!(matches!(estimate_job(512, 0), Err(Error::InvalidArgument(_))));
-        assert!(matches!(estimate_job(99999, 512), Err(Error::InvalidArgument(_))));
+        assert_eq!(estimate_query(0, 0).unwrap(), EstimateQuery::default());
+        assert_eq!(estimate_query(1024, 768).unwrap().width, Some(1024));
+        assert!(matches!(estimate_query(512, 0), Err(Error::InvalidArgument(_))));
+        assert!(matches!(estimate_query(99999, 512), Err(Error::InvalidArgument(_))));
         assert_eq!(state_name(crate::registry::ModelState::SoftUnloaded), "soft_unloaded");
     }
 }

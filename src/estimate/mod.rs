@@ -10,11 +10,13 @@
 //! on what this machine measures.
 
 mod calibration;
+mod report;
 pub mod shape;
 
 use serde::Serialize;
 
 pub use calibration::{Calibration, Phase};
+pub use report::{context_length, report, Estimate, EstimateQuery, Shape};
 pub use shape::{image_weights, llm_shape, ImageWeights, LlmShape};
 
 /// VAE decode on the device: bytes per output pixel (ggml SDXL VAE: 2.5 GB at 1024²).

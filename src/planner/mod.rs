@@ -28,8 +28,7 @@ mod tests;
 use serde::Serialize;
 pub use vramd_protocol::VaePlacement;
 
-use crate::config::ModelKind;
-use crate::registry::ModelState;
+use crate::model::{ModelKind, ModelState};
 use crate::units::format_size_human as h;
 
 /// A model as the planner sees it.
@@ -166,8 +165,10 @@ pub enum Outcome {
         model: String,
         reason: String,
     },
-    /// Cannot fit now, nor by waiting for anything: try again later (503 + Retry-After).
-    Busy {
+    /// No room now, nor by waiting for anything: try again later (503 + Retry-After).
+    /// Serialised as `busy`, its name before, so a logged plan reads the same.
+    #[serde(rename = "busy")]
+    NoRoom {
         reason: String,
         retry_after: u64,
     },
@@ -197,223 +198,338 @@ pub fn free_bytes(models: &[ModelView], memory: Memory) -> u64 {
 }
 
 /// Plans the request `need` at time `now` (Unix seconds).
+///
+/// The steps, each its own function below: if the request fits as things are, it proceeds
+/// and nothing is evicted. Otherwise [`Room`] checks, before any step is planned, whether it
+/// could ever fit and whether it can fit now, since a request that cannot fit is rejected
+/// (or waits) before anything is evicted for it. Only then is the ladder climbed ([`Climb`]),
+/// the best VAE placement the freed memory allows taken back, and the outcome settled.
 pub fn plan(models: &[ModelView], memory: Memory, need: &Need, now: u64, policy: &Policy) -> Plan {
     let free = free_bytes(models, memory);
     let best = need.placements()[0];
-    let cheapest = *need.placements().last().expect("at least one placement");
-    let budget = memory.total.saturating_sub(memory.reserve);
-    let mut plan = Plan {
+    let as_is = Plan {
         actions: Vec::new(),
         outcome: Outcome::Proceed { vae: best },
         free,
         need: need.peak(best),
     };
     if need.peak(best) <= free {
-        return plan;
+        return as_is;
+    }
+    let room = Room::survey(models, memory, need, free);
+    if let Some(outcome) = room.never_fits(memory).or_else(|| room.not_now(models, need, policy)) {
+        return Plan { outcome, ..as_is };
+    }
+    let mut climb = Climb::new(need, free, best);
+    for rung in &policy.ladder {
+        if climb.fits(climb.placement) {
+            break;
+        }
+        climb.step(*rung, &room.evictable, now, policy);
+    }
+    climb.take_back_best_placement();
+    climb.into_plan(free, policy)
+}
+
+/// The models other than the request's own: what the request's own model holds is never
+/// evicted for it.
+fn others<'a>(models: &'a [ModelView], need: &'a Need) -> impl Iterator<Item = &'a ModelView> {
+    models.iter().filter(move |m| m.name != need.model)
+}
+
+/// Where the request stands before any step is planned: what it needs at its cheapest
+/// placement, what its own model holds, and what evicting every model it may evict would
+/// free. Enough to tell a request that can never fit, or cannot fit now, from one the
+/// ladder can make room for.
+struct Room<'a> {
+    /// Total minus reserve: everything any model may ever hold.
+    budget: u64,
+    free: u64,
+    /// What the request's own model holds now.
+    own_bytes: u64,
+    /// Peak bytes at the cheapest placement.
+    min_need: u64,
+    /// Idle, unpinned, resident models other than the request's own.
+    evictable: Vec<&'a ModelView>,
+    evictable_bytes: u64,
+}
+
+impl<'a> Room<'a> {
+    fn survey(models: &'a [ModelView], memory: Memory, need: &'a Need, free: u64) -> Room<'a> {
+        let cheapest = *need.placements().last().expect("at least one placement");
+        let evictable: Vec<&ModelView> = others(models, need)
+            .filter(|m| !m.busy() && !m.pinned && is_resident(m))
+            .collect();
+        Room {
+            budget: memory.total.saturating_sub(memory.reserve),
+            free,
+            own_bytes: models
+                .iter()
+                .filter(|m| m.name == need.model)
+                .map(ModelView::held)
+                .sum(),
+            min_need: need.peak(cheapest),
+            evictable_bytes: evictable.iter().map(|m| m.held()).sum(),
+            evictable,
+        }
     }
 
-    // What the request's own model holds is never evicted for it.
-    let others = || models.iter().filter(|m| m.name != need.model);
-    let evictable: Vec<&ModelView> = others().filter(|m| !m.busy() && !m.pinned && is_resident(m)).collect();
-    let evictable_bytes: u64 = evictable.iter().map(|m| m.held()).sum();
-    let own_bytes: u64 = models
-        .iter()
-        .filter(|m| m.name == need.model)
-        .map(ModelView::held)
-        .sum();
-    let min_need = need.peak(cheapest);
-    if min_need + own_bytes > budget {
-        plan.outcome = Outcome::TooLarge {
+    /// 507 when the request, with its own model, needs more than the whole budget: no
+    /// eviction and no wait could ever make room, so the caller is told at once.
+    fn never_fits(&self, memory: Memory) -> Option<Outcome> {
+        (self.min_need + self.own_bytes > self.budget).then(|| Outcome::TooLarge {
             reason: format!(
                 "needs {} but the whole budget is {} (total {} minus reserve {})",
-                h(min_need + own_bytes),
-                h(budget),
+                h(self.min_need + self.own_bytes),
+                h(self.budget),
                 h(memory.total),
                 h(memory.reserve)
             ),
-        };
-        return plan;
-    }
-    if min_need > free + evictable_bytes {
-        // Not now. Would it fit once a busy or unloading model is done?
-        let waitable = others()
-            .filter(|m| !m.pinned && (m.busy() || m.state == ModelState::Unloading))
-            .min_by_key(|m| (m.last_used, m.name.clone()));
-        let pinned: u64 = others().filter(|m| m.pinned).map(ModelView::held).sum();
-        let could = budget.saturating_sub(own_bytes).saturating_sub(pinned);
-        plan.outcome = match waitable {
-            Some(m) if min_need <= could => Outcome::Wait {
-                model: m.name.clone(),
-                reason: format!(
-                    "needs {}, {} free and {} could be freed now; waiting for {} ({})",
-                    h(min_need),
-                    h(free),
-                    h(evictable_bytes),
-                    m.name,
-                    if m.state == ModelState::Unloading {
-                        "unloading"
-                    } else {
-                        "busy"
-                    }
-                ),
-            },
-            _ => Outcome::Busy {
-                reason: format!(
-                    "needs {}, only {} free and {} could be freed{}",
-                    h(min_need),
-                    h(free),
-                    h(evictable_bytes),
-                    if pinned > 0 {
-                        format!("; {} is pinned", h(pinned))
-                    } else {
-                        String::new()
-                    }
-                ),
-                retry_after: policy.retry_after,
-            },
-        };
-        return plan;
+        })
     }
 
-    let mut free_now = free;
-    let mut unloaded: Vec<&str> = Vec::new();
-    let mut soft_done: Vec<&str> = Vec::new();
-    let mut placement = best;
-    let fits = |p: VaePlacement, free_now: u64| need.peak(p) <= free_now;
-    for rung in &policy.ladder {
-        if fits(placement, free_now) {
-            break;
+    /// When even evicting every evictable model leaves too little: wait for a busy or
+    /// unloading model whose end would make room (busy models are never evicted), else
+    /// refuse for now (503) rather than evict anything in vain.
+    fn not_now(&self, models: &[ModelView], need: &Need, policy: &Policy) -> Option<Outcome> {
+        if self.min_need <= self.free + self.evictable_bytes {
+            return None;
         }
-        match rung {
-            Rung::Soft => {
-                for m in order(&evictable, now, policy, false) {
-                    if fits(placement, free_now) {
-                        break;
-                    }
-                    if m.context == 0 || m.kind != ModelKind::Llm || m.state == ModelState::SoftUnloaded {
-                        continue;
-                    }
-                    free_now += m.context;
-                    soft_done.push(&m.name);
-                    plan.actions.push(Action {
-                        step: Step::SoftUnload {
-                            model: m.name.clone(),
-                            frees: m.context,
-                        },
-                        reason: format!(
-                            "{} is idle{}: freeing its KV cache and compute buffers ({}) keeps its weights loaded",
-                            m.name,
-                            idle_for(m, now),
-                            h(m.context)
-                        ),
-                    });
-                }
-            }
-            Rung::VaeTiled | Rung::VaeCpu => {
-                let target = if *rung == Rung::VaeTiled {
-                    VaePlacement::Tiled
-                } else {
-                    VaePlacement::Cpu
-                };
-                if need.vae.is_none() || rank(target) <= rank(placement) {
-                    continue;
-                }
-                let (before, after) = (need.peak(placement), need.peak(target));
-                placement = target;
-                let (step, what) = match target {
-                    VaePlacement::Tiled => (
-                        Step::VaeTiled {
-                            saves: before.saturating_sub(after),
-                        },
-                        "in tiles",
-                    ),
-                    _ => (
-                        Step::VaeOnCpu {
-                            saves: before.saturating_sub(after),
-                        },
-                        "on the CPU",
-                    ),
-                };
-                plan.actions.push(Action {
-                    step,
-                    reason: format!(
-                        "the image needs {} at its peak (the VAE decode) and {} is free: decoding {what} for this image ({}) instead of evicting a model",
-                        h(before),
-                        h(free_now),
-                        h(after)
-                    ),
-                });
-            }
-            Rung::HardIdle | Rung::Hard => {
-                for m in order(&evictable, now, policy, true) {
-                    if fits(placement, free_now) {
-                        break;
-                    }
-                    let stale = m.kind == ModelKind::Llm && idle_secs(m, now) >= policy.llm_idle_first;
-                    if unloaded.contains(&m.name.as_str()) || (*rung == Rung::HardIdle && !stale) {
-                        continue;
-                    }
-                    // What is left after a soft unload already planned for it.
-                    let frees = if soft_done.contains(&m.name.as_str()) {
-                        m.weights
-                    } else {
-                        m.held()
-                    };
-                    free_now += frees;
-                    unloaded.push(&m.name);
-                    plan.actions.push(Action {
-                        step: Step::HardUnload {
-                            model: m.name.clone(),
-                            frees,
-                        },
-                        reason: format!(
-                            "{} is idle{}{}: unloading it frees {}",
-                            m.name,
-                            idle_for(m, now),
-                            if stale {
-                                " (an idle LLM goes first)"
-                            } else {
-                                ", least recently used"
-                            },
-                            h(frees)
-                        ),
-                    });
-                }
-            }
-        }
+        let waitable = others(models, need)
+            .filter(|m| !m.pinned && (m.busy() || m.state == ModelState::Unloading))
+            .min_by_key(|m| (m.last_used, m.name.clone()));
+        let pinned: u64 = others(models, need).filter(|m| m.pinned).map(ModelView::held).sum();
+        let could = self.budget.saturating_sub(self.own_bytes).saturating_sub(pinned);
+        Some(match waitable {
+            Some(m) if self.min_need <= could => self.wait_for(m),
+            _ => self.no_room(pinned, policy),
+        })
     }
-    // Something freed more than the degraded placement needed: take back the best that fits.
-    if let Some(better) = need
-        .placements()
-        .iter()
-        .find(|p| fits(**p, free_now) && rank(**p) < rank(placement))
-    {
-        placement = *better;
-        plan.actions.retain(|a| match (&a.step, placement) {
-            (Step::VaeOnCpu { .. }, _) => false,
-            (Step::VaeTiled { .. }, VaePlacement::Tiled) => true,
-            (Step::VaeTiled { .. }, _) => false,
-            _ => true,
-        });
-    }
-    plan.need = need.peak(placement);
-    plan.outcome = if fits(placement, free_now) {
-        Outcome::Proceed { vae: placement }
-    } else {
-        // Only reachable with a ladder that leaves out rungs (say, no `hard`).
-        Outcome::Busy {
+
+    fn wait_for(&self, m: &ModelView) -> Outcome {
+        Outcome::Wait {
+            model: m.name.clone(),
             reason: format!(
-                "needs {}, {} free after every step the policy allows",
-                h(need.peak(placement)),
-                h(free_now)
+                "needs {}, {} free and {} could be freed now; waiting for {} ({})",
+                h(self.min_need),
+                h(self.free),
+                h(self.evictable_bytes),
+                m.name,
+                if m.state == ModelState::Unloading {
+                    "unloading"
+                } else {
+                    "busy"
+                }
+            ),
+        }
+    }
+
+    fn no_room(&self, pinned: u64, policy: &Policy) -> Outcome {
+        Outcome::NoRoom {
+            reason: format!(
+                "needs {}, only {} free and {} could be freed{}",
+                h(self.min_need),
+                h(self.free),
+                h(self.evictable_bytes),
+                if pinned > 0 {
+                    format!("; {} is pinned", h(pinned))
+                } else {
+                    String::new()
+                }
             ),
             retry_after: policy.retry_after,
         }
-    };
-    if !matches!(plan.outcome, Outcome::Proceed { .. }) {
-        plan.actions.clear();
     }
-    plan
+}
+
+/// The ladder being climbed: the actions planned so far, the free memory they leave and the
+/// VAE placement they assume. Each rung adds actions until the request fits at that
+/// placement; the next rung is only tried when the ones before were not enough.
+struct Climb<'a> {
+    need: &'a Need,
+    /// Free bytes once the actions so far are done.
+    free: u64,
+    placement: VaePlacement,
+    actions: Vec<Action>,
+    /// Models with a soft unload planned: a later hard unload frees only their weights.
+    soft_unloaded: Vec<&'a str>,
+    /// Models with a hard unload planned: never planned twice.
+    hard_unloaded: Vec<&'a str>,
+}
+
+impl<'a> Climb<'a> {
+    fn new(need: &'a Need, free: u64, placement: VaePlacement) -> Climb<'a> {
+        Climb {
+            need,
+            free,
+            placement,
+            actions: Vec::new(),
+            soft_unloaded: Vec::new(),
+            hard_unloaded: Vec::new(),
+        }
+    }
+
+    fn fits(&self, placement: VaePlacement) -> bool {
+        self.need.peak(placement) <= self.free
+    }
+
+    fn step(&mut self, rung: Rung, evictable: &[&'a ModelView], now: u64, policy: &Policy) {
+        match rung {
+            Rung::Soft => self.soft_unload(evictable, now, policy),
+            Rung::VaeTiled => self.degrade_vae(VaePlacement::Tiled),
+            Rung::VaeCpu => self.degrade_vae(VaePlacement::Cpu),
+            Rung::HardIdle => self.hard_unload(evictable, now, policy, true),
+            Rung::Hard => self.hard_unload(evictable, now, policy, false),
+        }
+    }
+
+    /// Frees the KV cache and compute buffers of idle LLMs, least recently used first: the
+    /// cheapest room there is, since the weights stay loaded and the context comes back later.
+    fn soft_unload(&mut self, evictable: &[&'a ModelView], now: u64, policy: &Policy) {
+        for m in order(evictable, now, policy, false) {
+            if self.fits(self.placement) {
+                break;
+            }
+            if m.context == 0 || m.kind != ModelKind::Llm || m.state == ModelState::SoftUnloaded {
+                continue;
+            }
+            self.free += m.context;
+            self.soft_unloaded.push(&m.name);
+            self.actions.push(Action {
+                step: Step::SoftUnload {
+                    model: m.name.clone(),
+                    frees: m.context,
+                },
+                reason: format!(
+                    "{} is idle{}: freeing its KV cache and compute buffers ({}) keeps its weights loaded",
+                    m.name,
+                    idle_for(m, now),
+                    h(m.context)
+                ),
+            });
+        }
+    }
+
+    /// Moves this image's VAE decode to `target` (tiles, or the CPU): a slower image costs
+    /// less than evicting a model someone is using. Never moves it back up the placements.
+    fn degrade_vae(&mut self, target: VaePlacement) {
+        if self.need.vae.is_none() || rank(target) <= rank(self.placement) {
+            return;
+        }
+        let (before, after) = (self.need.peak(self.placement), self.need.peak(target));
+        self.placement = target;
+        let (step, what) = match target {
+            VaePlacement::Tiled => (
+                Step::VaeTiled {
+                    saves: before.saturating_sub(after),
+                },
+                "in tiles",
+            ),
+            _ => (
+                Step::VaeOnCpu {
+                    saves: before.saturating_sub(after),
+                },
+                "on the CPU",
+            ),
+        };
+        self.actions.push(Action {
+            step,
+            reason: format!(
+                "the image needs {} at its peak (the VAE decode) and {} is free: decoding {what} for this image ({}) instead of evicting a model",
+                h(before),
+                h(self.free),
+                h(after)
+            ),
+        });
+    }
+
+    /// Unloads idle models in eviction order ([`order`]); with `stale_only` (the `hard_idle`
+    /// rung), only LLMs idle for `llm_idle_first`, which nobody is likely to miss.
+    fn hard_unload(&mut self, evictable: &[&'a ModelView], now: u64, policy: &Policy, stale_only: bool) {
+        for m in order(evictable, now, policy, true) {
+            if self.fits(self.placement) {
+                break;
+            }
+            let stale = m.kind == ModelKind::Llm && idle_secs(m, now) >= policy.llm_idle_first;
+            if self.hard_unloaded.contains(&m.name.as_str()) || (stale_only && !stale) {
+                continue;
+            }
+            // What is left after a soft unload already planned for it.
+            let frees = if self.soft_unloaded.contains(&m.name.as_str()) {
+                m.weights
+            } else {
+                m.held()
+            };
+            self.free += frees;
+            self.hard_unloaded.push(&m.name);
+            self.actions.push(Action {
+                step: Step::HardUnload {
+                    model: m.name.clone(),
+                    frees,
+                },
+                reason: format!(
+                    "{} is idle{}{}: unloading it frees {}",
+                    m.name,
+                    idle_for(m, now),
+                    if stale {
+                        " (an idle LLM goes first)"
+                    } else {
+                        ", least recently used"
+                    },
+                    h(frees)
+                ),
+            });
+        }
+    }
+
+    /// When a later rung freed more than the degraded placement needed, takes back the best
+    /// placement that fits and drops the VAE steps it no longer needs: an image is not made
+    /// slower for memory that was freed anyway.
+    fn take_back_best_placement(&mut self) {
+        let better = self
+            .need
+            .placements()
+            .iter()
+            .copied()
+            .find(|p| self.fits(*p) && rank(*p) < rank(self.placement));
+        if let Some(placement) = better {
+            self.placement = placement;
+            self.actions.retain(|a| match (&a.step, placement) {
+                (Step::VaeOnCpu { .. }, _) => false,
+                (Step::VaeTiled { .. }, VaePlacement::Tiled) => true,
+                (Step::VaeTiled { .. }, _) => false,
+                _ => true,
+            });
+        }
+    }
+
+    /// The plan: proceed with the actions, or, when the rungs the policy allows were not
+    /// enough, refuse with no actions at all, so that nothing is evicted in vain.
+    fn into_plan(mut self, free: u64, policy: &Policy) -> Plan {
+        let need = self.need.peak(self.placement);
+        let outcome = if self.fits(self.placement) {
+            Outcome::Proceed { vae: self.placement }
+        } else {
+            // Only reachable with a ladder that leaves out rungs (say, no `hard`).
+            Outcome::NoRoom {
+                reason: format!(
+                    "needs {}, {} free after every step the policy allows",
+                    h(need),
+                    h(self.free)
+                ),
+                retry_after: policy.retry_after,
+            }
+        };
+        if !matches!(outcome, Outcome::Proceed { .. }) {
+            self.actions.clear();
+        }
+        Plan {
+            actions: self.actions,
+            outcome,
+            free,
+            need,
+        }
+    }
 }
 
 /// A soft-unloaded model whose context could be recreated, and what that takes.

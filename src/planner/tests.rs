@@ -250,7 +250,7 @@ fn what_can_never_fit_is_rejected_before_anything_is_evicted() {
     let need = Need { load: 3 * GIB, ..over };
     let p = plan(&models, mem(8 * GIB), &need, NOW, &Policy::default());
     assert!(
-        matches!(p.outcome, Outcome::Busy { retry_after: 5, .. }),
+        matches!(p.outcome, Outcome::NoRoom { retry_after: 5, .. }),
         "{:?}",
         p.outcome
     );
@@ -304,7 +304,7 @@ fn a_ladder_without_hard_steps_rejects_instead_of_half_evicting() {
         vae: None,
     };
     let p = plan(&models, mem(8 * GIB), &need, NOW, &policy);
-    assert!(matches!(p.outcome, Outcome::Busy { .. }), "{:?}", p.outcome);
+    assert!(matches!(p.outcome, Outcome::NoRoom { .. }), "{:?}", p.outcome);
     assert!(p.actions.is_empty(), "no soft unload for a request that will not run");
 }
 

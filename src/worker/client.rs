@@ -1,6 +1,10 @@
 //! The daemon's side of the worker protocol (`vramd-protocol`): HTTP/1.1 over the worker's
 //! private Unix socket, one connection per call. Dropping a generation stream closes its
-//! connection, which is how the worker learns that the client went away.
+//! connection, which is how the worker learns that the client went away (that is the
+//! protocol's cancel).
+//!
+//! This is the only module that names a worker endpoint: everyone else calls the typed
+//! methods of [`WorkerClient`] (the arbiter through its grants and lifecycle tasks).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -12,7 +16,10 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use vramd_protocol::{GenerateEvent, GenerateRequest, Health, ImageEvent, ImageRequest, WorkerError};
+use vramd_protocol::{
+    EmbedRequest, EmbedResponse, GenerateEvent, GenerateRequest, Health, ImageEvent, ImageRequest, RestoreResponse,
+    UnloadMode, UnloadRequest, WorkerError,
+};
 
 /// Why a call to a worker failed.
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +56,22 @@ impl WorkerClient {
         read_json(resp).await
     }
 
-    pub async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R, CallError> {
+    /// Drops the KV cache and compute buffers (`soft`) and reports what is held after.
+    pub async fn unload(&self, mode: UnloadMode) -> Result<Health, CallError> {
+        self.post(vramd_protocol::UNLOAD, &UnloadRequest { mode }).await
+    }
+
+    /// Recreates the context a soft unload dropped.
+    pub async fn restore(&self) -> Result<RestoreResponse, CallError> {
+        self.post(vramd_protocol::RESTORE, &serde_json::json!({})).await
+    }
+
+    /// Pooled embeddings of the inputs (a model loaded as an embedding model).
+    pub async fn embed(&self, req: &EmbedRequest) -> Result<EmbedResponse, CallError> {
+        self.post(vramd_protocol::EMBED, req).await
+    }
+
+    pub(super) async fn post<B: Serialize, R: DeserializeOwned>(&self, path: &str, body: &B) -> Result<R, CallError> {
         let resp = self.send("POST", path, Some(body)).await?;
         read_json(resp).await
     }
@@ -61,7 +83,7 @@ impl WorkerClient {
     }
 
     /// Starts an image generation (image workers).
-    pub async fn images(&self, req: &ImageRequest) -> Result<EventStream<ImageEvent>, CallError> {
+    pub async fn image(&self, req: &ImageRequest) -> Result<EventStream<ImageEvent>, CallError> {
         self.stream(vramd_protocol::IMAGES, req).await
     }
 

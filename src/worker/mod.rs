@@ -2,7 +2,10 @@
 //! ([`process`]), and talking to them ([`client`]) with the wire types of `vramd-protocol`.
 
 pub mod client;
+mod load;
 pub mod process;
+
+pub use load::LoadReport;
 
 use std::path::{Path, PathBuf};
 

@@ -66,6 +66,32 @@ impl Worker {
         self.exit.borrow().clone()
     }
 
+    /// Whether the process is still running, asked of the kernel now: the watcher reports
+    /// an exit a moment after it happened, and a grant must never be handed out in between.
+    /// `waitid` with `WNOWAIT` sees a dead child without reaping it (the watcher still does).
+    pub fn alive(&self) -> bool {
+        if self.exit.borrow().is_some() {
+            return false;
+        }
+        // SAFETY: waitid(2) on our own child with WNOHANG | WNOWAIT only reads its status.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                self.pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // 0 with no pid filled in: still running. An error (already reaped): gone.
+        rc == 0 && unsafe { info.si_pid() } == 0
+    }
+
+    /// A receiver that learns how the process ended, for whoever holds work on it.
+    pub fn exit_watch(&self) -> watch::Receiver<Option<Exit>> {
+        self.exit.clone()
+    }
+
     /// Waits up to `within` for the process to end, for a failure's reason: a worker whose
     /// connection broke has usually just died and logged why.
     pub async fn exited(&mut self, within: Duration) -> Option<Exit> {
@@ -100,9 +126,41 @@ pub async fn spawn(
         return Err(SpawnError::Missing(binary.to_owned()));
     }
     let _ = std::fs::remove_file(&socket);
+    let mut child = command(binary, &socket)
+        .spawn()
+        .map_err(|e| SpawnError::Exec(binary.to_owned(), e))?;
+    let pid = child.id().unwrap_or(0);
+    let lines = Arc::new(Mutex::new(VecDeque::with_capacity(LAST_LINES)));
+    if let Some(stderr) = child.stderr.take() {
+        tokio::spawn(forward_stderr(stderr, model.to_owned(), pid, lines.clone()));
+    }
+    let (stop_tx, stop_rx) = oneshot::channel();
+    let (exit_tx, exit_rx) = watch::channel(None::<Exit>);
+    tokio::spawn(watch_child(child, socket.clone(), stop_rx, exit_tx, lines, on_exit));
+    let client = WorkerClient::new(&socket);
+    let mut worker = Worker {
+        client,
+        pid,
+        stop: Some(stop_tx),
+        exit: exit_rx.clone(),
+    };
+    if let Err(reason) = wait_ready(&worker.client, ready_within, || exit_rx.borrow().is_none()).await {
+        worker.stop();
+        let reason = match worker.exited(Duration::from_secs(1)).await {
+            Some(exit) if !exit.requested => format!("{reason}: {}", exit.reason()),
+            _ => reason,
+        };
+        return Err(SpawnError::NotReady { reason });
+    }
+    Ok(worker)
+}
+
+/// `binary --socket <socket>` with the lifeline on stdin, stderr piped, no systemd
+/// variables, and `PR_SET_PDEATHSIG` so the kernel stops it if the daemon dies.
+fn command(binary: &Path, socket: &Path) -> Command {
     let mut cmd = Command::new(binary);
     cmd.arg("--socket")
-        .arg(&socket)
+        .arg(socket)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -126,61 +184,48 @@ pub async fn spawn(
             Ok(())
         });
     }
-    let mut child = cmd.spawn().map_err(|e| SpawnError::Exec(binary.to_owned(), e))?;
+    cmd
+}
+
+/// Owns the child until it ends (by itself, or stopped on request), reaps it, removes its
+/// socket and reports how it ended: to `exit` at once, then to `on_exit`.
+async fn watch_child(
+    mut child: tokio::process::Child,
+    socket: PathBuf,
+    stop: oneshot::Receiver<()>,
+    exit: watch::Sender<Option<Exit>>,
+    lines: Arc<Mutex<VecDeque<String>>>,
+    on_exit: impl FnOnce(Exit) + Send + 'static,
+) {
     let pid = child.id().unwrap_or(0);
     let stdin = child.stdin.take();
-    let lines = Arc::new(Mutex::new(VecDeque::with_capacity(LAST_LINES)));
-    if let Some(stderr) = child.stderr.take() {
-        tokio::spawn(forward_stderr(stderr, model.to_owned(), pid, lines.clone()));
-    }
-    let (stop_tx, stop_rx) = oneshot::channel();
-    let (exit_tx, exit_rx) = watch::channel(None::<Exit>);
-    let own_socket = socket.clone();
-    tokio::spawn(async move {
-        let requested = tokio::select! {
-            _ = child.wait() => false,
-            _ = stop_rx => true,
-        };
-        let status = if requested {
-            terminate(&mut child).await
-        } else {
-            child.wait().await
-        };
-        drop(stdin);
-        // A worker that was killed could not remove its socket.
-        let _ = std::fs::remove_file(&own_socket);
-        // Give the stderr forwarder a moment to drain the last lines.
-        tokio::time::sleep(Duration::from_millis(20)).await;
-        let status = match status {
-            Ok(s) => describe(s),
-            Err(e) => format!("wait failed: {e}"),
-        };
-        let last_lines = lines.lock().expect("stderr lines").iter().cloned().collect();
-        let exit = Exit {
-            pid,
-            status,
-            requested,
-            last_lines,
-        };
-        let _ = exit_tx.send(Some(exit.clone()));
-        on_exit(exit);
-    });
-    let client = WorkerClient::new(&socket);
-    let mut worker = Worker {
-        client,
-        pid,
-        stop: Some(stop_tx),
-        exit: exit_rx.clone(),
+    let requested = tokio::select! {
+        _ = child.wait() => false,
+        _ = stop => true,
     };
-    if let Err(reason) = wait_ready(&worker.client, ready_within, || exit_rx.borrow().is_none()).await {
-        worker.stop();
-        let reason = match worker.exited(Duration::from_secs(1)).await {
-            Some(exit) if !exit.requested => format!("{reason}: {}", exit.reason()),
-            _ => reason,
-        };
-        return Err(SpawnError::NotReady { reason });
-    }
-    Ok(worker)
+    let status = if requested {
+        terminate(&mut child).await
+    } else {
+        child.wait().await
+    };
+    drop(stdin);
+    // A worker that was killed could not remove its socket.
+    let _ = std::fs::remove_file(&socket);
+    // Give the stderr forwarder a moment to drain the last lines.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let status = match status {
+        Ok(s) => describe(s),
+        Err(e) => format!("wait failed: {e}"),
+    };
+    let last_lines = lines.lock().expect("stderr lines").iter().cloned().collect();
+    let report = Exit {
+        pid,
+        status,
+        requested,
+        last_lines,
+    };
+    let _ = exit.send(Some(report.clone()));
+    on_exit(report);
 }
 
 async fn terminate(child: &mut tokio::process::Child) -> std::io::Result<std::process::ExitStatus> {

@@ -103,6 +103,24 @@ fn unknown_model_is_404() {
     assert_eq!(e["param"], "model");
 }
 
+/// Requests name models, never files: a model's own path, or a path to any file, is an
+/// unknown model on every endpoint that takes one.
+#[test]
+fn a_file_path_is_never_a_model() {
+    let d = with_models();
+    for name in ["/etc/passwd", "../chat.gguf", "/nonexistent/sd.gguf"] {
+        let chat = serde_json::json!({"model": name, "messages": [{"role": "user", "content": "x"}]});
+        let e = d.post_json("/v1/chat/completions", &chat.to_string()).error(404);
+        assert_eq!(e["code"], "model_not_found", "{name}: {e}");
+        let image = serde_json::json!({"model": name, "prompt": "x"});
+        let e = d.post_json("/v1/images/generations", &image.to_string()).error(404);
+        assert_eq!(e["code"], "model_not_found", "{name}: {e}");
+        let embed = serde_json::json!({"model": name, "input": "x"});
+        let e = d.post_json("/v1/embeddings", &embed.to_string()).error(404);
+        assert_eq!(e["code"], "model_not_found", "{name}: {e}");
+    }
+}
+
 #[test]
 fn unloading_an_unloaded_model_frees_nothing() {
     let d = with_models();

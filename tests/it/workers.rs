@@ -63,7 +63,8 @@ fn loads_on_demand_reports_bytes_and_unloads_soft_then_hard() {
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert_eq!(
         v["usage"],
-        json!({"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6})
+        json!({"prompt_tokens": 3, "completion_tokens": 3, "total_tokens": 6,
+               "prompt_tokens_details": {"cached_tokens": 0}})
     );
     assert!(
         v["vramd"]["load_ms"].is_u64(),

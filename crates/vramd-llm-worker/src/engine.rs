@@ -1,15 +1,20 @@
 //! The llama thread: the one owner of the backend, the model and its context.
 //!
 //! Loading, decoding and sampling block, and a `LlamaContext` borrows its model and is not
-//! `Sync`, so all of it lives on one dedicated OS thread that takes [`Job`]s from a channel in
-//! arrival order (the channel is the queue). The async side never waits on that thread except
-//! through the reply channels it sent along with a job; [`Health`] is published in a shared
-//! cell after every change, so `GET /internal/health` answers even mid-generation.
+//! `Sync`, so all of it lives on one dedicated OS thread that takes [`EngineCall`]s from a
+//! channel in arrival order (the channel is the queue). The async side never waits on that
+//! thread except through the reply channels it sent along with a call; [`Health`] is
+//! published in a shared cell after every change, so `GET /internal/health` answers even
+//! mid-generation.
 //!
-//! Lifetimes without self-reference: [`run`] (the outer loop) waits for a `Load`; [`load`]
-//! owns the `LlamaModel` on its stack for as long as it stays loaded, and [`Loaded::serve`]
-//! (the inner loop) keeps the `Option<LlamaContext<'_>>` that borrows it. Returning from them
-//! (hard unload, or a load of another model) frees the context, then the model.
+//! Lifetimes without self-reference: [`run`] (the outer loop) waits for a `Load`;
+//! [`load_and_serve`] owns the `LlamaModel` on its stack for as long as it stays loaded, and
+//! [`Loaded::serve`] (the inner loop) keeps the `Option<LlamaContext<'_>>` that borrows it.
+//! Returning from them (hard unload, or a load of another model) frees the context, then the
+//! model.
+//!
+//! One generation itself (prompt, decode loop, streamed pieces) is [`generate`]'s: this
+//! module calls it, never the reverse.
 
 use std::num::NonZeroU32;
 use std::sync::mpsc as std_mpsc;
@@ -23,15 +28,19 @@ use llama_cpp_2::model::LlamaModel;
 use llama_cpp_2::{list_llama_ggml_backend_devices, LlamaBackendDeviceType};
 use tokio::sync::{mpsc, oneshot};
 use vramd_protocol::{
-    Bytes, ErrorCode, GenerateEvent, GenerateRequest, Health, LoadRequest, LoadResponse, RestoreResponse, UnloadMode,
-    WorkerError, WorkerState,
+    Bytes, EmbedRequest, EmbedResponse, ErrorCode, GenerateEvent, GenerateRequest, Health, LoadOptions, LoadRequest,
+    LoadResponse, RestoreResponse, UnloadMode, WorkerError, WorkerState,
 };
+use vramd_worker_kit::engine::device_label;
+use vramd_worker_kit::{error, HealthWriter};
 
-use crate::generate::{self, Outcome};
+use crate::cache::PromptCache;
+use crate::generate::{self, Out, Outcome};
 use crate::logcap;
 use crate::memory::{self, KvGeometry};
 
-pub enum Job {
+/// A call to the llama thread, with the channel its answer goes back on.
+pub enum EngineCall {
     Load {
         req: LoadRequest,
         reply: oneshot::Sender<Result<LoadResponse, WorkerError>>,
@@ -48,17 +57,15 @@ pub enum Job {
         req: GenerateRequest,
         out: mpsc::Sender<Out>,
     },
+    /// Pooled embeddings (a model loaded with `embeddings`).
+    Embed {
+        req: EmbedRequest,
+        reply: oneshot::Sender<Result<EmbedResponse, WorkerError>>,
+    },
 }
 
-/// What the engine sends back for a generation: a refusal, or the next line of the stream.
-pub type Out = vramd_worker_kit::Out<GenerateEvent>;
-
-use vramd_worker_kit::engine::empty_health;
-pub use vramd_worker_kit::error;
-use vramd_worker_kit::Status;
-
 /// The async side's handle on the llama thread.
-pub type Engine = vramd_worker_kit::Engine<Job>;
+pub type Engine = vramd_worker_kit::Engine<EngineCall>;
 
 /// Starts the llama thread.
 pub fn start() -> std::io::Result<Engine> {
@@ -66,17 +73,17 @@ pub fn start() -> std::io::Result<Engine> {
 }
 
 /// What only this worker writes into its [`Health`].
-trait StatusExt {
+trait HealthWriterExt {
     fn set_bytes(&self, weights: u64, context: u64, compute: u64) -> Health;
 }
 
-impl StatusExt for Status {
+impl HealthWriterExt for HealthWriter {
     fn set_bytes(&self, weights: u64, context: u64, compute: u64) -> Health {
         self.update(|h| h.bytes = Bytes::new(weights, context, compute))
     }
 }
 
-fn run(jobs: std_mpsc::Receiver<Job>, status: Status) {
+fn run(calls: std_mpsc::Receiver<EngineCall>, status: HealthWriter) {
     let backend = match LlamaBackend::init() {
         Ok(b) => b,
         Err(e) => {
@@ -87,22 +94,25 @@ fn run(jobs: std_mpsc::Receiver<Job>, status: Status) {
     tracing::info!(gpu_offload = backend.supports_gpu_offload(), "llama.cpp backend ready");
     let mut next = None;
     loop {
-        let job = match next.take() {
-            Some(job) => job,
-            None => match jobs.recv() {
-                Ok(job) => job,
+        let call = match next.take() {
+            Some(call) => call,
+            None => match calls.recv() {
+                Ok(call) => call,
                 Err(_) => return,
             },
         };
-        match job {
-            Job::Load { req, reply } => next = load(&backend, req, reply, &jobs, &status),
-            Job::Unload { reply, .. } => {
+        match call {
+            EngineCall::Load { req, reply } => next = load_and_serve(&backend, req, reply, &calls, &status),
+            EngineCall::Unload { reply, .. } => {
                 let _ = reply.send(status.clear());
             }
-            Job::Generate { out, .. } => {
+            EngineCall::Generate { out, .. } => {
                 let _ = out.blocking_send(Out::Refused(error(ErrorCode::NotLoaded, "no model is loaded")));
             }
-            Job::Restore { reply } => {
+            EngineCall::Restore { reply } => {
+                let _ = reply.send(Err(error(ErrorCode::NotLoaded, "no model is loaded")));
+            }
+            EngineCall::Embed { reply, .. } => {
                 let _ = reply.send(Err(error(ErrorCode::NotLoaded, "no model is loaded")));
             }
         }
@@ -114,94 +124,77 @@ struct CtxSettings {
     n_ctx: u32,
     batch: u32,
     threads: i32,
+    /// The context computes pooled embeddings instead of logits.
+    embeddings: bool,
+    /// Host memory for the KV cache across a soft unload.
+    kv_ram: u64,
 }
 
-/// Loads the model, then serves it until it is unloaded; returns a job that must run after the
-/// model is freed (the load of another model).
-fn load(
+impl CtxSettings {
+    /// What the load options ask of a model trained with `train` tokens of context: 0 means
+    /// the training context, more is clamped to it; 0 threads means one per CPU.
+    fn new(opts: &LoadOptions, train: u32) -> CtxSettings {
+        let wanted = match opts.context_length {
+            0 => train,
+            n if train > 0 => n.min(train),
+            n => n,
+        };
+        let threads = match opts.threads {
+            0 => std::thread::available_parallelism().map_or(4, |n| n.get()),
+            n => n as usize,
+        };
+        CtxSettings {
+            n_ctx: wanted.max(1),
+            batch: if opts.batch == 0 { 512 } else { opts.batch },
+            threads: i32::try_from(threads).unwrap_or(i32::MAX),
+            embeddings: opts.embeddings,
+            kv_ram: opts.kv_ram,
+        }
+    }
+}
+
+/// Loads the model, then serves it until it is unloaded; returns a call that must run after
+/// the model is freed (the load of another model). The model lives on this function's
+/// stack while it is loaded, so that the context can borrow it (see the module's
+/// documentation); a failure to load or to create the first context answers `load_failed`
+/// and leaves the worker empty.
+fn load_and_serve(
     backend: &LlamaBackend,
     req: LoadRequest,
     reply: oneshot::Sender<Result<LoadResponse, WorkerError>>,
-    jobs: &std_mpsc::Receiver<Job>,
-    status: &Status,
-) -> Option<Job> {
+    calls: &std_mpsc::Receiver<EngineCall>,
+    status: &HealthWriter,
+) -> Option<EngineCall> {
     let started = Instant::now();
-    status.update(|h| {
-        *h = empty_health();
-        h.state = WorkerState::Loading;
-        h.model = Some(req.model.clone());
-    });
+    status.loading(&req.model);
     let opts = &req.options;
     tracing::info!(model = %req.model, path = %req.path.display(), ?opts, "loading");
-    if !req.path.is_file() {
-        status.clear();
-        let msg = format!("{}: not found, or not a file", req.path.display());
-        let _ = reply.send(Err(error(ErrorCode::LoadFailed, msg)));
-        return None;
-    }
-    let params = LlamaModelParams::default()
-        .with_n_gpu_layers(opts.gpu_layers)
-        .with_use_mmap(opts.mmap)
-        // Replaces llama.cpp's default progress printer (a line of dots on stderr).
-        .with_progress_callback(|_| true);
-    logcap::begin();
-    let loaded = LlamaModel::load_from_file(backend, &req.path, &params);
-    let cap = logcap::take();
-    let model = match loaded {
+    let model = match load_model(backend, &req) {
         Ok(m) => m,
-        Err(e) => {
-            status.clear();
-            let why = if cap.errors.is_empty() {
-                e.to_string()
-            } else {
-                cap.errors.join("; ")
-            };
-            let msg = format!("llama.cpp cannot load {}: {why}", req.path.display());
-            tracing::warn!("{msg}");
-            let _ = reply.send(Err(error(ErrorCode::LoadFailed, msg)));
-            return None;
-        }
+        Err(e) => return load_failed(status, reply, e),
     };
-    let train = model.n_ctx_train();
-    let wanted = match opts.context_length {
-        0 => train,
-        n if train > 0 => n.min(train),
-        n => n,
-    };
-    let threads = match opts.threads {
-        0 => std::thread::available_parallelism().map_or(4, |n| n.get()),
-        n => n as usize,
-    };
-    let mut settings = CtxSettings {
-        n_ctx: wanted.max(1),
-        batch: if opts.batch == 0 { 512 } else { opts.batch },
-        threads: i32::try_from(threads).unwrap_or(i32::MAX),
-    };
+    let mut settings = CtxSettings::new(opts, model.n_ctx_train());
     let device = device_name(backend, opts.gpu_layers);
     let weights = model.size();
     status.update(|h| {
         h.device = device.clone();
         h.bytes = Bytes::new(weights, 0, 0);
     });
-    let (ctx, ctx_bytes) = match new_context(backend, &model, &settings) {
+    let (ctx, (kv, compute)) = match new_context(backend, &model, &settings) {
         Ok(c) => c,
-        Err(e) => {
-            status.clear();
-            let _ = reply.send(Err(error(ErrorCode::LoadFailed, e.message)));
-            return None;
-        }
+        Err(e) => return load_failed(status, reply, error(ErrorCode::LoadFailed, e.message)),
     };
     // llama.cpp rounds the context up (to a multiple of 256): recreate it at that size, and
     // check prompts against it.
     settings.n_ctx = ctx.n_ctx();
     let health = status.update(|h| {
         h.state = WorkerState::Loaded;
-        h.bytes = Bytes::new(weights, ctx_bytes.0, ctx_bytes.1);
+        h.bytes = Bytes::new(weights, kv, compute);
     });
     let response = LoadResponse {
         load_ms: started.elapsed().as_millis() as u64,
         context_length: ctx.n_ctx(),
-        train_context_length: train,
+        train_context_length: model.n_ctx_train(),
         has_chat_template: model.chat_template(None).is_ok(),
         health,
     };
@@ -209,10 +202,10 @@ fn load(
         model = %req.model,
         load_ms = response.load_ms,
         n_ctx = response.context_length,
-        n_ctx_train = train,
+        n_ctx_train = response.train_context_length,
         weights,
-        kv = ctx_bytes.0,
-        compute = ctx_bytes.1,
+        kv,
+        compute,
         device = %device,
         chat_template = response.has_chat_template,
         "loaded"
@@ -225,7 +218,40 @@ fn load(
         weights,
         status,
     };
-    loaded.serve(ctx, jobs)
+    loaded.serve(ctx, calls)
+}
+
+/// Answers a load that failed; the worker is empty again.
+fn load_failed(
+    status: &HealthWriter,
+    reply: oneshot::Sender<Result<LoadResponse, WorkerError>>,
+    e: WorkerError,
+) -> Option<EngineCall> {
+    status.clear();
+    let _ = reply.send(Err(e));
+    None
+}
+
+/// Reads the model file with llama.cpp. A failure is `load_failed` with llama.cpp's own
+/// logged reasons, which say what is wrong with the file (llama-cpp-2's error does not).
+fn load_model(backend: &LlamaBackend, req: &LoadRequest) -> Result<LlamaModel, WorkerError> {
+    if !req.path.is_file() {
+        let msg = format!("{}: not found, or not a file", req.path.display());
+        return Err(error(ErrorCode::LoadFailed, msg));
+    }
+    let params = LlamaModelParams::default()
+        .with_n_gpu_layers(req.options.gpu_layers)
+        .with_use_mmap(req.options.mmap)
+        // Replaces llama.cpp's default progress printer (a line of dots on stderr).
+        .with_progress_callback(|_| true);
+    logcap::begin();
+    let loaded = LlamaModel::load_from_file(backend, &req.path, &params);
+    let cap = logcap::take();
+    loaded.map_err(|e| {
+        let msg = format!("llama.cpp cannot load {}: {}", req.path.display(), cap.reason(e));
+        tracing::warn!("{msg}");
+        error(ErrorCode::LoadFailed, msg)
+    })
 }
 
 /// A loaded model and what the engine needs to serve it.
@@ -234,46 +260,55 @@ struct Loaded<'a> {
     model: &'a LlamaModel,
     settings: CtxSettings,
     weights: u64,
-    status: &'a Status,
+    status: &'a HealthWriter,
 }
 
 impl<'a> Loaded<'a> {
-    fn serve(&self, ctx: LlamaContext<'a>, jobs: &std_mpsc::Receiver<Job>) -> Option<Job> {
+    /// Serves calls until the model is to be freed: a hard unload (`None`), or a load of
+    /// another model, returned so that it runs once this model is gone.
+    fn serve(&self, ctx: LlamaContext<'a>, calls: &std_mpsc::Receiver<EngineCall>) -> Option<EngineCall> {
         let mut ctx = Some(ctx);
+        let mut cache = PromptCache::default();
         loop {
-            let job = jobs.recv().ok()?;
-            match job {
-                Job::Load { .. } => {
+            let call = calls.recv().ok()?;
+            match call {
+                EngineCall::Load { .. } => {
                     tracing::info!("another load: freeing the current model first");
                     drop(ctx);
                     self.status.clear();
-                    return Some(job);
+                    return Some(call);
                 }
-                Job::Unload {
+                EngineCall::Unload {
                     mode: UnloadMode::Soft,
                     reply,
                 } => {
-                    // Clearing the KV cache frees nothing: the context itself must go.
+                    // Clearing the KV cache frees nothing: the context itself must go. Its KV
+                    // goes to host memory first, within the budget.
+                    let kept = ctx.as_ref().map_or(0, |c| cache.keep(c, self.settings.kv_ram));
                     ctx = None;
                     self.status.set_bytes(self.weights, 0, 0);
                     let h = self.status.set_state(WorkerState::SoftUnloaded);
-                    tracing::info!("soft unload: context freed, weights kept");
+                    tracing::info!(kept_kv_bytes = kept, "soft unload: context freed, weights kept");
                     let _ = reply.send(h);
                 }
-                Job::Unload {
+                EngineCall::Unload {
                     mode: UnloadMode::Hard,
                     reply,
                 } => {
                     drop(ctx);
-                    // The model is freed when `load` returns, before the next job is taken.
+                    // The model is freed when `load_and_serve` returns, before the next call is
+                    // taken.
                     let h = self.status.clear();
                     tracing::info!("hard unload: model freed");
                     let _ = reply.send(h);
                     return None;
                 }
-                Job::Generate { req, out } => self.generate(&mut ctx, req, &out),
-                Job::Restore { reply } => {
-                    let restored = self.ensure_context(&mut ctx).map(|context_ms| {
+                EngineCall::Generate { req, out } => self.generate(&mut ctx, &mut cache, req, &out),
+                EngineCall::Embed { req, reply } => {
+                    let _ = reply.send(self.embed(&mut ctx, &req));
+                }
+                EngineCall::Restore { reply } => {
+                    let restored = self.ensure_cached(&mut ctx, &mut cache).map(|context_ms| {
                         if context_ms > 0 {
                             tracing::info!(context_ms, "context restored after a soft unload");
                         }
@@ -301,12 +336,55 @@ impl<'a> Loaded<'a> {
         Ok(t.elapsed().as_millis() as u64)
     }
 
-    fn generate(&self, ctx: &mut Option<LlamaContext<'a>>, req: GenerateRequest, out: &mpsc::Sender<Out>) {
+    fn embed(&self, ctx: &mut Option<LlamaContext<'a>>, req: &EmbedRequest) -> Result<EmbedResponse, WorkerError> {
+        if !self.settings.embeddings {
+            return Err(error(
+                ErrorCode::InvalidRequest,
+                "this model is not loaded as an embedding model",
+            ));
+        }
+        self.ensure_context(ctx)?;
+        let Some(ctx) = ctx.as_mut() else {
+            return Err(error(ErrorCode::Internal, "no context"));
+        };
+        self.status.set_state(WorkerState::Busy);
+        let result = crate::embed::embed(self.model, ctx, req);
+        let health = self.status.set_state(WorkerState::Loaded);
+        let (embeddings, prompt_tokens) = result?;
+        tracing::info!(request_id = %req.request_id, inputs = embeddings.len(), prompt_tokens, "embedded");
+        Ok(EmbedResponse {
+            embeddings,
+            prompt_tokens,
+            health,
+        })
+    }
+
+    /// [`Loaded::ensure_context`], and the KV kept in host memory put back into a context
+    /// that had to be recreated.
+    fn ensure_cached(&self, ctx: &mut Option<LlamaContext<'a>>, cache: &mut PromptCache) -> Result<u64, WorkerError> {
+        let was_gone = ctx.is_none();
+        let ms = self.ensure_context(ctx)?;
+        if let (true, Some(c)) = (was_gone, ctx.as_mut()) {
+            let tokens = cache.restore(c);
+            if tokens > 0 {
+                tracing::info!(tokens, "KV cache put back from host memory");
+            }
+        }
+        Ok(ms)
+    }
+
+    fn generate(
+        &self,
+        ctx: &mut Option<LlamaContext<'a>>,
+        cache: &mut PromptCache,
+        req: GenerateRequest,
+        out: &mpsc::Sender<Out>,
+    ) {
         if out.is_closed() {
             tracing::info!(request_id = %req.request_id, "client left before its turn");
             return;
         }
-        let prompt = match generate::prepare(self.model, &req, self.settings.n_ctx) {
+        let (prompt, sampler) = match generate::prepare(self.model, &req, self.settings.n_ctx) {
             Ok(p) => p,
             Err(e) => {
                 tracing::info!(request_id = %req.request_id, "refused: {}", e.message);
@@ -314,7 +392,7 @@ impl<'a> Loaded<'a> {
                 return;
             }
         };
-        let context_ms = match self.ensure_context(ctx) {
+        let context_ms = match self.ensure_cached(ctx, cache) {
             Ok(ms) => ms,
             Err(e) => {
                 let _ = out.blocking_send(Out::Refused(e));
@@ -324,12 +402,14 @@ impl<'a> Loaded<'a> {
         let Some(ctx) = ctx.as_mut() else { return };
         self.status.set_state(WorkerState::Busy);
         let prompt_tokens = prompt.len() as u32;
+        let reused = cache.reuse(ctx, &prompt);
         let started = GenerateEvent::Started {
             prompt_tokens,
             context_ms,
+            cached_tokens: reused as u32,
         };
         let outcome = if out.blocking_send(Out::Event(started)).is_ok() {
-            generate::run(self.model, ctx, &prompt, &req, out)
+            generate::run(self.model, ctx, cache, &prompt, sampler, &req, out)
         } else {
             Outcome::Cancelled { completion: 0 }
         };
@@ -371,17 +451,17 @@ fn new_context<'m>(
         .with_n_ctx(NonZeroU32::new(s.n_ctx))
         .with_n_batch(s.batch)
         .with_n_threads(s.threads)
-        .with_n_threads_batch(s.threads);
+        .with_n_threads_batch(s.threads)
+        .with_embeddings(s.embeddings);
     logcap::begin();
     let created = model.new_context(backend, params);
     let cap = logcap::take();
     let ctx = created.map_err(|e| {
-        let why = if cap.errors.is_empty() {
-            e.to_string()
-        } else {
-            cap.errors.join("; ")
-        };
-        let msg = format!("llama.cpp cannot create a context of {} tokens: {why}", s.n_ctx);
+        let msg = format!(
+            "llama.cpp cannot create a context of {} tokens: {}",
+            s.n_ctx,
+            cap.reason(e)
+        );
         tracing::warn!("{msg}");
         error(ErrorCode::Internal, msg)
     })?;
@@ -410,13 +490,6 @@ fn device_name(backend: &LlamaBackend, gpu_layers: u32) -> String {
                 LlamaBackendDeviceType::Gpu | LlamaBackendDeviceType::IntegratedGpu
             )
         })
-        .map_or_else(
-            || "cpu".into(),
-            |d| {
-                // Device names are `CUDA0`, `Vulkan1`…: backend, then the index.
-                let index = d.name.trim_start_matches(|c: char| !c.is_ascii_digit());
-                let index = if index.is_empty() { "0" } else { index };
-                format!("{}:{index}", d.backend.to_ascii_lowercase())
-            },
-        )
+        // Device names are `CUDA0`, `Vulkan1`…: backend, then the index.
+        .map_or_else(|| "cpu".into(), |d| device_label(&d.backend, &d.name))
 }

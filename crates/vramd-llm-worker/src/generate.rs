@@ -1,4 +1,8 @@
 //! One generation on the llama thread: prompt → tokens → decode loop → streamed pieces.
+//!
+//! The engine (`engine.rs`) calls [`prepare`], sends `started`, calls [`run`] and sends the
+//! last event from its [`Outcome`]; this module knows the model, a context and the stream
+//! ([`Out`]), not the engine.
 
 use std::time::Instant;
 
@@ -6,17 +10,26 @@ use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::llama_batch::LlamaBatch;
 use llama_cpp_2::model::{LlamaChatMessage, LlamaModel};
 use llama_cpp_2::sampling::LlamaSampler;
+use llama_cpp_2::token::logit_bias::LlamaLogitBias;
 use llama_cpp_2::token::LlamaToken;
 use tokio::sync::mpsc;
-use vramd_protocol::{ErrorCode, FinishReason, GenerateEvent, GenerateRequest, Input, SamplingParams, WorkerError};
+use vramd_protocol::{
+    ErrorCode, FinishReason, GenerateEvent, GenerateRequest, Grammar, Input, SamplingParams, TokenLogprob, TopLogprob,
+    WorkerError,
+};
+use vramd_worker_kit::error;
 
-use crate::engine::{error, Out};
+use crate::cache::PromptCache;
 use crate::stop::StopMatcher;
 use crate::utf8::Utf8Stream;
 
 /// Tokens the repetition penalties look back over.
 const PENALTY_LAST_N: i32 = 64;
 
+/// What the engine sends back for a generation: a refusal, or the next line of the stream.
+pub type Out = vramd_worker_kit::Out<GenerateEvent>;
+
+/// How a generation ended, for the engine to report: the last event is its to send.
 pub enum Outcome {
     Finished {
         reason: FinishReason,
@@ -32,10 +45,15 @@ pub enum Outcome {
     },
 }
 
-/// Everything that can refuse a request before streaming starts: parameters, chat template,
-/// tokenization, and the prompt's fit in a context of `n_ctx` tokens.
-pub fn prepare(model: &LlamaModel, req: &GenerateRequest, n_ctx: u32) -> Result<Vec<LlamaToken>, WorkerError> {
-    check_params(&req.params)?;
+/// Everything that can refuse a request before streaming starts: parameters, the grammar,
+/// chat template, tokenization, and the prompt's fit in a context of `n_ctx` tokens.
+pub fn prepare(
+    model: &LlamaModel,
+    req: &GenerateRequest,
+    n_ctx: u32,
+) -> Result<(Vec<LlamaToken>, LlamaSampler), WorkerError> {
+    check_params(&req.params, model.n_vocab())?;
+    let sampler = sampler(&req.params, model)?;
     let text = match &req.input {
         Input::Text { prompt } => prompt.clone(),
         Input::Chat { messages } if messages.is_empty() => {
@@ -76,10 +94,10 @@ pub fn prepare(model: &LlamaModel, req: &GenerateRequest, n_ctx: u32) -> Result<
             ),
         ));
     }
-    Ok(tokens)
+    Ok((tokens, sampler))
 }
 
-fn check_params(p: &SamplingParams) -> Result<(), WorkerError> {
+fn check_params(p: &SamplingParams, n_vocab: i32) -> Result<(), WorkerError> {
     let bad = |what: &str| Err(error(ErrorCode::InvalidRequest, what.to_string()));
     if !(p.temperature.is_finite() && p.temperature >= 0.0) {
         return bad("temperature must be a number ≥ 0");
@@ -99,13 +117,54 @@ fn check_params(p: &SamplingParams) -> Result<(), WorkerError> {
     if !(p.frequency_penalty.is_finite() && p.presence_penalty.is_finite()) {
         return bad("frequency_penalty and presence_penalty must be numbers");
     }
+    if p.max_tokens == Some(0) {
+        return bad("max_tokens must be at least 1");
+    }
+    if let Some((token, _)) = p
+        .logit_bias
+        .iter()
+        .find(|(t, b)| *t < 0 || *t >= n_vocab || !b.is_finite())
+    {
+        return bad(&format!(
+            "logit_bias: token {token} is not in the vocabulary (0..{n_vocab}) or its bias is not a number"
+        ));
+    }
     Ok(())
 }
 
-/// The sampler chain for `p`: penalties, then greedy at temperature 0, else top-k, top-p,
-/// min-p, temperature and a seeded draw.
-fn sampler(p: &SamplingParams, n_vocab: i32) -> LlamaSampler {
+/// The grammar sampler for `grammar`; a schema llama.cpp cannot convert, or a grammar it
+/// cannot parse, is the request's fault.
+fn grammar_sampler(model: &LlamaModel, grammar: &Grammar) -> Result<LlamaSampler, WorkerError> {
+    let gbnf = match grammar {
+        Grammar::Gbnf { text } => text.clone(),
+        Grammar::JsonSchema { schema } => llama_cpp_2::json_schema_to_grammar(schema).map_err(|e| {
+            error(
+                ErrorCode::InvalidRequest,
+                format!("the JSON schema cannot be turned into a grammar: {e}"),
+            )
+        })?,
+    };
+    LlamaSampler::grammar(model, &gbnf, "root")
+        .map_err(|e| error(ErrorCode::InvalidRequest, format!("the grammar is not valid: {e}")))
+}
+
+/// The sampler chain for `p`: the grammar and the logit biases first (they decide what may
+/// be drawn at all), penalties, then greedy at temperature 0, else top-k, top-p, min-p,
+/// temperature and a seeded draw.
+fn sampler(p: &SamplingParams, model: &LlamaModel) -> Result<LlamaSampler, WorkerError> {
+    let n_vocab = model.n_vocab();
     let mut chain = Vec::new();
+    if let Some(g) = &p.grammar {
+        chain.push(grammar_sampler(model, g)?);
+    }
+    if !p.logit_bias.is_empty() {
+        let biases: Vec<LlamaLogitBias> = p
+            .logit_bias
+            .iter()
+            .map(|(t, b)| LlamaLogitBias::new(LlamaToken(*t), *b))
+            .collect();
+        chain.push(LlamaSampler::logit_bias(n_vocab, &biases));
+    }
     if p.repeat_penalty != 1.0 || p.frequency_penalty != 0.0 || p.presence_penalty != 0.0 {
         chain.push(LlamaSampler::penalties(
             n_vocab,
@@ -131,14 +190,17 @@ fn sampler(p: &SamplingParams, n_vocab: i32) -> LlamaSampler {
         // u32::MAX is LLAMA_DEFAULT_SEED: llama.cpp draws a random seed.
         chain.push(LlamaSampler::dist(p.seed.unwrap_or(u32::MAX)));
     }
-    LlamaSampler::chain(chain, true)
+    Ok(LlamaSampler::chain(chain, true))
 }
 
-/// Runs the generation; the caller has sent `started` and sends the final event.
+/// Runs the generation; the caller has sent `started` and sends the final event. `cache`
+/// holds the prefix of `prompt` already in the context ([`PromptCache::reuse`]).
 pub fn run(
     model: &LlamaModel,
     ctx: &mut LlamaContext<'_>,
+    cache: &mut PromptCache,
     prompt: &[LlamaToken],
+    sampler: LlamaSampler,
     req: &GenerateRequest,
     out: &mpsc::Sender<Out>,
 ) -> Outcome {
@@ -147,9 +209,14 @@ pub fn run(
         completion: 0,
         utf8: Utf8Stream::default(),
         stops: StopMatcher::new(&req.params.stop),
+        logprobs: req.params.logprobs,
+        pending: None,
     };
     let t0 = Instant::now();
-    let result = g.decode_loop(model, ctx, prompt, &req.params);
+    let result = g.decode_loop(model, ctx, cache, prompt, sampler, &req.params);
+    if result.is_err() {
+        cache.forget(ctx);
+    }
     let t_gen = t0.elapsed();
     let outcome = match result {
         Ok(Some(reason)) => Outcome::Finished {
@@ -181,6 +248,10 @@ struct Generation<'o> {
     completion: u32,
     utf8: Utf8Stream,
     stops: StopMatcher,
+    /// Alternatives to report per token, when the request asked for logprobs.
+    logprobs: Option<u32>,
+    /// The logprob of the token whose text is being sent (one token, one event).
+    pending: Option<TokenLogprob>,
 }
 
 impl Generation<'_> {
@@ -189,32 +260,37 @@ impl Generation<'_> {
         &mut self,
         model: &LlamaModel,
         ctx: &mut LlamaContext<'_>,
+        cache: &mut PromptCache,
         prompt: &[LlamaToken],
+        mut sampler: LlamaSampler,
         params: &SamplingParams,
     ) -> Result<Option<FinishReason>, String> {
         let vocab = model.vocab();
         let n_ctx = ctx.n_ctx() as usize;
         let n_batch = (ctx.n_batch() as usize).max(1);
-        ctx.clear_kv_cache();
         let mut batch = LlamaBatch::new(n_batch, 1);
         let last = prompt.len() - 1;
-        for (c, chunk) in prompt.chunks(n_batch).enumerate() {
+        // Only what the context does not hold yet is decoded.
+        let start = cache.len();
+        for (c, chunk) in prompt[start..].chunks(n_batch).enumerate() {
             batch.clear();
             for (j, &token) in chunk.iter().enumerate() {
-                let pos = c * n_batch + j;
+                let pos = start + c * n_batch + j;
                 batch
                     .add(token, pos as i32, &[0], pos == last)
                     .map_err(|e| e.to_string())?;
             }
             ctx.decode(&mut batch).map_err(|e| format!("prompt decode: {e}"))?;
+            cache.push(chunk);
             if self.out.is_closed() {
                 return Ok(None);
             }
         }
-        let mut sampler = sampler(params, model.n_vocab());
+        let max_tokens = params.max_tokens.unwrap_or(u32::MAX);
+        let preserved = preserved_ids(model, &params.preserved);
         let mut n_past = prompt.len();
         loop {
-            if self.completion >= params.max_tokens {
+            if self.completion >= max_tokens {
                 return Ok(self.finish(FinishReason::Length));
             }
             if self.out.is_closed() {
@@ -225,7 +301,12 @@ impl Generation<'_> {
                 return Ok(self.finish(FinishReason::Stop));
             }
             self.completion += 1;
-            let text = self.utf8.push(&vocab.token_to_piece(token, false, None));
+            if let Some(top) = self.logprobs {
+                self.pending = Some(logprob_of(model, ctx, batch.n_tokens() - 1, token, top));
+            }
+            let text = self
+                .utf8
+                .push(&vocab.token_to_piece(token, preserved.contains(&token), None));
             let step = self.stops.push(&text);
             if !self.send(step.emit) {
                 return Ok(None);
@@ -233,24 +314,28 @@ impl Generation<'_> {
             if step.stopped {
                 return Ok(Some(FinishReason::Stop));
             }
-            if self.completion >= params.max_tokens || n_past >= n_ctx {
+            if self.completion >= max_tokens || n_past >= n_ctx {
                 // Out of tokens, or no cell left for this one: the context is full.
                 return Ok(self.finish(FinishReason::Length));
             }
             batch.clear();
             batch.add(token, n_past as i32, &[0], true).map_err(|e| e.to_string())?;
             ctx.decode(&mut batch).map_err(|e| format!("decode: {e}"))?;
+            cache.push(&[token]);
             n_past += 1;
         }
     }
 
-    /// Sends a non-empty piece; false when the client has gone.
-    fn send(&self, text: String) -> bool {
-        text.is_empty()
-            || self
-                .out
-                .blocking_send(Out::Event(GenerateEvent::Token { text }))
-                .is_ok()
+    /// Sends a non-empty piece (with the logprob of the token that completed it); false
+    /// when the client has gone.
+    fn send(&mut self, text: String) -> bool {
+        if text.is_empty() {
+            return true;
+        }
+        let logprob = self.pending.take();
+        self.out
+            .blocking_send(Out::Event(GenerateEvent::Token { text, logprob }))
+            .is_ok()
     }
 
     /// Releases held-back text at the end; a stop sequence completed by it still stops.
@@ -263,4 +348,55 @@ impl Generation<'_> {
         }
         Some(if stopped { FinishReason::Stop } else { reason })
     }
+}
+
+/// The log-probability of `token` among the logits at batch index `i` (log-softmax over the
+/// whole vocabulary, before any sampler), and the `top` likeliest tokens.
+fn logprob_of(model: &LlamaModel, ctx: &LlamaContext<'_>, i: i32, token: LlamaToken, top: u32) -> TokenLogprob {
+    let logits = ctx.get_logits_ith(i);
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let log_sum = logits.iter().map(|l| (l - max).exp()).sum::<f32>().ln() + max;
+    let entry = |id: i32| {
+        let bytes = model.vocab().token_to_piece(LlamaToken(id), false, None);
+        (
+            String::from_utf8_lossy(&bytes).into_owned(),
+            logits[id as usize] - log_sum,
+            bytes,
+        )
+    };
+    let mut order: Vec<i32> = (0..logits.len() as i32).collect();
+    let k = (top as usize).min(order.len());
+    if k > 0 {
+        order.select_nth_unstable_by(k - 1, |a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
+        order.truncate(k);
+        order.sort_by(|a, b| logits[*b as usize].total_cmp(&logits[*a as usize]));
+    }
+    let (text, logprob, bytes) = entry(token.0);
+    TokenLogprob {
+        token: text,
+        logprob,
+        bytes,
+        top: if k == 0 {
+            Vec::new()
+        } else {
+            order
+                .into_iter()
+                .map(|id| {
+                    let (token, logprob, bytes) = entry(id);
+                    TopLogprob { token, logprob, bytes }
+                })
+                .collect()
+        },
+    }
+}
+
+/// The ids of the special tokens written out as text: each text that is one token.
+fn preserved_ids(model: &LlamaModel, texts: &[String]) -> Vec<LlamaToken> {
+    texts
+        .iter()
+        .filter_map(|t| match model.vocab().tokenize(t.as_bytes(), false, true).as_slice() {
+            [one] => Some(*one),
+            _ => None,
+        })
+        .collect()
 }

@@ -32,6 +32,18 @@ pub struct Capture {
     pub errors: Vec<String>,
 }
 
+impl Capture {
+    /// Why the call it watched failed: the error lines llama.cpp logged, else `fallback`
+    /// (llama-cpp-2's own error, which says less).
+    pub fn reason(&self, fallback: impl std::fmt::Display) -> String {
+        if self.errors.is_empty() {
+            fallback.to_string()
+        } else {
+            self.errors.join("; ")
+        }
+    }
+}
+
 static CAPTURE: Mutex<Capture> = Mutex::new(Capture {
     compute_bytes: 0,
     errors: Vec::new(),
@@ -92,5 +104,18 @@ impl Visit for MessageVisitor {
         if field.name() == "message" && self.0.is_empty() {
             self.0 = format!("{value:?}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reason_is_llama_cpp_s_own_lines_when_it_logged_any() {
+        let mut cap = Capture::default();
+        assert_eq!(cap.reason("binding error"), "binding error");
+        cap.errors = vec!["first".into(), "second".into()];
+        assert_eq!(cap.reason("binding error"), "first; second");
     }
 }

@@ -3,6 +3,8 @@
 //! Wiring only: CLI, logging, lifetime guards, the llama thread ([`engine`]) and the HTTP
 //! server ([`server`]) on the Unix socket the daemon names.
 
+mod cache;
+mod embed;
 mod engine;
 mod generate;
 mod logcap;

@@ -13,6 +13,7 @@
 //! | `POST /internal/unload` | [`UnloadRequest`] | [`Health`] after the unload |
 //! | `POST /internal/restore` | — (empty or `{}`) | [`RestoreResponse`] |
 //! | `POST /internal/generate` | [`GenerateRequest`] | a stream of [`GenerateEvent`]s |
+//! | `POST /internal/embed` | [`EmbedRequest`] | [`EmbedResponse`] (embedding models) |
 //!
 //! The image worker serves `health` and `unload` the same way, takes an
 //! [`ImageLoadRequest`] on `POST /internal/load` (answering [`ImageLoadResponse`]) and
@@ -46,6 +47,7 @@ pub const UNLOAD: &str = "/internal/unload";
 pub const RESTORE: &str = "/internal/restore";
 pub const GENERATE: &str = "/internal/generate";
 pub const IMAGES: &str = "/internal/images";
+pub const EMBED: &str = "/internal/embed";
 
 /// Bytes a model holds, by part.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -154,6 +156,14 @@ pub struct LoadOptions {
     pub mmap: bool,
     /// Logical batch size for prompt processing.
     pub batch: u32,
+    /// An embedding model: its context computes pooled embeddings (`/internal/embed`)
+    /// instead of generating.
+    #[serde(default)]
+    pub embeddings: bool,
+    /// Host memory the conversation's KV cache may be kept in across a soft unload, so the
+    /// next turn needs no prefill; 0 keeps nothing.
+    #[serde(default)]
+    pub kv_ram: u64,
 }
 
 impl Default for LoadOptions {
@@ -164,6 +174,8 @@ impl Default for LoadOptions {
             threads: 0,
             mmap: true,
             batch: 512,
+            embeddings: false,
+            kv_ram: 0,
         }
     }
 }
@@ -221,7 +233,8 @@ pub enum Input {
 /// Sampling parameters, with OpenAI's meanings. `temperature == 0` is greedy.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SamplingParams {
-    pub max_tokens: u32,
+    /// `None`: until the model ends its turn or the context is full.
+    pub max_tokens: Option<u32>,
     pub temperature: f32,
     pub top_p: f32,
     /// 0 disables top-k.
@@ -232,12 +245,36 @@ pub struct SamplingParams {
     pub repeat_penalty: f32,
     pub frequency_penalty: f32,
     pub presence_penalty: f32,
+    /// Added to the logits of these token ids before sampling (-100 bans a token).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logit_bias: Vec<(i32, f32)>,
+    /// Report each token's log-probability and this many alternatives (`None`: no logprobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub logprobs: Option<u32>,
+    /// Constrains the output (structured output, forced tool calls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grammar: Option<Grammar>,
+    /// Special tokens written out as text instead of dropped, because the daemon reads them
+    /// (a model family's tool-call markers such as `[TOOL_CALLS]` or `<|python_tag|>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub preserved: Vec<String>,
+}
+
+/// What the output must match.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Grammar {
+    /// A JSON Schema (as JSON text); the worker converts it with llama.cpp's converter, so
+    /// the output always parses and matches it.
+    JsonSchema { schema: String },
+    /// A grammar in llama.cpp's GBNF, used as is.
+    Gbnf { text: String },
 }
 
 impl Default for SamplingParams {
     fn default() -> Self {
         SamplingParams {
-            max_tokens: 256,
+            max_tokens: None,
             temperature: 0.8,
             top_p: 0.95,
             top_k: 40,
@@ -247,6 +284,10 @@ impl Default for SamplingParams {
             repeat_penalty: 1.0,
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
+            logit_bias: Vec::new(),
+            logprobs: None,
+            grammar: None,
+            preserved: Vec::new(),
         }
     }
 }
@@ -259,6 +300,39 @@ pub struct GenerateRequest {
     pub params: SamplingParams,
 }
 
+/// One sampled token's log-probability (natural log, over the full vocabulary before any
+/// sampler), with the likeliest alternatives, as OpenAI's `logprobs.content` entries.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+    pub top: Vec<TopLogprob>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TopLogprob {
+    pub token: String,
+    pub logprob: f32,
+    pub bytes: Vec<u8>,
+}
+
+/// `POST /internal/embed`: one pooled embedding per input.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmbedRequest {
+    pub request_id: String,
+    pub inputs: Vec<String>,
+    /// Scale each vector to length 1 (what OpenAI and Ollama return).
+    pub normalize: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EmbedResponse {
+    pub embeddings: Vec<Vec<f32>>,
+    pub prompt_tokens: u32,
+    pub health: Health,
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
@@ -268,16 +342,23 @@ pub enum FinishReason {
     Length,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum GenerateEvent {
     Started {
         prompt_tokens: u32,
         /// Time spent recreating the context after a soft unload, 0 if it was there.
         context_ms: u64,
+        /// Prompt tokens whose KV the context already held (the prompt cache): only the
+        /// others were decoded.
+        #[serde(default)]
+        cached_tokens: u32,
     },
     Token {
         text: String,
+        /// With `logprobs`: the sampled token's, and the likeliest alternatives.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        logprob: Option<TokenLogprob>,
     },
     Done {
         finish_reason: FinishReason,
@@ -418,12 +499,25 @@ mod tests {
 
     #[test]
     fn events_are_tagged_lines() {
-        let e = GenerateEvent::Token { text: "hé".into() };
+        let e = GenerateEvent::Token {
+            text: "hé".into(),
+            logprob: None,
+        };
         let line = serde_json::to_string(&e).unwrap();
         assert_eq!(line, r#"{"type":"token","text":"hé"}"#);
         assert_eq!(serde_json::from_str::<GenerateEvent>(&line).unwrap(), e);
         let input: Input = serde_json::from_str(r#"{"kind":"text","prompt":"hi"}"#).unwrap();
         assert_eq!(input, Input::Text { prompt: "hi".into() });
+        // Fields added since are optional on the wire, so either side may be older.
+        let p: SamplingParams = serde_json::from_str(
+            r#"{"max_tokens":null,"temperature":0.0,"top_p":1.0,"top_k":0,"min_p":0.0,"seed":null,
+                "stop":[],"repeat_penalty":1.0,"frequency_penalty":0.0,"presence_penalty":0.0}"#,
+        )
+        .unwrap();
+        assert_eq!((p.logprobs, p.grammar, p.preserved.len()), (None, None, 0));
+        let g = Grammar::JsonSchema { schema: "{}".into() };
+        let line = serde_json::to_string(&g).unwrap();
+        assert_eq!(line, r#"{"kind":"json_schema","schema":"{}"}"#);
     }
 
     #[test]

@@ -1,10 +1,11 @@
 //! The stable-diffusion.cpp thread: the one owner of the `sd_ctx_t`.
 //!
 //! A context is not thread-safe and the library's log and progress callbacks are global, so
-//! all of it lives on one dedicated OS thread that takes [`Job`]s from a channel in arrival
-//! order (the channel is the queue). The async side never waits on that thread except
-//! through the reply channels it sent along with a job; [`Health`] is published in a shared
-//! cell after every change, so `GET /internal/health` answers mid-generation (`busy`).
+//! all of it lives on one dedicated OS thread that takes [`EngineCall`]s from a channel in
+//! arrival order (the channel is the queue). The async side never waits on that thread
+//! except through the reply channels it sent along with a call; [`Health`] is published in
+//! a shared cell after every change, so `GET /internal/health` answers mid-generation
+//! (`busy`).
 //!
 //! The VAE's device belongs to the context (`vae=cpu` in its backend string). A request whose
 //! [`VaePlacement`] the context does not have (`cpu` on a context with the VAE on the device,
@@ -24,11 +25,10 @@ use vramd_protocol::{
     Bytes, ComponentBytes, ErrorCode, GenerationPeaks, Health, ImageEvent, ImageHealth, ImageLoadRequest,
     ImageLoadResponse, ImageRequest, VaePlacement, WorkerError, WorkerState,
 };
-use vramd_worker_kit::engine::empty_health;
-use vramd_worker_kit::{error, Status};
+use vramd_worker_kit::{error, HealthWriter};
 
-use crate::logcap;
-use crate::sd::{self, ContextParams, GenParams, SdContext};
+use crate::logcap::{self, GenFacts};
+use crate::sd::{self, ContextParams, RgbImage, SdContext};
 
 /// Largest width or height accepted.
 const MAX_SIDE: u32 = 8192;
@@ -37,7 +37,8 @@ const MAX_STEPS: u32 = 1000;
 /// Most images in one request.
 const MAX_BATCH: u32 = 64;
 
-pub enum Job {
+/// A call to the stable-diffusion.cpp thread, with the channel its answer goes back on.
+pub enum EngineCall {
     Load {
         req: ImageLoadRequest,
         reply: oneshot::Sender<Result<ImageLoadResponse, WorkerError>>,
@@ -55,7 +56,7 @@ pub enum Job {
 pub type Out = vramd_worker_kit::Out<ImageEvent>;
 
 /// The async side's handle on the stable-diffusion.cpp thread.
-pub type Engine = vramd_worker_kit::Engine<Job>;
+pub type Engine = vramd_worker_kit::Engine<EngineCall>;
 
 /// Starts the stable-diffusion.cpp thread.
 pub fn start() -> std::io::Result<Engine> {
@@ -63,11 +64,11 @@ pub fn start() -> std::io::Result<Engine> {
 }
 
 /// What only this worker writes into its [`Health`].
-trait StatusExt {
+trait HealthWriterExt {
     fn show(&self, m: &Model, state: WorkerState) -> Health;
 }
 
-impl StatusExt for Status {
+impl HealthWriterExt for HealthWriter {
     /// Publishes what `m` holds, in `state`; the peak is kept across generations.
     fn show(&self, m: &Model, state: WorkerState) -> Health {
         self.update(|h| {
@@ -116,24 +117,24 @@ impl Model {
     }
 }
 
-fn run(jobs: std_mpsc::Receiver<Job>, status: Status) {
+fn run(calls: std_mpsc::Receiver<EngineCall>, status: HealthWriter) {
     sd::set_callbacks(logcap::on_log, logcap::on_progress);
     let mut model: Option<Model> = None;
-    while let Ok(job) = jobs.recv() {
-        match job {
-            Job::Load { req, reply } => {
+    while let Ok(call) = calls.recv() {
+        match call {
+            EngineCall::Load { req, reply } => {
                 if model.take().is_some() {
                     tracing::info!("another load: freeing the current model first");
                 }
                 let _ = reply.send(load(req, &mut model, &status));
             }
-            Job::Unload { reply } => {
+            EngineCall::Unload { reply } => {
                 if model.take().is_some() {
                     tracing::info!("unload: context freed");
                 }
                 let _ = reply.send(status.clear());
             }
-            Job::Generate { req, out } => generate(&mut model, req, &out, &status),
+            EngineCall::Generate { req, out } => generate(&mut model, req, &out, &status),
         }
     }
 }
@@ -151,13 +152,13 @@ fn create(params: &ContextParams) -> Result<(SdContext, Vec<ComponentBytes>), St
     }
 }
 
-fn load(req: ImageLoadRequest, slot: &mut Option<Model>, status: &Status) -> Result<ImageLoadResponse, WorkerError> {
+fn load(
+    req: ImageLoadRequest,
+    slot: &mut Option<Model>,
+    status: &HealthWriter,
+) -> Result<ImageLoadResponse, WorkerError> {
     let started = Instant::now();
-    status.update(|h| {
-        *h = empty_health();
-        h.state = WorkerState::Loading;
-        h.model = Some(req.model.clone());
-    });
+    status.loading(&req.model);
     tracing::info!(model = %req.model, files = ?req.files, mmap = req.mmap, vae = ?req.vae, "loading");
     let failed = |msg: String| {
         status.clear();
@@ -174,11 +175,7 @@ fn load(req: ImageLoadRequest, slot: &mut Option<Model>, status: &Status) -> Res
     };
     let model = slot.insert(Model {
         name: req.model.clone(),
-        vae: if params.vae_on_cpu {
-            VaePlacement::Cpu
-        } else {
-            VaePlacement::Gpu
-        },
+        vae: placement_of(&params),
         params,
         ctx,
         components,
@@ -253,9 +250,10 @@ fn check_gguf(path: &std::path::Path) -> Result<(), String> {
         .map_err(|e| format!("{}: {e}", path.display()))
 }
 
-/// Everything that can refuse a request before anything runs; the generation parameters
-/// (seed still unset) if it is fine.
-pub fn validate(req: &ImageRequest) -> Result<GenParams, WorkerError> {
+/// Everything that can refuse a request before anything runs, with `invalid_request` and
+/// the field's name first. (The names of sampler and scheduler are parsed again at the FFI
+/// edge, in `sd.rs`: a request is checked here, turned into C parameters there.)
+pub fn validate(req: &ImageRequest) -> Result<(), WorkerError> {
     let bad = |msg: String| Err(error(ErrorCode::InvalidRequest, msg));
     for (name, v) in [("width", req.width), ("height", req.height)] {
         if v == 0 || v % 8 != 0 || v > MAX_SIDE {
@@ -273,12 +271,12 @@ pub fn validate(req: &ImageRequest) -> Result<GenParams, WorkerError> {
     if !req.cfg_scale.is_finite() {
         return bad("cfg_scale must be a finite number".into());
     }
-    let Some(sampler) = sd::sample_method(&req.sampler) else {
+    if sd::sample_method(&req.sampler).is_none() {
         return bad(format!("sampler: unknown sampler {:?}", req.sampler));
-    };
-    let Some(scheduler) = sd::scheduler(&req.scheduler) else {
+    }
+    if sd::scheduler(&req.scheduler).is_none() {
         return bad(format!("scheduler: unknown scheduler {:?}", req.scheduler));
-    };
+    }
     if req.prompt.contains('\0') || req.negative_prompt.contains('\0') {
         return bad("prompt: NUL bytes are not allowed".into());
     }
@@ -295,19 +293,7 @@ pub fn validate(req: &ImageRequest) -> Result<GenParams, WorkerError> {
             return bad(format!("png_text: the text of {keyword:?} contains a NUL byte"));
         }
     }
-    Ok(GenParams {
-        prompt: req.prompt.clone(),
-        negative_prompt: req.negative_prompt.clone(),
-        width: req.width,
-        height: req.height,
-        steps: req.steps,
-        cfg_scale: req.cfg_scale,
-        seed: 0,
-        sampler,
-        scheduler,
-        batch_count: req.batch_count,
-        tiled: req.vae == VaePlacement::Tiled,
-    })
+    Ok(())
 }
 
 /// A seed for a request that asked for none: 31 random bits (what people can type back).
@@ -319,7 +305,8 @@ fn random_seed() -> i64 {
     (h.finish() >> 33) as i64
 }
 
-/// One request: validate, switch the VAE placement if needed, generate, stream the PNGs.
+/// One request: refused before anything runs, or `started` (after switching the VAE
+/// placement if needed), progress, the images, then `done` or an `error` event.
 ///
 /// Timing: `generate_image` samples and decodes in one call, so the split between
 /// `sampling_ms` and `vae_decode_ms` comes from the log: the line `decoding N latents`, which
@@ -328,61 +315,20 @@ fn random_seed() -> i64 {
 /// start to that line (text encoding and the first read of lazily loaded weights included);
 /// `vae_decode_ms` is that line to the call's return (the decode's own weight read and the
 /// copy into `sd_image_t` included). Compute-buffer peaks are split by the same line.
-fn generate(slot: &mut Option<Model>, req: ImageRequest, out: &mpsc::Sender<Out>, status: &Status) {
-    let refuse = |e: WorkerError| {
-        tracing::info!(request_id = %req.request_id, "refused: {}", e.message);
-        let _ = out.blocking_send(Out::Refused(e));
-    };
+fn generate(slot: &mut Option<Model>, req: ImageRequest, out: &mpsc::Sender<Out>, status: &HealthWriter) {
     if out.is_closed() {
         tracing::info!(request_id = %req.request_id, "client left before its turn");
         return;
     }
-    let mut params = match validate(&req) {
-        Ok(p) => p,
-        Err(e) => return refuse(e),
-    };
-    params.seed = req.seed.unwrap_or_else(random_seed);
-    let Some(model) = slot.as_mut() else {
-        return refuse(error(ErrorCode::NotLoaded, "no model is loaded"));
-    };
-
-    // The VAE placement this request needs from the context.
-    let want_cpu = req.vae == VaePlacement::Cpu;
-    let mut switch_ms = 0;
-    if want_cpu != (model.vae == VaePlacement::Cpu) {
-        let t = Instant::now();
-        let Some(mut m) = slot.take() else { return };
-        tracing::info!(from = ?m.vae, to = ?req.vae, "re-creating the context for another VAE placement");
-        status.set_state(WorkerState::Loading);
-        m.params.vae_on_cpu = want_cpu;
-        let params = m.params.clone();
-        // Free the old context first: both at once may not fit.
-        drop(m.ctx);
-        match create(&params) {
-            Ok((ctx, components)) => {
-                *slot = Some(Model {
-                    ctx,
-                    components,
-                    params,
-                    vae: if want_cpu { VaePlacement::Cpu } else { VaePlacement::Gpu },
-                    name: m.name,
-                    compute: m.compute,
-                    last: m.last,
-                });
-            }
-            Err(why) => {
-                status.clear();
-                let msg = format!(
-                    "stable-diffusion.cpp cannot re-create {} with the VAE placement {:?}: {why}",
-                    m.name, req.vae
-                );
-                tracing::warn!("{msg}");
-                return refuse(error(ErrorCode::LoadFailed, msg));
-            }
+    let seed = req.seed.unwrap_or_else(random_seed);
+    let (model, switch_ms) = match prepare(slot, &req, status) {
+        Ok(ready) => ready,
+        Err(e) => {
+            tracing::info!(request_id = %req.request_id, "refused: {}", e.message);
+            let _ = out.blocking_send(Out::Refused(e));
+            return;
         }
-        switch_ms = ms(t.elapsed()).max(1);
-    }
-    let Some(model) = slot.as_mut() else { return };
+    };
     status.show(model, WorkerState::Busy);
     if out
         .blocking_send(Out::Event(ImageEvent::Started { switch_ms }))
@@ -392,45 +338,153 @@ fn generate(slot: &mut Option<Model>, req: ImageRequest, out: &mpsc::Sender<Out>
         status.show(model, WorkerState::Loaded);
         return;
     }
+    let generated = run_generation(model, &req, seed, out);
+    let health = record(model, &generated, status);
+    let images = match images_of(generated.result, &generated.facts, &req.request_id) {
+        Ok(images) => images,
+        Err(error) => {
+            let _ = out.blocking_send(Out::Event(ImageEvent::Error { error }));
+            return;
+        }
+    };
+    let peaks = generated.peaks;
     tracing::info!(
         request_id = %req.request_id,
-        width = params.width,
-        height = params.height,
-        steps = params.steps,
-        batch = params.batch_count,
-        seed = params.seed,
+        images = images.len(),
+        sampling_ms = peaks.sampling_ms,
+        vae_decode_ms = peaks.vae_decode_ms,
+        sampling_bytes = peaks.sampling_bytes,
+        vae_decode_bytes = peaks.vae_decode_bytes,
+        "generated"
+    );
+    if stream_images(&images, &req, seed, out) {
+        let _ = out.blocking_send(Out::Event(ImageEvent::Done { health, peaks }));
+    }
+}
+
+/// Everything before `started`, so that a request that cannot run is refused with an error
+/// status rather than a stream: the request is valid, a model is loaded, and its context has
+/// the VAE placement the request needs. Returns the model and `switch_ms`.
+fn prepare<'m>(
+    slot: &'m mut Option<Model>,
+    req: &ImageRequest,
+    status: &HealthWriter,
+) -> Result<(&'m mut Model, u64), WorkerError> {
+    validate(req)?;
+    let not_loaded = || error(ErrorCode::NotLoaded, "no model is loaded");
+    if slot.is_none() {
+        return Err(not_loaded());
+    }
+    let switch_ms = switch_placement(slot, req, status)?;
+    let model = slot.as_mut().ok_or_else(not_loaded)?;
+    Ok((model, switch_ms))
+}
+
+/// The VAE's device is part of the context, so a request that wants it elsewhere (`cpu`
+/// versus the device) re-creates the context from the same files, freeing the old one
+/// first: both at once may not fit. Returns the milliseconds it took (at least 1), 0 when no
+/// switch was needed; a context that cannot be re-created leaves no model loaded.
+fn switch_placement(slot: &mut Option<Model>, req: &ImageRequest, status: &HealthWriter) -> Result<u64, WorkerError> {
+    let want_cpu = req.vae == VaePlacement::Cpu;
+    let elsewhere = slot.as_ref().is_some_and(|m| want_cpu != (m.vae == VaePlacement::Cpu));
+    if !elsewhere {
+        return Ok(0);
+    }
+    let t = Instant::now();
+    let Some(mut m) = slot.take() else { return Ok(0) };
+    tracing::info!(from = ?m.vae, to = ?req.vae, "re-creating the context for another VAE placement");
+    status.set_state(WorkerState::Loading);
+    m.params.vae_on_cpu = want_cpu;
+    let params = m.params.clone();
+    drop(m.ctx);
+    match create(&params) {
+        Ok((ctx, components)) => {
+            *slot = Some(Model {
+                ctx,
+                components,
+                vae: placement_of(&params),
+                params,
+                name: m.name,
+                compute: m.compute,
+                last: m.last,
+            });
+            Ok(ms(t.elapsed()).max(1))
+        }
+        Err(why) => {
+            status.clear();
+            let msg = format!(
+                "stable-diffusion.cpp cannot re-create {} with the VAE placement {:?}: {why}",
+                m.name, req.vae
+            );
+            tracing::warn!("{msg}");
+            Err(error(ErrorCode::LoadFailed, msg))
+        }
+    }
+}
+
+/// What one `generate_image` call gave, what its log said, and the peaks taken from both.
+struct Generated {
+    result: Result<Option<Vec<RgbImage>>, String>,
+    facts: GenFacts,
+    peaks: GenerationPeaks,
+}
+
+/// Runs the generation with the library's log captured (progress goes to `out` as it comes)
+/// and splits its time and compute peaks into sampling and decode (see [`generate`]).
+fn run_generation(model: &mut Model, req: &ImageRequest, seed: i64, out: &mpsc::Sender<Out>) -> Generated {
+    tracing::info!(
+        request_id = %req.request_id,
+        width = req.width,
+        height = req.height,
+        steps = req.steps,
+        batch = req.batch_count,
+        seed,
         vae = ?req.vae,
         "generating"
     );
-    logcap::begin_generation(Some(out.clone()), params.batch_count);
+    logcap::begin_generation(Some(out.clone()), req.batch_count);
     let started = Instant::now();
-    let result = model.ctx.generate(&params);
+    let result = model.ctx.generate(req, seed);
     let ended = Instant::now();
     let facts = logcap::end_generation();
 
-    // The split between sampling and decode: see this function's documentation.
     let decode_started = facts.decode_started.unwrap_or(ended).clamp(started, ended);
     let peaks = GenerationPeaks {
-        width: params.width,
-        height: params.height,
+        width: req.width,
+        height: req.height,
         sampling_bytes: facts.sampling.bytes,
         vae_decode_bytes: facts.decode.bytes,
         vae: req.vae,
         sampling_ms: ms(decode_started - started),
         vae_decode_ms: ms(ended - decode_started),
     };
+    Generated { result, facts, peaks }
+}
+
+/// Keeps what a generation measured, failed or not (the arbiter's estimates learn from
+/// both): the compute bytes on the weights' device, which health counts as held, and the
+/// peaks. Publishes the model `loaded` again and returns that health.
+fn record(model: &mut Model, generated: &Generated, status: &HealthWriter) -> Health {
     let weights_on_host = model.device() == "cpu";
-    model.compute = [facts.sampling, facts.decode]
+    model.compute = [generated.facts.sampling, generated.facts.decode]
         .iter()
         .filter(|b| b.host == weights_on_host)
         .map(|b| b.bytes)
         .max()
         .unwrap_or(0);
-    model.last = Some(peaks.clone());
-    let health = status.show(model, WorkerState::Loaded);
+    model.last = Some(generated.peaks.clone());
+    status.show(model, WorkerState::Loaded)
+}
 
-    let images = match result {
-        Ok(Some(images)) => images,
+/// The images of a generation, or the `error` event's error: stable-diffusion.cpp's logged
+/// reasons when it returned NULL, ours when the result could not be taken.
+fn images_of(
+    result: Result<Option<Vec<RgbImage>>, String>,
+    facts: &GenFacts,
+    request_id: &str,
+) -> Result<Vec<RgbImage>, WorkerError> {
+    match result {
+        Ok(Some(images)) => Ok(images),
         Ok(None) => {
             let why = if facts.errors.is_empty() {
                 "no reason logged".to_string()
@@ -441,64 +495,61 @@ fn generate(slot: &mut Option<Model>, req: ImageRequest, out: &mpsc::Sender<Out>
                 ErrorCode::Internal,
                 format!("stable-diffusion.cpp failed to generate: {why}"),
             );
-            tracing::warn!(request_id = %req.request_id, "{}", e.message);
-            let _ = out.blocking_send(Out::Event(ImageEvent::Error { error: e }));
-            return;
+            tracing::warn!(request_id = %request_id, "{}", e.message);
+            Err(e)
         }
-        Err(msg) => {
-            let _ = out.blocking_send(Out::Event(ImageEvent::Error {
-                error: error(ErrorCode::Internal, msg),
-            }));
-            return;
-        }
-    };
-    tracing::info!(
-        request_id = %req.request_id,
-        images = images.len(),
-        sampling_ms = peaks.sampling_ms,
-        vae_decode_ms = peaks.vae_decode_ms,
-        sampling_bytes = peaks.sampling_bytes,
-        vae_decode_bytes = peaks.vae_decode_bytes,
-        "generated"
-    );
-    let mut client_left = false;
+        Err(msg) => Err(error(ErrorCode::Internal, msg)),
+    }
+}
+
+/// Sends one `image` event per image, in order, seeds counting up from `seed`. An image that
+/// cannot be sent as asked becomes an `error` event, which ends the stream. Returns whether
+/// every image went out, so that `done` is due; false when the stream ended or the client
+/// left (there is no cancel in stable-diffusion.cpp: the results are dropped).
+fn stream_images(images: &[RgbImage], req: &ImageRequest, seed: i64, out: &mpsc::Sender<Out>) -> bool {
     for (index, img) in images.iter().enumerate() {
-        let event = if (img.width, img.height) != (params.width, params.height) {
-            ImageEvent::Error {
-                error: error(
-                    ErrorCode::Internal,
-                    format!(
-                        "stable-diffusion.cpp made a {}×{} image, {}×{} was asked",
-                        img.width, img.height, params.width, params.height
-                    ),
-                ),
-            }
-        } else {
-            match crate::png::encode(img, &req.png_text) {
-                Ok(png) => ImageEvent::Image {
-                    index: index as u32,
-                    seed: params.seed + index as i64,
-                    png_base64: crate::png::base64(&png),
-                },
-                Err(msg) => ImageEvent::Error {
-                    error: error(ErrorCode::Internal, msg),
-                },
-            }
-        };
+        let event = image_event(img, index, req, seed);
         let last = matches!(event, ImageEvent::Error { .. });
         if out.blocking_send(Out::Event(event)).is_err() {
-            client_left = true;
-            break;
+            tracing::info!(request_id = %req.request_id, "client left during the generation; results dropped");
+            return false;
         }
         if last {
-            return;
+            return false;
         }
     }
-    if client_left {
-        tracing::info!(request_id = %req.request_id, "client left during the generation; results dropped");
-        return;
+    true
+}
+
+/// Image `index` of the batch as its PNG, with the request's text chunks; an `error` event
+/// when the library made another size than was asked, or the PNG cannot be written.
+fn image_event(img: &RgbImage, index: usize, req: &ImageRequest, seed: i64) -> ImageEvent {
+    let internal = |message: String| ImageEvent::Error {
+        error: error(ErrorCode::Internal, message),
+    };
+    if (img.width, img.height) != (req.width, req.height) {
+        return internal(format!(
+            "stable-diffusion.cpp made a {}×{} image, {}×{} was asked",
+            img.width, img.height, req.width, req.height
+        ));
     }
-    let _ = out.blocking_send(Out::Event(ImageEvent::Done { health, peaks }));
+    match crate::png::encode(img, &req.png_text) {
+        Ok(png) => ImageEvent::Image {
+            index: index as u32,
+            seed: seed + index as i64,
+            png_base64: crate::png::base64(&png),
+        },
+        Err(msg) => internal(msg),
+    }
+}
+
+/// The placement a context was created with: `cpu`, or the device (`gpu`, whatever it is).
+fn placement_of(params: &ContextParams) -> VaePlacement {
+    if params.vae_on_cpu {
+        VaePlacement::Cpu
+    } else {
+        VaePlacement::Gpu
+    }
 }
 
 fn ms(d: Duration) -> u64 {
@@ -506,10 +557,11 @@ fn ms(d: Duration) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn request() -> ImageRequest {
+    /// A valid request (64×64, 2 steps, euler, seed 42); `sd.rs`'s tests start from it too.
+    pub(crate) fn request() -> ImageRequest {
         ImageRequest {
             request_id: "t".into(),
             prompt: "a cat".into(),
@@ -535,16 +587,10 @@ mod tests {
 
     #[test]
     fn requests_are_validated_field_by_field() {
-        let ok = validate(&request()).unwrap();
-        assert!(!ok.tiled);
-        assert!(
-            validate(&ImageRequest {
-                vae: VaePlacement::Tiled,
-                ..request()
-            })
-            .unwrap()
-            .tiled
-        );
+        validate(&request()).unwrap();
+        for vae in [VaePlacement::Tiled, VaePlacement::Cpu] {
+            validate(&ImageRequest { vae, ..request() }).unwrap();
+        }
         assert!(refused(ImageRequest { width: 60, ..request() }).starts_with("width"));
         assert!(refused(ImageRequest { height: 0, ..request() }).starts_with("height"));
         assert!(refused(ImageRequest { steps: 0, ..request() }).starts_with("steps"));

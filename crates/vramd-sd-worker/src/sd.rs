@@ -3,10 +3,11 @@
 //! - [`SdContext`] owns one `sd_ctx_t` (`new_sd_ctx` … `free_sd_ctx`). The context is not
 //!   thread-safe, and its callbacks are process-wide, so only the engine thread touches it;
 //!   the type is neither `Send` nor `Sync` (it holds a raw pointer).
-//! - [`SdContext::generate`] runs `generate_image` and copies the returned `sd_image_t` array
-//!   into owned [`RgbImage`]s, then hands it back with `free_sd_images`, which frees each
-//!   image's pixels and the array as the C API requires (`diffusion-rs` frees only the array,
-//!   leaking the pixels).
+//! - [`SdContext::generate`] runs `generate_image` for a protocol [`ImageRequest`] (mapped to
+//!   `sd_img_gen_params_t` here, at the FFI edge, and nowhere else) and copies the returned
+//!   `sd_image_t` array into owned [`RgbImage`]s, then hands it back with `free_sd_images`,
+//!   which frees each image's pixels and the array as the C API requires (`diffusion-rs`
+//!   frees only the array, leaking the pixels).
 //! - [`sample_method`] / [`scheduler`] parse names with the library's own `str_to_*`.
 //!
 //! In this stable-diffusion.cpp (0.1.20 of the crate) weights are registered and validated by
@@ -19,6 +20,8 @@ use std::path::Path;
 use std::ptr::NonNull;
 
 use diffusion_rs_sys as sys;
+use vramd_protocol::{ImageRequest, VaePlacement};
+use vramd_worker_kit::engine::device_label;
 
 /// What a context is created from.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -85,53 +88,19 @@ impl SdContext {
         Ok(NonNull::new(ctx).map(|ctx| SdContext { ctx }))
     }
 
-    /// Generates `g.batch_count` images; `None` when stable-diffusion.cpp returns NULL (it
-    /// logged why).
-    pub fn generate(&mut self, g: &GenParams) -> Result<Option<Vec<RgbImage>>, String> {
-        let prompt = CString::new(g.prompt.as_str()).map_err(|_| "prompt contains a NUL byte")?;
-        let negative = CString::new(g.negative_prompt.as_str()).map_err(|_| "negative_prompt contains a NUL byte")?;
-        let batch = i32::try_from(g.batch_count).map_err(|_| "batch_count is too large")?;
-        // SAFETY: sd_img_gen_params_init fills every field of the struct it is given.
-        let mut params = unsafe {
-            let mut params = std::mem::MaybeUninit::<sys::sd_img_gen_params_t>::zeroed();
-            sys::sd_img_gen_params_init(params.as_mut_ptr());
-            params.assume_init()
-        };
-        params.prompt = prompt.as_ptr();
-        params.negative_prompt = negative.as_ptr();
-        params.width = i32::try_from(g.width).map_err(|_| "width is too large")?;
-        params.height = i32::try_from(g.height).map_err(|_| "height is too large")?;
-        params.seed = g.seed;
-        params.batch_count = batch;
-        params.sample_params.sample_steps = i32::try_from(g.steps).map_err(|_| "steps is too large")?;
-        params.sample_params.guidance.txt_cfg = g.cfg_scale;
-        params.sample_params.sample_method = g.sampler;
-        params.sample_params.scheduler = g.scheduler;
-        if g.tiled {
-            // Tile size 0 takes the library's default (32 latent pixels), overlap 0.5 as its CLI.
-            params.vae_tiling_params.enabled = true;
-            params.vae_tiling_params.target_overlap = 0.5;
-        }
+    /// Generates `req.batch_count` images, the first from `seed` (the library counts the
+    /// next ones up); `None` when stable-diffusion.cpp returns NULL (it logged why).
+    pub fn generate(&mut self, req: &ImageRequest, seed: i64) -> Result<Option<Vec<RgbImage>>, String> {
+        let prompt = CString::new(req.prompt.as_str()).map_err(|_| "prompt contains a NUL byte")?;
+        let negative = CString::new(req.negative_prompt.as_str()).map_err(|_| "negative_prompt contains a NUL byte")?;
+        let params = img_gen_params(req, seed, &prompt, &negative)?;
         // SAFETY: the context is live and owned by this thread; the strings outlive the call.
         let images = unsafe { sys::generate_image(self.ctx.as_ptr(), &params) };
         if images.is_null() {
             return Ok(None);
         }
-        // SAFETY: a non-NULL result is an array of `batch_count` images from calloc, each
-        // with `width·height·channel` bytes from malloc (or NULL); it is copied, then handed
-        // back to free_sd_images, exactly once.
-        let owned = unsafe {
-            let slice = std::slice::from_raw_parts(images, batch as usize);
-            let owned: Vec<Option<RgbImage>> = slice.iter().map(|img| RgbImage::copy_from(img)).collect();
-            sys::free_sd_images(images, batch);
-            owned
-        };
-        owned
-            .into_iter()
-            .enumerate()
-            .map(|(i, img)| img.ok_or_else(|| format!("image {i} of the batch came back empty")))
-            .collect::<Result<Vec<_>, _>>()
-            .map(Some)
+        // SAFETY: a non-NULL result of generate_image for `batch_count` images, not freed yet.
+        unsafe { take_images(images, params.batch_count) }.map(Some)
     }
 }
 
@@ -142,21 +111,63 @@ impl Drop for SdContext {
     }
 }
 
-/// The parameters of one `generate_image` call.
-#[derive(Clone, Debug)]
-pub struct GenParams {
-    pub prompt: String,
-    pub negative_prompt: String,
-    pub width: u32,
-    pub height: u32,
-    pub steps: u32,
-    pub cfg_scale: f32,
-    pub seed: i64,
-    pub sampler: sys::sample_method_t,
-    pub scheduler: sys::scheduler_t,
-    pub batch_count: u32,
-    /// Decode the VAE in tiles.
-    pub tiled: bool,
+/// `req` as the parameters of one `generate_image` call: the protocol's request meets the C
+/// API here, sampler and scheduler names included (parsed by the library). The result points
+/// into `prompt` and `negative`, which must outlive the call it is for.
+fn img_gen_params(
+    req: &ImageRequest,
+    seed: i64,
+    prompt: &CStr,
+    negative: &CStr,
+) -> Result<sys::sd_img_gen_params_t, String> {
+    let int = |v: u32, what: &str| i32::try_from(v).map_err(|_| format!("{what} is too large"));
+    let sampler = sample_method(&req.sampler).ok_or_else(|| format!("unknown sampler {:?}", req.sampler))?;
+    let scheduler = scheduler(&req.scheduler).ok_or_else(|| format!("unknown scheduler {:?}", req.scheduler))?;
+    // SAFETY: sd_img_gen_params_init fills every field of the struct it is given.
+    let mut params = unsafe {
+        let mut params = std::mem::MaybeUninit::<sys::sd_img_gen_params_t>::zeroed();
+        sys::sd_img_gen_params_init(params.as_mut_ptr());
+        params.assume_init()
+    };
+    params.prompt = prompt.as_ptr();
+    params.negative_prompt = negative.as_ptr();
+    params.width = int(req.width, "width")?;
+    params.height = int(req.height, "height")?;
+    params.seed = seed;
+    params.batch_count = int(req.batch_count, "batch_count")?;
+    params.sample_params.sample_steps = int(req.steps, "steps")?;
+    params.sample_params.guidance.txt_cfg = req.cfg_scale;
+    params.sample_params.sample_method = sampler;
+    params.sample_params.scheduler = scheduler;
+    if req.vae == VaePlacement::Tiled {
+        // Tile size 0 takes the library's default (32 latent pixels), overlap 0.5 as its CLI.
+        params.vae_tiling_params.enabled = true;
+        params.vae_tiling_params.target_overlap = 0.5;
+    }
+    Ok(params)
+}
+
+/// Copies the images of a `generate_image` result into owned [`RgbImage`]s, then hands the
+/// array back to `free_sd_images`, which frees each image's pixels and the array, as the C
+/// API requires; an image that came back without pixels is an error.
+///
+/// # Safety
+/// `images` is a non-NULL result of `generate_image` for `batch` images, not freed yet: an
+/// array of `batch` images from calloc, each with `width·height·channel` bytes from malloc
+/// (or NULL). It is freed here, exactly once.
+unsafe fn take_images(images: *mut sys::sd_image_t, batch: i32) -> Result<Vec<RgbImage>, String> {
+    // SAFETY: the caller's contract.
+    let owned = unsafe {
+        let slice = std::slice::from_raw_parts(images, usize::try_from(batch).unwrap_or(0));
+        let owned: Vec<Option<RgbImage>> = slice.iter().map(|img| RgbImage::copy_from(img)).collect();
+        sys::free_sd_images(images, batch);
+        owned
+    };
+    owned
+        .into_iter()
+        .enumerate()
+        .map(|(i, img)| img.ok_or_else(|| format!("image {i} of the batch came back empty")))
+        .collect()
 }
 
 /// One generated image, 8-bit RGB, rows top to bottom.
@@ -196,25 +207,29 @@ impl RgbImage {
 /// A sampler by its stable-diffusion.cpp name (`euler_a`, `dpm++2m`, …); empty is the
 /// model's default. `None` for an unknown name.
 pub fn sample_method(name: &str) -> Option<sys::sample_method_t> {
-    if name.is_empty() {
-        return Some(sys::sample_method_t::SAMPLE_METHOD_COUNT);
-    }
-    let c = CString::new(name).ok()?;
-    // SAFETY: a NUL-terminated string; the function only compares it.
-    let m = unsafe { sys::str_to_sample_method(c.as_ptr()) };
-    (m != sys::sample_method_t::SAMPLE_METHOD_COUNT).then_some(m)
+    by_name(
+        name,
+        sys::sample_method_t::SAMPLE_METHOD_COUNT,
+        sys::str_to_sample_method,
+    )
 }
 
 /// A scheduler by its stable-diffusion.cpp name (`discrete`, `karras`, …); empty is the
 /// default. `None` for an unknown name.
 pub fn scheduler(name: &str) -> Option<sys::scheduler_t> {
+    by_name(name, sys::scheduler_t::SCHEDULER_COUNT, sys::str_to_scheduler)
+}
+
+/// A C enum by name through the library's own `str_to_*`, which answers `count` (the enum's
+/// last value, which also stands for "the default") for a name it does not know.
+fn by_name<T: Copy + PartialEq>(name: &str, count: T, parse: unsafe extern "C" fn(*const c_char) -> T) -> Option<T> {
     if name.is_empty() {
-        return Some(sys::scheduler_t::SCHEDULER_COUNT);
+        return Some(count);
     }
     let c = CString::new(name).ok()?;
     // SAFETY: a NUL-terminated string; the function only compares it.
-    let s = unsafe { sys::str_to_scheduler(c.as_ptr()) };
-    (s != sys::scheduler_t::SCHEDULER_COUNT).then_some(s)
+    let v = unsafe { parse(c.as_ptr()) };
+    (v != count).then_some(v)
 }
 
 /// The first GPU ggml knows (`CUDA0`) as `cuda:0`; `None` on a CPU-only build or machine.
@@ -227,13 +242,9 @@ pub fn gpu_device() -> Option<String> {
         }
         c_str(sys::ggml_backend_dev_name(dev))?
     };
+    // `CUDA0`: the backend, then the index.
     let index = name.trim_start_matches(|c: char| !c.is_ascii_digit());
-    let backend = &name[..name.len() - index.len()];
-    Some(format!(
-        "{}:{}",
-        backend.to_ascii_lowercase(),
-        if index.is_empty() { "0" } else { index }
-    ))
+    Some(device_label(&name[..name.len() - index.len()], &name))
 }
 
 /// Installs the process-wide log and progress callbacks (the engine thread does, once).
@@ -285,6 +296,62 @@ mod tests {
         assert_eq!(scheduler("karras"), Some(sys::scheduler_t::KARRAS_SCHEDULER));
         assert_eq!(scheduler(""), Some(sys::scheduler_t::SCHEDULER_COUNT));
         assert_eq!(scheduler("sometimes"), None);
+    }
+
+    /// The engine's valid request, with every field the C parameters carry set apart from
+    /// the defaults.
+    fn request() -> ImageRequest {
+        ImageRequest {
+            height: 32,
+            steps: 3,
+            cfg_scale: 2.5,
+            sampler: "euler_a".into(),
+            scheduler: "karras".into(),
+            batch_count: 2,
+            vae: VaePlacement::Tiled,
+            ..crate::engine::tests::request()
+        }
+    }
+
+    #[test]
+    fn requests_become_c_params_at_the_edge() {
+        let (prompt, negative) = (c"a cat", c"");
+        let p = img_gen_params(&request(), 7, prompt, negative).unwrap();
+        assert_eq!((p.width, p.height, p.seed, p.batch_count), (64, 32, 7, 2));
+        assert_eq!(p.prompt, prompt.as_ptr());
+        assert_eq!(p.negative_prompt, negative.as_ptr());
+        let s = &p.sample_params;
+        assert_eq!((s.sample_steps, s.guidance.txt_cfg), (3, 2.5));
+        assert_eq!(s.sample_method, sys::sample_method_t::EULER_A_SAMPLE_METHOD);
+        assert_eq!(s.scheduler, sys::scheduler_t::KARRAS_SCHEDULER);
+        assert!(p.vae_tiling_params.enabled, "tiled decode");
+        for vae in [VaePlacement::Gpu, VaePlacement::Cpu] {
+            let p = img_gen_params(&ImageRequest { vae, ..request() }, 7, prompt, negative).unwrap();
+            assert!(!p.vae_tiling_params.enabled, "{vae:?}");
+        }
+        let defaults = ImageRequest {
+            sampler: String::new(),
+            scheduler: String::new(),
+            ..request()
+        };
+        let p = img_gen_params(&defaults, 7, prompt, negative).unwrap();
+        assert_eq!(p.sample_params.sample_method, sys::sample_method_t::SAMPLE_METHOD_COUNT);
+        assert_eq!(p.sample_params.scheduler, sys::scheduler_t::SCHEDULER_COUNT);
+        let unknown = ImageRequest {
+            sampler: "euler-ish".into(),
+            ..request()
+        };
+        assert!(img_gen_params(&unknown, 7, prompt, negative)
+            .unwrap_err()
+            .contains("sampler"));
+        let huge = ImageRequest {
+            width: u32::MAX,
+            ..request()
+        };
+        assert_eq!(
+            img_gen_params(&huge, 7, prompt, negative).unwrap_err(),
+            "width is too large"
+        );
     }
 
     #[test]

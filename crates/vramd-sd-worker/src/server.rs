@@ -1,6 +1,6 @@
 //! The worker protocol over HTTP (see `vramd_protocol`): health, load, unload, images.
 //!
-//! Handlers never block: they hand a job to the stable-diffusion.cpp thread with a reply
+//! Handlers never block: they hand a call to the stable-diffusion.cpp thread with a reply
 //! channel and await it, or read the published [`Health`](vramd_protocol::Health). A
 //! generation streams NDJSON from the channel the engine thread writes (`started`,
 //! `progress`…, one `image` per image, then `done` or `error`).
@@ -10,11 +10,10 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use tokio::sync::{mpsc, oneshot};
-use vramd_protocol::{ErrorCode, ImageLoadRequest, ImageRequest, UnloadRequest, HEALTH, IMAGES, LOAD, UNLOAD};
-use vramd_worker_kit::{error, parse, stream_response, with_fallbacks, ApiError};
+use vramd_protocol::{ImageLoadRequest, ImageRequest, UnloadRequest, HEALTH, IMAGES, LOAD, UNLOAD};
+use vramd_worker_kit::{parse, with_fallbacks, ApiError};
 
-use crate::engine::{Engine, Job};
+use crate::engine::{Engine, EngineCall};
 
 /// Events buffered between the engine thread and the HTTP body (progress lines are small;
 /// images are sent one at a time).
@@ -35,33 +34,26 @@ pub fn router(engine: Engine) -> Router {
     .with_state(engine)
 }
 
-fn gone() -> vramd_protocol::WorkerError {
-    error(ErrorCode::Internal, "the stable-diffusion.cpp thread has stopped")
-}
-
 async fn health(State(engine): State<Engine>) -> Response {
     Json(engine.health()).into_response()
 }
 
 async fn load(State(engine): State<Engine>, body: Bytes) -> Result<Response, ApiError> {
     let req: ImageLoadRequest = parse(&body)?;
-    let (reply, rx) = oneshot::channel();
-    engine.submit(Job::Load { req, reply })?;
-    let response = rx.await.map_err(|_| ApiError::from(gone()))??;
+    let response = engine.ask(|reply| EngineCall::Load { req, reply }).await??;
     Ok(Json(response).into_response())
 }
 
 /// Soft and hard are the same for images: the context is all there is to free.
 async fn unload(State(engine): State<Engine>, body: Bytes) -> Result<Response, ApiError> {
     let _: UnloadRequest = parse(&body)?;
-    let (reply, rx) = oneshot::channel();
-    engine.submit(Job::Unload { reply })?;
-    Ok(Json(rx.await.map_err(|_| ApiError::from(gone()))?).into_response())
+    let health = engine.ask(|reply| EngineCall::Unload { reply }).await?;
+    Ok(Json(health).into_response())
 }
 
 async fn images(State(engine): State<Engine>, body: Bytes) -> Result<Response, ApiError> {
     let req: ImageRequest = parse(&body)?;
-    let (out, rx) = mpsc::channel(STREAM_BUFFER);
-    engine.submit(Job::Generate { req, out })?;
-    stream_response(rx, gone()).await
+    engine
+        .stream(STREAM_BUFFER, |out| EngineCall::Generate { req, out })
+        .await
 }

@@ -3,12 +3,13 @@
 
 mod support;
 
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use support::{image_request, load_request, manifest, png_facts, sd1, unbase64, write, zimage, Worker};
 use vramd_protocol::{
     ErrorCode, GenerationPeaks, Health, ImageEvent, ImageFiles, ImageLoadResponse, ImageRequest, UnloadMode,
-    UnloadRequest, VaePlacement, WorkerError, WorkerState, HEALTH, IMAGES, LOAD, UNLOAD,
+    VaePlacement, WorkerError, WorkerState, IMAGES, LOAD,
 };
 
 /// What a finished generation streamed.
@@ -62,25 +63,6 @@ fn generate(w: &Worker, req: &ImageRequest) -> Run {
     }
 }
 
-fn health(w: &Worker) -> Health {
-    let r = w.get(HEALTH);
-    assert_eq!(r.status, 200);
-    r.json()
-}
-
-fn unload(w: &Worker, mode: UnloadMode) -> Health {
-    let r = w.post(UNLOAD, &UnloadRequest { mode });
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.json()
-}
-
-fn expect_error(r: &support::Response, status: u16, code: ErrorCode) -> WorkerError {
-    assert_eq!(r.status, status, "{}", r.text());
-    let e: WorkerError = r.json();
-    assert_eq!(e.code, code, "{e:?}");
-    e
-}
-
 fn load(w: &Worker, name: &str, files: ImageFiles, vae: VaePlacement) -> ImageLoadResponse {
     let r = w.post(LOAD, &load_request(name, files, vae));
     assert_eq!(r.status, 200, "{}\n{}", r.text(), w.log());
@@ -103,16 +85,34 @@ fn mib(bytes: u64) -> f64 {
     bytes as f64 / 1_048_576.0
 }
 
+/// The whole life of a Z-Image worker, in the order the daemon drives one: each step starts
+/// from the state the one before left (loaded, which context, which image a seed makes).
 #[test]
 fn zimage_generates_switches_vae_placement_and_unloads() {
     let mut w = Worker::start();
-    let h = health(&w);
+    let h = zimage_loads(&w);
+    let req = image_request(VaePlacement::Gpu);
+    let png_a = first_image_is_measured(&w, &req, &h);
+    seeds_decide_the_image(&w, &req, &png_a);
+    health_says_busy_mid_generation(&w, &req);
+    vae_placements_switch_the_context(&w, &req, &h, &png_a);
+    a_client_that_leaves_does_not_stop_the_next(&w, &req, &png_a);
+    refusals_name_the_field(&w, &req);
+    unloads_free_the_context(&w, &req, &h, &png_a);
+    exits_on_stdin_eof(&mut w);
+}
+
+/// An empty worker, then the Z-Image model: health reports each component's weights (the
+/// daemon's VAE estimates read them) and no compute until something is generated. Returns
+/// the health after the load.
+fn zimage_loads(w: &Worker) -> Health {
+    let h = w.health();
     assert_eq!(h.state, WorkerState::Empty);
     assert_eq!(h.pid, w.child.id());
     assert_eq!(h.image, None);
 
     let files = zimage(w.dir.path());
-    let loaded = load(&w, "zi", files, VaePlacement::Gpu);
+    let loaded = load(w, "zi", files, VaePlacement::Gpu);
     let h = loaded.health.clone();
     eprintln!("Z-Image load: {} ms, {h:?}", loaded.load_ms);
     assert_eq!(h.state, WorkerState::Loaded);
@@ -128,14 +128,17 @@ fn zimage_generates_switches_vae_placement_and_unloads() {
     for c in &image.components {
         eprintln!("  {}: {:.2} MiB on {}", c.name, mib(c.bytes), c.device);
     }
+    h
+}
 
-    // 64×64 in 2 steps: started, progress 1..=2, one PNG with the text chunk, done.
-    let req = image_request(VaePlacement::Gpu);
-    let a = generate(&w, &req);
+/// 64×64 in 2 steps: started, progress 1..=2, one PNG with the text chunk, done; the peaks
+/// it measured are in `done` and in health. Returns the PNG, which later steps compare with.
+fn first_image_is_measured(w: &Worker, req: &ImageRequest, h: &Health) -> Vec<u8> {
+    let a = generate(w, req);
     eprintln!("first image: {:.2}s end to end, {:?}", a.secs, a.peaks);
     assert_eq!(a.switch_ms, 0);
     assert_eq!(a.progress, [(1, 2), (2, 2)]);
-    let png_a = check_one_image(&a, &req);
+    let png_a = check_one_image(&a, req);
     let p = &a.peaks;
     assert_eq!((p.width, p.height, p.vae), (64, 64, VaePlacement::Gpu));
     assert!(p.sampling_bytes > 0 && p.vae_decode_bytes > 0, "{p:?}");
@@ -145,18 +148,24 @@ fn zimage_generates_switches_vae_placement_and_unloads() {
     assert_eq!(a.health.bytes.compute, p.sampling_bytes.max(p.vae_decode_bytes));
     assert_eq!(a.health.bytes.weights, h.bytes.weights);
     assert!(a.health.peak_bytes >= a.health.bytes.total);
-    assert_eq!(health(&w), a.health);
+    assert_eq!(w.health(), a.health);
 
     // The same seed makes the same bytes; the compute buffers are measured again.
-    let b = generate(&w, &req);
-    assert_eq!(check_one_image(&b, &req), png_a, "same seed, same PNG");
+    let b = generate(w, req);
+    assert_eq!(check_one_image(&b, req), png_a, "same seed, same PNG");
     assert_eq!(
         (b.peaks.sampling_bytes, b.peaks.vae_decode_bytes),
         (p.sampling_bytes, p.vae_decode_bytes)
     );
     eprintln!("second image: {:.2}s, {:?}", b.secs, b.peaks);
+    png_a
+}
+
+/// Another seed, another image; a batch counts seeds up from the request's and progress
+/// over the whole batch, and its first image is the single one.
+fn seeds_decide_the_image(w: &Worker, req: &ImageRequest, png_a: &[u8]) {
     let other = generate(
-        &w,
+        w,
         &ImageRequest {
             seed: Some(7),
             ..req.clone()
@@ -164,9 +173,8 @@ fn zimage_generates_switches_vae_placement_and_unloads() {
     );
     assert_ne!(other.images[0].2, png_a, "another seed, another image");
 
-    // A batch: seeds count up, progress counts over the batch.
     let batch = generate(
-        &w,
+        w,
         &ImageRequest {
             batch_count: 2,
             ..req.clone()
@@ -176,19 +184,24 @@ fn zimage_generates_switches_vae_placement_and_unloads() {
     let seeds: Vec<(u32, i64)> = batch.images.iter().map(|(i, s, _)| (*i, *s)).collect();
     assert_eq!(seeds, [(0, 42), (1, 43)]);
     assert_eq!(batch.images[0].2, png_a, "the first of a batch is the single image");
+}
 
-    // Health answers while a generation runs, and says busy.
-    let (status, mut events) = w.stream(&req);
+/// Health answers while a generation runs, and says busy: the daemon polls it then.
+fn health_says_busy_mid_generation(w: &Worker, req: &ImageRequest) {
+    let (status, mut events) = w.stream(req);
     assert_eq!(status, 200);
     assert!(matches!(events.next_event(), Some(ImageEvent::Started { .. })));
-    let mid = health(&w);
+    let mid = w.health();
     assert_eq!(mid.state, WorkerState::Busy, "{mid:?}");
     let rest = events.collect();
     assert!(matches!(rest.last(), Some(ImageEvent::Done { .. })), "{rest:?}");
+}
 
-    // Tiled decode on the same context: no switch.
+/// Tiled decode runs on the same context; a CPU VAE re-creates the context (from the page
+/// cache) and keeps it until a request asks for the device again.
+fn vae_placements_switch_the_context(w: &Worker, req: &ImageRequest, h: &Health, png_a: &[u8]) {
     let tiled = generate(
-        &w,
+        w,
         &ImageRequest {
             vae: VaePlacement::Tiled,
             ..req.clone()
@@ -197,20 +210,19 @@ fn zimage_generates_switches_vae_placement_and_unloads() {
     eprintln!("tiled: {:.2}s, {:?}", tiled.secs, tiled.peaks);
     assert_eq!(tiled.switch_ms, 0);
     assert_eq!(tiled.peaks.vae, VaePlacement::Tiled);
-    check_one_image(&tiled, &req);
+    check_one_image(&tiled, req);
 
-    // A CPU VAE re-creates the context (from the page cache), and keeps it.
     let cpu_req = ImageRequest {
         vae: VaePlacement::Cpu,
         ..req.clone()
     };
-    let cpu = generate(&w, &cpu_req);
+    let cpu = generate(w, &cpu_req);
     eprintln!(
         "cpu VAE: switch {} ms, {:.2}s, {:?}",
         cpu.switch_ms, cpu.secs, cpu.peaks
     );
     assert!(cpu.switch_ms > 0);
-    let png_cpu = check_one_image(&cpu, &req);
+    let png_cpu = check_one_image(&cpu, req);
     if h.device == "cpu" {
         // Everything runs on the CPU either way: the same bytes.
         assert_eq!(png_cpu, png_a);
@@ -220,190 +232,154 @@ fn zimage_generates_switches_vae_placement_and_unloads() {
     assert_eq!(cpu.peaks.vae, VaePlacement::Cpu);
     let tae = cpu_image.components.iter().find(|c| c.name == "taesd").unwrap();
     assert_eq!(tae.device, "cpu");
-    assert_eq!(generate(&w, &cpu_req).switch_ms, 0, "the CPU-VAE context is kept");
-    let back = generate(&w, &req);
+    assert_eq!(generate(w, &cpu_req).switch_ms, 0, "the CPU-VAE context is kept");
+    let back = generate(w, req);
     assert!(back.switch_ms > 0, "gpu after cpu switches back");
     assert_eq!(back.health.image.unwrap().vae_backend, VaePlacement::Gpu);
+}
 
-    // A client that leaves mid-generation: it runs to its end, the next request is served.
-    let (_, mut events) = w.stream(&req);
+/// A client that leaves mid-generation: there is no cancel in stable-diffusion.cpp, so it
+/// runs to its end, and the next request is served as if nothing happened.
+fn a_client_that_leaves_does_not_stop_the_next(w: &Worker, req: &ImageRequest, png_a: &[u8]) {
+    let (_, mut events) = w.stream(req);
     assert!(matches!(events.next_event(), Some(ImageEvent::Started { .. })));
     drop(events);
-    let after = generate(&w, &req);
+    let after = generate(w, req);
     assert_eq!(after.images[0].2, png_a);
+}
 
-    // Refusals name the field, before anything runs.
+/// Refusals name the field, before anything runs; bodies that are not the protocol and
+/// unknown paths or methods get the protocol's JSON errors; the model stays loaded.
+fn refusals_name_the_field(w: &Worker, req: &ImageRequest) {
+    let with = |change: fn(&mut ImageRequest)| {
+        let mut r = req.clone();
+        change(&mut r);
+        r
+    };
     for (bad, field) in [
-        (
-            ImageRequest {
-                width: 100,
-                ..req.clone()
-            },
-            "width",
-        ),
-        (
-            ImageRequest {
-                height: 0,
-                ..req.clone()
-            },
-            "height",
-        ),
-        (
-            ImageRequest {
-                steps: 0,
-                ..req.clone()
-            },
-            "steps",
-        ),
-        (
-            ImageRequest {
-                batch_count: 0,
-                ..req.clone()
-            },
-            "batch_count",
-        ),
-        (
-            ImageRequest {
-                sampler: "euler_b".into(),
-                ..req.clone()
-            },
-            "sampler",
-        ),
-        (
-            ImageRequest {
-                scheduler: "hourly".into(),
-                ..req.clone()
-            },
-            "scheduler",
-        ),
+        (with(|r| r.width = 100), "width"),
+        (with(|r| r.height = 0), "height"),
+        (with(|r| r.steps = 0), "steps"),
+        (with(|r| r.batch_count = 0), "batch_count"),
+        (with(|r| r.sampler = "euler_b".into()), "sampler"),
+        (with(|r| r.scheduler = "hourly".into()), "scheduler"),
     ] {
-        let e = expect_error(&w.post(IMAGES, &bad), 400, ErrorCode::InvalidRequest);
+        let e = w.post(IMAGES, &bad).expect_error(400, ErrorCode::InvalidRequest);
         assert!(e.message.starts_with(field), "{field}: {e:?}");
     }
-    expect_error(&w.post_raw(IMAGES, "{\"prompt\":"), 400, ErrorCode::InvalidRequest);
-    expect_error(&w.post_raw(LOAD, "{}"), 400, ErrorCode::InvalidRequest);
+    w.post_raw(IMAGES, "{\"prompt\":")
+        .expect_error(400, ErrorCode::InvalidRequest);
+    w.post_raw(LOAD, "{}").expect_error(400, ErrorCode::InvalidRequest);
     assert_eq!(w.get("/internal/nothing").status, 404);
     assert_eq!(w.get(IMAGES).status, 405);
-    assert_eq!(health(&w).state, WorkerState::Loaded);
+    assert_eq!(w.health().state, WorkerState::Loaded);
+}
 
-    // Soft and hard unload both free the context; generation is then refused.
-    let s = unload(&w, UnloadMode::Soft);
+/// Soft and hard unload both free the context (for images there is nothing softer to
+/// drop); generation is then refused. A model loaded with its VAE on the CPU needs no
+/// switch for a CPU-VAE request.
+fn unloads_free_the_context(w: &Worker, req: &ImageRequest, h: &Health, png_a: &[u8]) {
+    let s = w.unload(UnloadMode::Soft);
     assert_eq!(s.state, WorkerState::Empty);
     assert_eq!((s.bytes.total, s.model.clone()), (0, None));
-    expect_error(&w.post(IMAGES, &req), 409, ErrorCode::NotLoaded);
+    w.post(IMAGES, req).expect_error(409, ErrorCode::NotLoaded);
     let files = zimage(w.dir.path());
-    load(&w, "zi", files, VaePlacement::Cpu);
-    let cpu_first = generate(&w, &cpu_req);
+    load(w, "zi", files, VaePlacement::Cpu);
+    let cpu_req = ImageRequest {
+        vae: VaePlacement::Cpu,
+        ..req.clone()
+    };
+    let cpu_first = generate(w, &cpu_req);
     assert_eq!(cpu_first.switch_ms, 0, "loaded with the VAE on the CPU");
-    let png_cpu_first = check_one_image(&cpu_first, &req);
+    let png_cpu_first = check_one_image(&cpu_first, req);
     if h.device == "cpu" {
         assert_eq!(png_cpu_first, png_a);
     }
-    assert_eq!(unload(&w, UnloadMode::Hard).state, WorkerState::Empty);
+    assert_eq!(w.unload(UnloadMode::Hard).state, WorkerState::Empty);
+}
 
-    // The daemon going away closes our stdin: the worker exits 0 and removes its socket.
+/// The daemon going away closes our stdin: the worker exits 0 and removes its socket.
+fn exits_on_stdin_eof(w: &mut Worker) {
     w.close_stdin();
     let status = w.wait_exit(Duration::from_secs(10)).expect("worker exits on stdin EOF");
     assert!(status.success(), "{status}\n{}", w.log());
     assert!(!w.socket.exists());
 }
 
+/// Every kind of bad file fails the load with `load_failed` and a reason that names what is
+/// wrong; the worker stays up, empty, and still loads and serves a good model after them.
 #[test]
 fn bad_model_files_fail_the_load_with_the_reason() {
     let w = Worker::start();
     let good = zimage(w.dir.path());
+    missing_files_fail_the_load(&w, &good);
+    stable_diffusion_cpp_validation_says_which_tensor(&w, &good);
+    truncated_and_garbage_files_fail_the_load(&w, &good);
 
-    // Missing files, and no model file at all.
-    let missing = ImageFiles {
-        diffusion_model: Some(w.path("missing.gguf")),
+    load(&w, "zi", good, VaePlacement::Gpu);
+    let run = generate(&w, &image_request(VaePlacement::Gpu));
+    assert_eq!(run.images.len(), 1);
+}
+
+/// Loads `good` with `diffusion_model` in place of its own, which must fail with
+/// `load_failed`; returns the error.
+fn load_fails(w: &Worker, name: &str, good: &ImageFiles, diffusion_model: Option<PathBuf>) -> WorkerError {
+    let files = ImageFiles {
+        diffusion_model,
         ..good.clone()
     };
-    let e = expect_error(
-        &w.post(LOAD, &load_request("m", missing, VaePlacement::Gpu)),
-        422,
-        ErrorCode::LoadFailed,
-    );
+    w.post(LOAD, &load_request(name, files, VaePlacement::Gpu))
+        .expect_error(422, ErrorCode::LoadFailed)
+}
+
+/// Missing files, and no model file at all: refused before stable-diffusion.cpp sees them.
+fn missing_files_fail_the_load(w: &Worker, good: &ImageFiles) {
+    let e = load_fails(w, "m", good, Some(w.path("missing.gguf")));
     assert!(e.message.contains("missing.gguf"), "{e:?}");
-    let none = ImageFiles {
-        diffusion_model: None,
-        ..good.clone()
-    };
-    expect_error(
-        &w.post(LOAD, &load_request("n", none, VaePlacement::Gpu)),
-        422,
-        ErrorCode::LoadFailed,
-    );
+    load_fails(w, "n", good, None);
+}
 
-    // A diffusion model without one of its tensors, and one with a tensor of the wrong shape:
-    // stable-diffusion.cpp's validation says which, new_sd_ctx returns NULL, the worker says
-    // why and stays up.
+/// A diffusion model without one of its tensors, and one with a tensor of the wrong shape:
+/// stable-diffusion.cpp's validation says which, new_sd_ctx returns NULL, the worker says
+/// why and stays up.
+fn stable_diffusion_cpp_validation_says_which_tensor(w: &Worker, good: &ImageFiles) {
     let dit = manifest("zi_dit.json");
     let dropped = drop_tensor(&dit, "final_layer.linear.weight");
-    let incomplete = ImageFiles {
-        diffusion_model: Some(write(w.dir.path(), "incomplete.gguf", &dropped)),
-        ..good.clone()
-    };
-    let e = expect_error(
-        &w.post(LOAD, &load_request("i", incomplete, VaePlacement::Gpu)),
-        422,
-        ErrorCode::LoadFailed,
-    );
+    let incomplete = write(w.dir.path(), "incomplete.gguf", &dropped);
+    let e = load_fails(w, "i", good, Some(incomplete));
     eprintln!("incomplete: {}", e.message);
     assert!(e.message.contains("not in model metadata"), "{e:?}");
     assert!(e.message.contains("final_layer.linear.weight"), "{e:?}");
-    let reshaped = ImageFiles {
-        diffusion_model: Some(write(w.dir.path(), "reshaped.gguf", &reshape_first(&dit))),
-        ..good.clone()
-    };
-    let e = expect_error(
-        &w.post(LOAD, &load_request("r", reshaped, VaePlacement::Gpu)),
-        422,
-        ErrorCode::LoadFailed,
-    );
+    let reshaped = write(w.dir.path(), "reshaped.gguf", &reshape_first(&dit));
+    let e = load_fails(w, "r", good, Some(reshaped));
     eprintln!("reshaped: {}", e.message);
     assert!(e.message.contains("wrong shape"), "{e:?}");
-    assert_eq!(health(&w).state, WorkerState::Empty);
+    assert_eq!(w.health().state, WorkerState::Empty);
+}
 
-    // A truncated file. stable-diffusion.cpp reads weights lazily: on its own it loads such a
-    // file and then fails the first generation (`read tensor data failed`), or crashes with
-    // SIGSEGV when the missing part was memory-mapped (seen with a truncated TAESD). The worker
-    // reads the GGUF tensor table at load and refuses it there.
+/// A truncated file. stable-diffusion.cpp reads weights lazily: on its own it loads such a
+/// file and then fails the first generation (`read tensor data failed`), or crashes with
+/// SIGSEGV when the missing part was memory-mapped (seen with a truncated TAESD). The worker
+/// reads the GGUF tensor table at load and refuses it there. And a file that is not a model
+/// at all: stable-diffusion.cpp cannot tell its version and returns NULL.
+fn truncated_and_garbage_files_fail_the_load(w: &Worker, good: &ImageFiles) {
     let bytes = std::fs::read(good.diffusion_model.as_ref().unwrap()).unwrap();
     std::fs::write(w.path("truncated.gguf"), &bytes[..bytes.len() / 2]).unwrap();
-    let truncated = ImageFiles {
-        diffusion_model: Some(w.path("truncated.gguf")),
-        ..good.clone()
-    };
-    let r = w.post(LOAD, &load_request("t", truncated, VaePlacement::Gpu));
-    let e = expect_error(&r, 422, ErrorCode::LoadFailed);
+    let e = load_fails(w, "t", good, Some(w.path("truncated.gguf")));
     eprintln!("truncated: {}", e.message);
     assert!(
         e.message.contains("truncated.gguf") && e.message.contains("truncated GGUF"),
         "{e:?}"
     );
 
-    // Not a model at all: stable-diffusion.cpp cannot tell its version and returns NULL.
     std::fs::write(w.path("garbage.gguf"), b"this is not a model, not even a GGUF file").unwrap();
-    let garbage = ImageFiles {
-        diffusion_model: Some(w.path("garbage.gguf")),
-        ..good.clone()
-    };
-    let e = expect_error(
-        &w.post(LOAD, &load_request("g", garbage, VaePlacement::Gpu)),
-        422,
-        ErrorCode::LoadFailed,
-    );
+    let e = load_fails(w, "g", good, Some(w.path("garbage.gguf")));
     eprintln!("garbage: {}", e.message);
     assert!(
         e.message.contains("garbage.gguf"),
         "the warning that names the file: {e:?}"
     );
-    assert_eq!(health(&w).state, WorkerState::Empty);
-
-    // And the worker still loads and serves a good model.
-    load(&w, "zi", good, VaePlacement::Gpu);
-    let run = generate(&w, &image_request(VaePlacement::Gpu));
-    assert_eq!(run.images.len(), 1);
+    assert_eq!(w.health().state, WorkerState::Empty);
 }
 
 /// The manifest without `name`.

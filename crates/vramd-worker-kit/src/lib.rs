@@ -6,7 +6,8 @@
 //! do not depend on the library:
 //!
 //! - [`lifetime`]: the CLI ([`Cli`]), [`die_with_parent`] (`PR_SET_PDEATHSIG`),
-//!   [`exit_on_stdin_eof`] and [`bind`] (stale socket files are replaced);
+//!   [`exit_on_stdin_eof`] (on [`on_stdin_eof`], the stdin lifeline) and [`bind`] (stale
+//!   socket files are replaced);
 //! - [`logging`]: [`init_logging`], stderr without ANSI (the daemon collects it), with a
 //!   default filter and an optional extra layer (each worker reads facts out of its library's
 //!   log through one);
@@ -15,9 +16,11 @@
 //!   JSON 404/405;
 //! - [`ndjson`]: [`Out`], what an engine thread sends back for a streamed request, and
 //!   [`stream_response`], which turns its receiver into an NDJSON response;
-//! - [`engine`]: the engine thread and its handle ([`Engine`]), and [`Status`], its writer
-//!   of the shared [`Health`](vramd_protocol::Health);
-//! - `testing` (feature `testing`): the end-to-end harness both workers' tests use.
+//! - [`engine`]: the engine thread and its handle ([`Engine`]: submit a call, [`Engine::ask`]
+//!   for one answer, [`Engine::stream`] for an NDJSON stream), and [`HealthWriter`], its
+//!   writer of the shared [`Health`](vramd_protocol::Health);
+//! - `testing` (feature `testing`): the end-to-end harness both workers' tests use (a
+//!   worker binary under test is described by a `testing::WorkerBinary`).
 //!
 //! The crate links no inference library, so it never brings a second ggml into a worker.
 
@@ -29,8 +32,8 @@ pub mod ndjson;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use engine::{Engine, Status};
+pub use engine::{Engine, HealthWriter};
 pub use http::{error, parse, status_of, with_fallbacks, ApiError};
-pub use lifetime::{bind, die_with_parent, exit_code, exit_on_stdin_eof, serve, Cli};
+pub use lifetime::{bind, die_with_parent, exit_code, exit_on_stdin_eof, on_stdin_eof, serve, Cli};
 pub use logging::{init_logging, BoxedLayer};
 pub use ndjson::{stream_response, Out, StreamEvent};

@@ -36,6 +36,16 @@ pub fn bind(path: &Path) -> anyhow::Result<tokio::net::UnixListener> {
 /// The daemon holds the write end of our stdin: end-of-file means it is gone, and so are we.
 /// A thread watches it, removes `socket` and exits the process with status 0.
 pub fn exit_on_stdin_eof(socket: PathBuf) {
+    on_stdin_eof(move || {
+        tracing::info!("stdin closed: the daemon is gone; exiting");
+        let _ = std::fs::remove_file(&socket);
+        std::process::exit(0);
+    });
+}
+
+/// Runs `then` on a thread of its own once stdin reaches end-of-file (or cannot be read):
+/// the lifeline both workers, and the daemon's fake worker, hang on.
+pub fn on_stdin_eof(then: impl FnOnce() + Send + 'static) {
     let spawned = std::thread::Builder::new().name("stdin-watch".into()).spawn(move || {
         let mut buf = [0u8; 256];
         let mut stdin = std::io::stdin().lock();
@@ -47,9 +57,7 @@ pub fn exit_on_stdin_eof(socket: PathBuf) {
                 Err(_) => break,
             }
         }
-        tracing::info!("stdin closed: the daemon is gone; exiting");
-        let _ = std::fs::remove_file(&socket);
-        std::process::exit(0);
+        then();
     });
     if let Err(e) = spawned {
         tracing::warn!("cannot watch stdin: {e}");

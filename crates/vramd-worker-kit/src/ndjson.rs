@@ -158,9 +158,12 @@ mod tests {
         assert_eq!(e.status, StatusCode::CONFLICT);
 
         let (tx, rx) = mpsc::channel(8);
-        tx.send(Out::Event(GenerateEvent::Token { text: "a".into() }))
-            .await
-            .unwrap();
+        tx.send(Out::Event(GenerateEvent::Token {
+            text: "a".into(),
+            logprob: None,
+        }))
+        .await
+        .unwrap();
         drop(tx);
         let r = stream_response(rx, error(ErrorCode::Internal, "gone")).await.unwrap();
         let text = body_text(r).await;

@@ -1,12 +1,15 @@
 //! The workers' end-to-end harness (feature `testing`): start a real worker binary and talk
 //! the protocol to it.
 //!
+//! - A [`WorkerBinary`] says what the harness needs to know of one worker: its binary, the
+//!   log filter its tests want, the path it streams on and the events it streams. Each
+//!   worker's `tests/support` declares one, and names `Worker<ThatOne>` its `Worker`.
 //! - [`Worker::start`] runs the binary on a socket in a fresh temporary folder, stdin piped
 //!   (as the daemon does), stderr kept in `worker.log` there, and waits until health answers.
-//! - [`Worker::call`] / [`Worker::stream_at`] are a deliberately small HTTP/1.1 client over
-//!   the Unix socket (`Connection: close`, `Content-Length` or chunked bodies).
-//!
-//! Each worker's `tests/support` wraps this with its binary and its stream path.
+//! - [`Worker::call`] / [`Worker::stream`] are a deliberately small HTTP/1.1 client over
+//!   the Unix socket (`Connection: close`, `Content-Length` or chunked bodies);
+//!   [`Worker::health`], [`Worker::unload`] and [`Response::expect_error`] are the checks
+//!   every worker's tests make.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::marker::PhantomData;
@@ -17,47 +20,70 @@ use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use vramd_protocol::{ErrorCode, Health, UnloadMode, UnloadRequest, WorkerError, HEALTH, UNLOAD};
 
 /// How long a test waits for one answer before it fails (a generation included).
 const READ_TIMEOUT: Duration = Duration::from_secs(120);
 
-pub struct Worker {
+/// A worker binary as its tests start and drive it.
+pub trait WorkerBinary {
+    /// The event its stream path answers with, one per NDJSON line.
+    type Event: DeserializeOwned;
+    /// The binary (`env!("CARGO_BIN_EXE_…")`).
+    const PATH: &'static str;
+    /// `RUST_LOG` for the worker: what its tests want to find in `worker.log`.
+    const RUST_LOG: &'static str;
+    /// Where it streams a generation (`GENERATE`, `IMAGES`).
+    const STREAM: &'static str;
+}
+
+/// A running worker under test; killed when dropped.
+pub struct Worker<B> {
     pub dir: tempfile::TempDir,
     pub socket: PathBuf,
     pub child: Child,
     stdin: Option<ChildStdin>,
+    _binary: PhantomData<fn() -> B>,
 }
 
-impl Worker {
-    /// Starts `binary` with `RUST_LOG=rust_log` and waits until it answers health.
-    pub fn start(binary: &str, rust_log: &str) -> Worker {
+impl<B: WorkerBinary> Worker<B> {
+    /// Starts the binary with its `RUST_LOG` and waits until it answers health.
+    pub fn start() -> Worker<B> {
         let dir = tempfile::tempdir().expect("tempdir");
         let socket = dir.path().join("worker.sock");
         let log = std::fs::File::create(dir.path().join("worker.log")).unwrap();
-        let mut child = Command::new(binary)
+        let mut child = Command::new(B::PATH)
             .arg("--socket")
             .arg(&socket)
-            .env("RUST_LOG", rust_log)
+            .env("RUST_LOG", B::RUST_LOG)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .unwrap_or_else(|e| panic!("spawn {binary}: {e}"));
+            .unwrap_or_else(|e| panic!("spawn {}: {e}", B::PATH));
         let stdin = child.stdin.take();
         let mut w = Worker {
             dir,
             socket,
             child,
             stdin,
+            _binary: PhantomData,
         };
         w.wait_ready();
         w
     }
 
+    /// Starts a generation and returns its status and line reader.
+    pub fn stream(&self, body: &impl Serialize) -> (u16, Events<B::Event>) {
+        self.stream_at(B::STREAM, body)
+    }
+}
+
+impl<B> Worker<B> {
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if UnixStream::connect(&self.socket).is_ok() && self.try_call("GET", "/internal/health", None).is_ok() {
+            if UnixStream::connect(&self.socket).is_ok() && self.try_call("GET", HEALTH, None).is_ok() {
                 return;
             }
             if let Ok(Some(status)) = self.child.try_wait() {
@@ -92,6 +118,20 @@ impl Worker {
             std::thread::sleep(Duration::from_millis(20));
         }
         None
+    }
+
+    /// `GET /internal/health`, which must answer 200.
+    pub fn health(&self) -> Health {
+        let r = self.get(HEALTH);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
+    }
+
+    /// `POST /internal/unload` in `mode`, which must answer 200; the health after it.
+    pub fn unload(&self, mode: UnloadMode) -> Health {
+        let r = self.post(UNLOAD, &UnloadRequest { mode });
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()
     }
 
     pub fn get(&self, path: &str) -> Response {
@@ -176,7 +216,7 @@ impl Worker {
     }
 }
 
-impl Drop for Worker {
+impl<B> Drop for Worker<B> {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -201,6 +241,14 @@ impl Response {
 
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// Checks that this is the protocol's error `code` with HTTP `status`, and returns it.
+    pub fn expect_error(&self, status: u16, code: ErrorCode) -> WorkerError {
+        assert_eq!(self.status, status, "{}", self.text());
+        let e: WorkerError = self.json();
+        assert_eq!(e.code, code, "{e:?}");
+        e
     }
 }
 

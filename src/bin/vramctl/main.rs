@@ -70,43 +70,11 @@ fn print(json_out: bool, value: &Value, human: impl FnOnce(&Value) -> String) {
 fn run(cli: &Cli) -> Result<(), ClientError> {
     let c = Client::new(&cli.socket);
     let j = cli.json;
-    let model_path = |m: &str, action: &str| format!("/v1/models/{}/{action}", url_segment(m));
     match &cli.command {
         Cmd::Status => print(j, &c.get("/v1/status")?, format::status),
-        Cmd::Ps => {
-            let status = c.get("/v1/status")?;
-            if j {
-                print(true, &Value::Array(format::running(&status)), |_| String::new());
-            } else {
-                print!("{}", format::ps(&status));
-            }
-        }
-        Cmd::Load { model } => {
-            let v = c.post(&model_path(model, "load"), &json!({}))?;
-            print(j, &v, |v| match v["load_ms"].as_u64() {
-                Some(ms) => format!(
-                    "{model} loaded in {:.1} s: {}\n",
-                    ms as f64 / 1000.0,
-                    vramd::units::format_size_human(v["bytes"]["total"].as_u64().unwrap_or(0))
-                ),
-                None => format!("{model} was already loaded\n"),
-            });
-        }
-        Cmd::Unload { model, soft, .. } => {
-            let mode = if *soft { "soft" } else { "hard" };
-            let v = c.post(&model_path(model, "unload"), &json!({ "mode": mode }))?;
-            print(j, &v, |v| {
-                format!(
-                    "{model} {}: {} freed\n",
-                    if *soft {
-                        "soft-unloaded (weights kept)"
-                    } else {
-                        "unloaded"
-                    },
-                    vramd::units::format_size_human(v["freed_bytes"].as_u64().unwrap_or(0))
-                )
-            });
-        }
+        Cmd::Ps => ps(&c, j)?,
+        Cmd::Load { model } => load(&c, model, j)?,
+        Cmd::Unload { model, soft, .. } => unload(&c, model, *soft, j)?,
         Cmd::Pin { model } => {
             let v = c.post(&model_path(model, "pin"), &json!({}))?;
             print(j, &v, |_| format!("{model} pinned: it is never evicted to make room\n"));
@@ -115,21 +83,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             let v = c.post(&model_path(model, "unpin"), &json!({}))?;
             print(j, &v, |_| format!("{model} unpinned\n"));
         }
-        Cmd::Estimate { model, size, context } => {
-            let mut path = format!("/v1/estimate?model={}", url_segment(model));
-            if let Some((w, h)) = size {
-                path.push_str(&format!("&width={w}&height={h}"));
-            }
-            if let Some(n) = context {
-                path.push_str(&format!("&context={n}"));
-            }
-            let e = c.get(&path)?;
-            let free = c
-                .get("/v1/status")
-                .ok()
-                .and_then(|s| s["memory"]["free_bytes"].as_u64());
-            print(j, &e, |e| format::estimate(e, free));
-        }
+        Cmd::Estimate { model, size, context } => estimate(&c, model, *size, *context, j)?,
         Cmd::Events { replay } => stream::events(&c, *replay, j)?,
         Cmd::Chat {
             model,
@@ -159,6 +113,78 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
         )?,
         Cmd::Notify { .. } => unreachable!("handled in main"),
     }
+    Ok(())
+}
+
+/// `/v1/models/{model}/{action}`, the model name encoded.
+fn model_path(model: &str, action: &str) -> String {
+    format!("/v1/models/{}/{action}", url_segment(model))
+}
+
+/// `vramctl ps`: the models that hold memory.
+fn ps(c: &Client, j: bool) -> Result<(), ClientError> {
+    let status = c.get("/v1/status")?;
+    if j {
+        print(true, &Value::Array(format::running(&status)), |_| String::new());
+    } else {
+        print!("{}", format::ps(&status));
+    }
+    Ok(())
+}
+
+/// `vramctl load MODEL`.
+fn load(c: &Client, model: &str, j: bool) -> Result<(), ClientError> {
+    let v = c.post(&model_path(model, "load"), &json!({}))?;
+    print(j, &v, |v| match v["load_ms"].as_u64() {
+        Some(ms) => format!(
+            "{model} loaded in {:.1} s: {}\n",
+            ms as f64 / 1000.0,
+            vramd::units::format_size_human(v["bytes"]["total"].as_u64().unwrap_or(0))
+        ),
+        None => format!("{model} was already loaded\n"),
+    });
+    Ok(())
+}
+
+/// `vramctl unload MODEL [--soft|--hard]`.
+fn unload(c: &Client, model: &str, soft: bool, j: bool) -> Result<(), ClientError> {
+    let mode = if soft { "soft" } else { "hard" };
+    let v = c.post(&model_path(model, "unload"), &json!({ "mode": mode }))?;
+    print(j, &v, |v| {
+        format!(
+            "{model} {}: {} freed\n",
+            if soft {
+                "soft-unloaded (weights kept)"
+            } else {
+                "unloaded"
+            },
+            vramd::units::format_size_human(v["freed_bytes"].as_u64().unwrap_or(0))
+        )
+    });
+    Ok(())
+}
+
+/// `vramctl estimate MODEL [--size WxH] [--context N]`, with what is free now.
+fn estimate(
+    c: &Client,
+    model: &str,
+    size: Option<(u32, u32)>,
+    context: Option<u32>,
+    j: bool,
+) -> Result<(), ClientError> {
+    let mut path = format!("/v1/estimate?model={}", url_segment(model));
+    if let Some((w, h)) = size {
+        path.push_str(&format!("&width={w}&height={h}"));
+    }
+    if let Some(n) = context {
+        path.push_str(&format!("&context={n}"));
+    }
+    let e = c.get(&path)?;
+    let free = c
+        .get("/v1/status")
+        .ok()
+        .and_then(|s| s["memory"]["free_bytes"].as_u64());
+    print(j, &e, |e| format::estimate(e, free));
     Ok(())
 }
 

@@ -161,6 +161,20 @@ pub struct ImageArgs<'a> {
 /// `vramctl image`: generates one image and writes the PNG, drawing a progress bar on
 /// stderr (from `/sdapi/v1/progress`) while it runs.
 pub fn image(client: &Client, a: &ImageArgs<'_>, json_out: bool) -> Result<(), ClientError> {
+    let body = image_body(a);
+    let (tx, rx) = mpsc::channel();
+    let socket = client.socket.clone();
+    std::thread::spawn(move || {
+        let _ = tx.send(Client::new(&socket).post("/v1/images/generations", &body));
+    });
+    let v = wait_drawing_progress(client, &rx, a.model, !json_out)?;
+    let png = write_png(&v, a.output)?;
+    say_written(&v["vramd"], a.output, png.len(), json_out);
+    Ok(())
+}
+
+/// The OpenAI images request for `a`.
+fn image_body(a: &ImageArgs<'_>) -> Value {
     let mut body = json!({"model": a.model, "prompt": a.prompt, "n": 1});
     if let Some((w, h)) = a.size {
         body["size"] = format!("{w}x{h}").into();
@@ -174,12 +188,17 @@ pub fn image(client: &Client, a: &ImageArgs<'_>, json_out: bool) -> Result<(), C
     if let Some(neg) = a.negative {
         body["negative_prompt"] = neg.into();
     }
-    let (tx, rx) = mpsc::channel();
-    let socket = client.socket.clone();
-    std::thread::spawn(move || {
-        let _ = tx.send(Client::new(&socket).post("/v1/images/generations", &body));
-    });
-    let draw = !json_out;
+    body
+}
+
+/// Waits for the request thread's answer; meanwhile, when `draw`, redraws `model`'s
+/// progress bar on stderr every 150 ms, and finishes the bar's line at the end.
+fn wait_drawing_progress(
+    client: &Client,
+    rx: &mpsc::Receiver<Result<Value, ClientError>>,
+    model: &str,
+    draw: bool,
+) -> Result<Value, ClientError> {
     let mut drawn = false;
     let result = loop {
         match rx.recv_timeout(Duration::from_millis(150)) {
@@ -189,15 +208,8 @@ pub fn image(client: &Client, a: &ImageArgs<'_>, json_out: bool) -> Result<(), C
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 if let (true, Ok(p)) = (draw, client.get("/sdapi/v1/progress")) {
-                    if p["state"]["job"] == a.model {
-                        let st = &p["state"];
-                        let line = format::progress(
-                            p["progress"].as_f64().unwrap_or(0.0),
-                            st["sampling_step"].as_u64().unwrap_or(0),
-                            st["sampling_steps"].as_u64().unwrap_or(0),
-                            p["eta_relative"].as_f64().unwrap_or(0.0),
-                        );
-                        eprint!("\r{line}");
+                    if p["state"]["job"] == model {
+                        eprint!("\r{}", progress_line(&p));
                         drawn = true;
                     }
                 }
@@ -209,39 +221,56 @@ pub fn image(client: &Client, a: &ImageArgs<'_>, json_out: bool) -> Result<(), C
         (Err(_), true) if drawn => eprintln!(),
         _ => {}
     }
-    let v = result?;
+    result
+}
+
+/// The progress bar for an A1111 `progress` answer.
+fn progress_line(p: &Value) -> String {
+    let st = &p["state"];
+    format::progress(
+        p["progress"].as_f64().unwrap_or(0.0),
+        st["sampling_step"].as_u64().unwrap_or(0),
+        st["sampling_steps"].as_u64().unwrap_or(0),
+        p["eta_relative"].as_f64().unwrap_or(0.0),
+    )
+}
+
+/// Decodes the answer's first image and writes it to `output`; returns the PNG.
+fn write_png(v: &Value, output: &Path) -> Result<Vec<u8>, ClientError> {
     let b64 = v["data"][0]["b64_json"]
         .as_str()
         .ok_or_else(|| ClientError::Protocol("the answer has no image".into()))?;
     let png = base64::engine::general_purpose::STANDARD
         .decode(b64)
         .map_err(|e| ClientError::Protocol(format!("the image is not base64: {e}")))?;
-    std::fs::write(a.output, &png)
-        .map_err(|e| ClientError::Protocol(format!("writing {}: {e}", a.output.display())))?;
-    let vramd = &v["vramd"];
+    std::fs::write(output, &png).map_err(|e| ClientError::Protocol(format!("writing {}: {e}", output.display())))?;
+    Ok(png)
+}
+
+/// Says what was written: a JSON line, or a sentence with the seed and where the VAE ran.
+fn say_written(vramd: &Value, output: &Path, bytes: usize, json_out: bool) {
     if json_out {
         println!(
             "{}",
-            json!({"file": a.output, "bytes": png.len(), "seed": vramd["seeds"][0], "vae": vramd["vae"], "actions": vramd["actions"]})
+            json!({"file": output, "bytes": bytes, "seed": vramd["seeds"][0], "vae": vramd["vae"], "actions": vramd["actions"]})
         );
-    } else {
-        let mut line = format!(
-            "wrote {} ({} bytes, seed {}",
-            a.output.display(),
-            png.len(),
-            vramd["seeds"][0]
-        );
-        match vramd["vae"].as_str() {
-            Some("gpu") | None => {}
-            Some(v) => line.push_str(&format!(
-                ", VAE decode {}",
-                if v == "cpu" { "on the CPU" } else { "in tiles" }
-            )),
-        }
-        line.push(')');
-        println!("{line}");
+        return;
     }
-    Ok(())
+    let mut line = format!(
+        "wrote {} ({} bytes, seed {}",
+        output.display(),
+        bytes,
+        vramd["seeds"][0]
+    );
+    match vramd["vae"].as_str() {
+        Some("gpu") | None => {}
+        Some(v) => line.push_str(&format!(
+            ", VAE decode {}",
+            if v == "cpu" { "on the CPU" } else { "in tiles" }
+        )),
+    }
+    line.push(')');
+    println!("{line}");
 }
 
 #[cfg(test)]

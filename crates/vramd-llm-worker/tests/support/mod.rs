@@ -1,54 +1,29 @@
-//! The worker test harness: `vramd_worker_kit::testing` (start the binary on a temporary
-//! socket with stdin piped, a small HTTP/1.1 client), aimed at `vramd-llm-worker`.
+//! What `vramd-llm-worker`'s end-to-end tests share besides `vramd_worker_kit::testing` (which
+//! starts the binary on a temporary socket with stdin piped, and speaks HTTP to it):
 //!
-//! - [`Worker::start`] runs the binary and waits until health answers; [`Worker::stream`]
-//!   starts a generation and reads its [`GenerateEvent`]s.
+//! - [`Worker`]: that harness aimed at this binary ([`LlmWorker`]): `Worker::start()` runs
+//!   it, `w.stream(&req)` starts a generation and reads its [`GenerateEvent`]s;
 //! - [`tiny_model`] writes `vramd-gguf`'s random-weight llama model.
 
 #![allow(dead_code)]
 
-use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use vramd_gguf::llama::{write_tiny_llama, TinyLlamaSpec};
 use vramd_protocol::{GenerateEvent, LoadOptions, LoadRequest, GENERATE};
-pub use vramd_worker_kit::testing::Response;
+use vramd_worker_kit::testing::WorkerBinary;
 
-pub const WORKER: &str = env!("CARGO_BIN_EXE_vramd-llm-worker");
+/// `vramd-llm-worker` as its tests drive it.
+pub enum LlmWorker {}
 
-/// The NDJSON lines of a generation.
-pub type Events = vramd_worker_kit::testing::Events<GenerateEvent>;
-
-pub struct Worker(vramd_worker_kit::testing::Worker);
-
-impl Worker {
-    pub fn start() -> Worker {
-        Worker(vramd_worker_kit::testing::Worker::start(
-            WORKER,
-            "info,llama-cpp-2=warn",
-        ))
-    }
-
-    /// Starts a generation and returns its status and line reader.
-    pub fn stream(&self, body: &impl Serialize) -> (u16, Events) {
-        self.0.stream_at(GENERATE, body)
-    }
+impl WorkerBinary for LlmWorker {
+    type Event = GenerateEvent;
+    const PATH: &'static str = env!("CARGO_BIN_EXE_vramd-llm-worker");
+    const RUST_LOG: &'static str = "info,llama-cpp-2=warn";
+    const STREAM: &'static str = GENERATE;
 }
 
-impl Deref for Worker {
-    type Target = vramd_worker_kit::testing::Worker;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl DerefMut for Worker {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
+pub type Worker = vramd_worker_kit::testing::Worker<LlmWorker>;
 
 /// Writes the tiny llama model (ChatML template unless `template` is false).
 pub fn tiny_model(dir: &Path, name: &str, template: bool) -> PathBuf {
@@ -75,6 +50,7 @@ pub fn load_request(name: &str, path: &Path, context_length: u32) -> LoadRequest
             threads: 2,
             mmap: true,
             batch: 512,
+            ..LoadOptions::default()
         },
     }
 }

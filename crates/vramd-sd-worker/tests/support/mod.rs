@@ -1,56 +1,33 @@
-//! The worker test harness: `vramd_worker_kit::testing` (start the binary on a temporary
-//! socket with stdin piped, a small HTTP/1.1 client), aimed at `vramd-sd-worker`, and the
-//! random-weight stable-diffusion.cpp models of `vramd-gguf`'s `testdata/sd-tiny/`.
+//! What `vramd-sd-worker`'s end-to-end tests share besides `vramd_worker_kit::testing` (which
+//! starts the binary on a temporary socket with stdin piped, and speaks HTTP to it):
 //!
-//! - [`Worker::start`] runs the binary and waits until health answers; [`Worker::stream`]
-//!   starts a generation and reads its [`ImageEvent`]s.
+//! - [`Worker`]: that harness aimed at this binary ([`SdWorker`]): `Worker::start()` runs it
+//!   with stable-diffusion.cpp's whole log (`sd=debug`) in `worker.log`, `w.stream(&req)`
+//!   starts a generation and reads its [`ImageEvent`]s;
 //! - [`zimage`] writes the Z-Image-style model (DiT + Qwen3-style LLM + tiny autoencoder);
-//!   [`sd1`] the SD1.x checkpoint, with TAESD or with its full VAE (`sd1_vae.json`).
+//!   [`sd1`] the SD1.x checkpoint, with TAESD or with its full VAE (`sd1_vae.json`), from
+//!   the random-weight manifests of `vramd-gguf`'s `testdata/sd-tiny/`;
 //! - [`png_facts`] reads what the tests check in a PNG: its size and its `tEXt` chunks.
 
 #![allow(dead_code)]
 
-use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 
-use serde::Serialize;
 use vramd_gguf::manifest::{write_from_manifest, ManifestOptions};
 use vramd_protocol::{ImageEvent, ImageFiles, ImageLoadRequest, ImageRequest, VaePlacement, IMAGES};
-#[allow(unused_imports)]
-pub use vramd_worker_kit::testing::Response;
+use vramd_worker_kit::testing::WorkerBinary;
 
-pub const WORKER: &str = env!("CARGO_BIN_EXE_vramd-sd-worker");
+/// `vramd-sd-worker` as its tests drive it.
+pub enum SdWorker {}
 
-/// The NDJSON lines of a generation.
-pub type Events = vramd_worker_kit::testing::Events<ImageEvent>;
-
-pub struct Worker(vramd_worker_kit::testing::Worker);
-
-impl Worker {
-    /// Starts the worker with stable-diffusion.cpp's whole log (`sd=debug`) in `worker.log`.
-    pub fn start() -> Worker {
-        Worker(vramd_worker_kit::testing::Worker::start(WORKER, "info,sd=debug"))
-    }
-
-    /// Starts a generation and returns its status and line reader.
-    pub fn stream(&self, body: &impl Serialize) -> (u16, Events) {
-        self.0.stream_at(IMAGES, body)
-    }
+impl WorkerBinary for SdWorker {
+    type Event = ImageEvent;
+    const PATH: &'static str = env!("CARGO_BIN_EXE_vramd-sd-worker");
+    const RUST_LOG: &'static str = "info,sd=debug";
+    const STREAM: &'static str = IMAGES;
 }
 
-impl Deref for Worker {
-    type Target = vramd_worker_kit::testing::Worker;
-
-    fn deref(&self) -> &Self::Target {
-        &self.0
-    }
-}
-
-impl DerefMut for Worker {
-    fn deref_mut(&mut self) -> &mut Self::Target {
-        &mut self.0
-    }
-}
+pub type Worker = vramd_worker_kit::testing::Worker<SdWorker>;
 
 /// `crates/vramd-gguf/testdata/sd-tiny/<name>`.
 pub fn manifest(name: &str) -> String {

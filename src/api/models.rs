@@ -1,13 +1,15 @@
-//! Request handlers. Each one validates, asks the arbiter, and shapes the answer.
+//! The daemon's state and its models: `/health`, `/v1/status`, the model list, loading,
+//! unloading and pinning, and `/v1/estimate`. Each handler validates, asks the arbiter, and
+//! shapes the answer.
 
 use axum::extract::{Path, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{ApiError, ApiJson, AppState};
-use crate::access::Privileged;
-use crate::arbiter::{EstimateJob, LoadOutcome, UnloadMode, UnloadOutcome};
+use super::{ApiError, ApiJson, AppState, Privileged};
+use crate::arbiter::{LoadOutcome, UnloadMode, UnloadOutcome};
+use crate::estimate::{Estimate, EstimateQuery};
 
 pub async fn health() -> Json<Value> {
     Json(json!({"status": "ok"}))
@@ -83,7 +85,7 @@ pub async fn unpin(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct EstimateQuery {
+pub struct EstimateParams {
     model: String,
     width: Option<u32>,
     height: Option<u32>,
@@ -93,16 +95,16 @@ pub struct EstimateQuery {
 /// `GET /v1/estimate?model=…&width=…&height=…` (images) or `&context=…` (LLMs).
 pub async fn estimate(
     State(state): State<AppState>,
-    query: Result<axum::extract::Query<EstimateQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<Value>, ApiError> {
+    query: Result<axum::extract::Query<EstimateParams>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<Estimate>, ApiError> {
     let axum::extract::Query(q) = query.map_err(|e| ApiError::InvalidRequest {
         message: e.body_text(),
         param: None,
     })?;
-    let job = EstimateJob {
+    let query = EstimateQuery {
         width: q.width,
         height: q.height,
         context: q.context,
     };
-    Ok(Json(state.arbiter.estimate(&q.model, job).await?))
+    Ok(Json(state.arbiter.estimate(&q.model, query).await?))
 }

@@ -1,0 +1,263 @@
+//! The grant: the one way a request reaches a worker.
+//!
+//! The arbiter hands a [`Grant`] out only for a worker it has just found alive, with
+//! everything it decided for the request inside (the worker, the VAE placement, the memory
+//! reservation); the grant's typed calls apply those decisions, so no handler carries them
+//! to the worker itself. While a grant lives its model is busy and cannot be evicted;
+//! dropping it returns the reservation and tells the arbiter what the worker reported.
+
+use std::future::Future;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch};
+use vramd_protocol::{
+    EmbedRequest, EmbedResponse, GenerateEvent, GenerateRequest, Health, ImageEvent, ImageRequest, VaePlacement,
+};
+
+use super::{ArbiterError, Internal, Report, Work};
+use crate::planner::Action;
+use crate::worker::client::{CallError, EventStream, WorkerClient};
+use crate::worker::process::Exit;
+
+/// How many times a request is sent again when its worker died before taking it.
+const ATTEMPTS: u32 = 3;
+/// How long a request whose worker broke the connection waits for the process to be seen
+/// ending: a killed process closes its socket a moment before the kernel reports its exit.
+const EXIT_SEEN_WITHIN: Duration = Duration::from_secs(2);
+
+/// Why a granted request could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    #[error(transparent)]
+    Arbiter(#[from] ArbiterError),
+    #[error(transparent)]
+    Worker(#[from] CallError),
+}
+
+/// The right to use one loaded model's worker for one request.
+pub struct Grant {
+    pub model: String,
+    /// How long this request waited for the model to load, when it had to.
+    pub load_ms: Option<u64>,
+    pub context_length: u32,
+    /// What the arbiter did to make room for this request, in order.
+    pub actions: Vec<Action>,
+    /// Prompt tokens the worker's context already held (its prompt cache).
+    pub cached_tokens: u32,
+    client: WorkerClient,
+    exit: watch::Receiver<Option<Exit>>,
+    vae: VaePlacement,
+    work: Work,
+    seq: u64,
+    ticket: u64,
+    /// Images of this grant sent to the worker so far (A1111's `job_no`).
+    images: u32,
+    report: Option<Report>,
+    interrupt: oneshot::Receiver<()>,
+    interrupted: bool,
+    internal: mpsc::UnboundedSender<Internal>,
+}
+
+/// What the arbiter fills in when it grants.
+pub(super) struct Decided {
+    pub model: String,
+    pub client: WorkerClient,
+    pub exit: watch::Receiver<Option<Exit>>,
+    pub load_ms: Option<u64>,
+    pub context_length: u32,
+    pub vae: VaePlacement,
+    pub actions: Vec<Action>,
+    pub work: Work,
+    pub seq: u64,
+    pub ticket: u64,
+    pub interrupt: oneshot::Receiver<()>,
+    pub internal: mpsc::UnboundedSender<Internal>,
+}
+
+impl Grant {
+    pub(super) fn new(d: Decided) -> Grant {
+        Grant {
+            model: d.model,
+            load_ms: d.load_ms,
+            context_length: d.context_length,
+            actions: d.actions,
+            cached_tokens: 0,
+            client: d.client,
+            exit: d.exit,
+            vae: d.vae,
+            work: d.work,
+            seq: d.seq,
+            ticket: d.ticket,
+            images: 0,
+            report: None,
+            interrupt: d.interrupt,
+            interrupted: false,
+            internal: d.internal,
+        }
+    }
+
+    /// Where this request's VAE decodes run (images), as the arbiter decided.
+    pub fn vae(&self) -> VaePlacement {
+        self.vae
+    }
+
+    /// Records what the worker reported at the end of the request.
+    pub fn report(&mut self, health: Health) {
+        self.report = Some(Report { health });
+    }
+
+    /// Whether the arbiter stopped this request's work (A1111 `interrupt`), so a broken
+    /// stream is answered as an interruption, not as a crash.
+    pub fn interrupted(&mut self) -> bool {
+        self.interrupted |= self.interrupt.try_recv().is_ok();
+        self.interrupted
+    }
+
+    /// Starts a text generation; the stream's first event (`started`) has been read.
+    pub(super) async fn generate(&mut self, req: &GenerateRequest) -> Result<EventStream<GenerateEvent>, Attempt> {
+        let mut events = self.client.generate(req).await.map_err(Attempt::from_open)?;
+        match events.next().await {
+            Ok(Some(GenerateEvent::Started { cached_tokens, .. })) => {
+                self.cached_tokens = cached_tokens;
+                Ok(events)
+            }
+            Ok(Some(GenerateEvent::Error { error })) => {
+                Err(Attempt::Failed(CallError::Worker(error, Default::default())))
+            }
+            Ok(None) | Err(CallError::Transport(_)) => Err(Attempt::WorkerGone),
+            Ok(Some(other)) => Err(Attempt::Failed(CallError::Protocol(format!(
+                "expected `started`, got {other:?}"
+            )))),
+            Err(e) => Err(Attempt::Failed(e)),
+        }
+    }
+
+    /// Computes embeddings; what the worker reports is recorded as the request's report.
+    pub(super) async fn embed(&mut self, req: &EmbedRequest) -> Result<EmbedResponse, Attempt> {
+        let response = self.client.embed(req).await.map_err(Attempt::from_open)?;
+        self.report(response.health.clone());
+        Ok(response)
+    }
+
+    /// Starts one image (a batch is one call per image) with the VAE placement the arbiter
+    /// chose; progress goes to the arbiter as the worker reports it.
+    pub async fn image(&mut self, mut req: ImageRequest) -> Result<ImageRun, Attempt> {
+        req.vae = self.vae;
+        let mut events = self.client.image(&req).await.map_err(Attempt::from_open)?;
+        let switch_ms = match events.next().await {
+            Ok(Some(ImageEvent::Started { switch_ms })) => switch_ms,
+            Ok(Some(ImageEvent::Error { error })) => {
+                return Err(Attempt::Failed(CallError::Worker(error, Default::default())))
+            }
+            Ok(None) | Err(CallError::Transport(_)) => return Err(Attempt::WorkerGone),
+            Ok(Some(other)) => {
+                return Err(Attempt::Failed(CallError::Protocol(format!(
+                    "expected `started`, got {other:?}"
+                ))))
+            }
+            Err(e) => return Err(Attempt::Failed(e)),
+        };
+        let image = self.images;
+        self.images += 1;
+        Ok(ImageRun {
+            events,
+            switch_ms,
+            image,
+            model: self.model.clone(),
+            ticket: self.ticket,
+            internal: self.internal.clone(),
+        })
+    }
+}
+
+impl Drop for Grant {
+    fn drop(&mut self) {
+        let _ = self.internal.send(Internal::Release {
+            model: std::mem::take(&mut self.model),
+            seq: self.seq,
+            work: self.work,
+            ticket: self.ticket,
+            report: self.report.take(),
+            ended: crate::clock::now_unix(),
+        });
+    }
+}
+
+/// One image's event stream; `started` has been read, `progress` is passed on to the
+/// arbiter (and to the caller).
+pub struct ImageRun {
+    events: EventStream<ImageEvent>,
+    /// Time the worker spent re-creating its context for this image's VAE placement.
+    pub switch_ms: u64,
+    image: u32,
+    model: String,
+    ticket: u64,
+    internal: mpsc::UnboundedSender<Internal>,
+}
+
+impl ImageRun {
+    pub async fn next(&mut self) -> Result<Option<ImageEvent>, CallError> {
+        let event = self.events.next().await?;
+        if let Some(ImageEvent::Progress { step, steps }) = &event {
+            let _ = self.internal.send(Internal::Progress {
+                model: self.model.clone(),
+                ticket: self.ticket,
+                image: self.image,
+                step: *step,
+                steps: *steps,
+            });
+        }
+        Ok(event)
+    }
+}
+
+/// How an attempt to start work on a granted worker ended, when it did not start.
+#[derive(Debug)]
+pub enum Attempt {
+    /// The worker died before it took the request: nothing ran, send it again.
+    WorkerGone,
+    Failed(CallError),
+}
+
+impl Attempt {
+    fn from_open(e: CallError) -> Attempt {
+        match e {
+            CallError::Transport(_) => Attempt::WorkerGone,
+            other => Attempt::Failed(other),
+        }
+    }
+}
+
+impl From<Attempt> for CallError {
+    fn from(a: Attempt) -> CallError {
+        match a {
+            Attempt::WorkerGone => CallError::Transport("the model's worker ended before it took the request".into()),
+            Attempt::Failed(e) => e,
+        }
+    }
+}
+
+/// Runs `attempt` (grant, then start the work) until the work starts on a live worker, at
+/// most [`ATTEMPTS`] times. The arbiter checks a worker's life before it grants, so a retry
+/// waits for the replacement worker (or gets the model's failure, a clear 503).
+pub(super) async fn retrying<S, F, Fut>(mut attempt: F) -> Result<(Grant, S), RunError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(Grant, Result<S, Attempt>), ArbiterError>>,
+{
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        let (grant, started) = attempt().await?;
+        match started {
+            Ok(s) => return Ok((grant, s)),
+            Err(Attempt::WorkerGone) if tries < ATTEMPTS => {
+                tracing::warn!(model = %grant.model, "the worker ended before it took the request; sending it again");
+                let mut exit = grant.exit.clone();
+                drop(grant);
+                let _ = tokio::time::timeout(EXIT_SEEN_WITHIN, exit.wait_for(Option::is_some)).await;
+            }
+            Err(e) => return Err(RunError::Worker(e.into())),
+        }
+    }
+}

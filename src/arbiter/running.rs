@@ -1,0 +1,217 @@
+//! Requests in progress: granting a live worker, following an image's progress, stopping
+//! images on `interrupt`, and taking what a finished request measured.
+//!
+//! The running requests are part of the registry entry of their model, so every reader
+//! (A1111's `progress`, `/v1/status`, D-Bus) sees one truth, published with each snapshot.
+
+use tokio::sync::oneshot;
+use vramd_protocol::{Health, VaePlacement};
+
+use super::grant::{Decided, Grant};
+use super::state::{Arbiter, Granted, Waiter};
+use super::{LoadOutcome, Report, Work};
+use crate::config::ModelKind;
+use crate::estimate::{self, Phase, Shape};
+use crate::registry::{ImageProgress, ModelState, Running};
+
+impl Arbiter {
+    /// Answers a granted request on a model whose worker is up. A worker found dead here
+    /// (its exit not reported yet) is never handed out: the request waits for the
+    /// replacement the exit starts, or gets the model's failure.
+    pub(super) fn serve(&mut self, model: &str, granted: Granted) {
+        let rt = self.rt(model);
+        if !rt.worker.as_ref().is_some_and(|w| w.alive()) {
+            tracing::info!(model, "its worker has just ended; the request waits for a new one");
+            rt.waiters.push(granted);
+            return;
+        }
+        rt.restore_failed = false;
+        rt.restore_when_free = false;
+        let load_ms = rt.just_loaded_ms;
+        match granted.waiter {
+            // An explicit load runs nothing on the model.
+            Waiter::Load(reply) => {
+                let entry = self.registry.get_mut(model).expect("entry");
+                entry.reservations.release(granted.ticket);
+                let _ = reply.send(Ok(LoadOutcome {
+                    model: model.to_owned(),
+                    state: entry.state,
+                    load_ms,
+                    bytes: entry.bytes,
+                    actions: granted.actions,
+                }));
+            }
+            Waiter::Acquire { reply, request_id } => {
+                let grant = self.grant_for(
+                    model,
+                    request_id,
+                    granted.work,
+                    granted.vae,
+                    granted.ticket,
+                    granted.actions,
+                );
+                if let Err(Ok(grant)) = reply.send(Ok(grant)) {
+                    drop(grant); // the requester went away; its drop releases the model
+                }
+            }
+        }
+    }
+
+    /// Marks the model busy with one more request and makes its grant.
+    fn grant_for(
+        &mut self,
+        model: &str,
+        request_id: String,
+        work: Work,
+        vae: VaePlacement,
+        ticket: u64,
+        actions: Vec<super::Action>,
+    ) -> Grant {
+        let internal = self.reply_later();
+        let (interrupt_tx, interrupt) = oneshot::channel();
+        let rt = self.rt(model);
+        rt.interrupts.insert(ticket, interrupt_tx);
+        let (seq, load_ms) = (rt.seq, rt.just_loaded_ms);
+        let worker = rt.worker.as_ref().expect("serving needs a worker");
+        let (client, exit) = (worker.client.clone(), worker.exit_watch());
+        let entry = self.registry.get_mut(model).expect("entry");
+        entry.reservations.start(ticket, entry.bytes.total);
+        entry.in_flight += 1;
+        entry.state = ModelState::Busy;
+        entry.last_used = Some(crate::clock::now_unix());
+        // Used again: a client's earlier "done with it" (`evict_first`) no longer holds.
+        entry.evict_first = false;
+        entry.running.push(Running {
+            request_id,
+            ticket,
+            started_ms: crate::clock::wall_ms(),
+            progress: match work {
+                Work::Image { count, .. } => Some(ImageProgress {
+                    images: count,
+                    ..Default::default()
+                }),
+                Work::Text => None,
+            },
+            interrupted: false,
+        });
+        Grant::new(Decided {
+            model: model.to_owned(),
+            client,
+            exit,
+            load_ms,
+            context_length: entry.context_length.unwrap_or(0),
+            vae,
+            actions,
+            work,
+            seq,
+            ticket,
+            interrupt,
+            internal,
+        })
+    }
+
+    pub(super) fn progress(&mut self, model: &str, ticket: u64, image: u32, step: u32, steps: u32) {
+        let Some(entry) = self.registry.get_mut(model) else {
+            return;
+        };
+        if let Some(p) = entry
+            .running
+            .iter_mut()
+            .find(|r| r.ticket == ticket)
+            .and_then(|r| r.progress.as_mut())
+        {
+            (p.image, p.step, p.steps) = (image, step, steps);
+        }
+    }
+
+    /// Stops the image generations running on `model` (or on any image model): the worker
+    /// is stopped, as stable-diffusion.cpp cannot cancel, and their grants are told.
+    pub(super) fn interrupt(&mut self, model: Option<&str>) -> Option<String> {
+        let target = self
+            .registry
+            .models()
+            .iter()
+            .filter(|e| e.kind == ModelKind::Image && model.map_or(true, |m| m == e.name))
+            .find(|e| !e.running.is_empty() && e.state != ModelState::Unloading)
+            .map(|e| e.name.clone())?;
+        let entry = self.registry.get_mut(&target).expect("entry");
+        for r in &mut entry.running {
+            r.interrupted = true;
+        }
+        for (_, tx) in self.rt(&target).interrupts.drain() {
+            let _ = tx.send(());
+        }
+        self.evict_hard(&target, "interrupted".into());
+        Some(target)
+    }
+
+    pub(super) fn release(
+        &mut self,
+        model: &str,
+        seq: u64,
+        work: Work,
+        ticket: u64,
+        report: Option<Report>,
+        ended: u64,
+    ) {
+        self.last_activity = std::time::Instant::now();
+        let current = self.rt(model).seq == seq && self.rt(model).worker.is_some();
+        self.rt(model).interrupts.remove(&ticket);
+        let entry = self.registry.get_mut(model).expect("entry");
+        entry.reservations.release(ticket);
+        entry.running.retain(|r| r.ticket != ticket);
+        entry.in_flight = entry.in_flight.saturating_sub(1);
+        entry.last_used = Some(entry.last_used.map_or(ended, |t| t.max(ended)));
+        if !current {
+            return;
+        }
+        if entry.in_flight == 0 && entry.state == ModelState::Busy {
+            entry.state = ModelState::Loaded;
+        }
+        let Some(report) = report else { return };
+        entry.report(&report.health);
+        // A completed request proves the worker works.
+        entry.failures = 0;
+        let context_length = entry.context_length.unwrap_or(0);
+        let bytes = report.health.bytes;
+        let image = entry.kind == ModelKind::Image;
+        let rt = self.rt(model);
+        rt.last_failure = None;
+        if bytes.context > 0 || image {
+            rt.known = Some(bytes);
+        }
+        self.calibrate(model, work, &report.health, context_length);
+    }
+
+    /// Teaches the estimator what this request measured.
+    fn calibrate(&mut self, model: &str, work: Work, health: &Health, context_length: u32) {
+        let before = self.calibration.clone();
+        match (self.shapes.get(model), work) {
+            (Some(Shape::Llm(s)), Work::Text) if health.bytes.compute > 0 => {
+                let raw = estimate::llm(s, context_length, None, model).compute;
+                self.calibration
+                    .observe(model, Phase::LlmCompute, health.bytes.compute, raw);
+            }
+            (Some(Shape::Image(w)), Work::Image { .. }) => {
+                if let Some(last) = health.image.as_ref().and_then(|i| i.last.as_ref()) {
+                    let raw = |p| estimate::raw_image_phase(w, last.width, last.height, p);
+                    self.calibration
+                        .observe(model, Phase::Sampling, last.sampling_bytes, raw(Phase::Sampling));
+                    let phase = match last.vae {
+                        VaePlacement::Gpu => Some(Phase::VaeDecode),
+                        VaePlacement::Tiled => Some(Phase::VaeTiled),
+                        VaePlacement::Cpu => None, // nothing on the device to learn from
+                    };
+                    if let Some(phase) = phase {
+                        self.calibration
+                            .observe(model, phase, last.vae_decode_bytes, raw(phase));
+                    }
+                }
+            }
+            _ => {}
+        }
+        if self.calibration != before {
+            self.host.save_calibration(&self.calibration);
+        }
+    }
+}
