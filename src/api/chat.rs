@@ -94,6 +94,16 @@ pub struct ChatRun {
     finished: bool,
 }
 
+/// A token's log-probability as OpenAI's `logprobs.content` entry (Ollama's is the same).
+pub fn logprob_entry(l: &TokenLogprob) -> Value {
+    let top: Vec<Value> = l
+        .top
+        .iter()
+        .map(|t| serde_json::json!({"token": t.token, "logprob": t.logprob, "bytes": t.bytes}))
+        .collect();
+    serde_json::json!({"token": l.token, "logprob": l.logprob, "bytes": l.bytes, "top_logprobs": top})
+}
+
 /// The configured chat model `model` (an LLM that is not an embedding model).
 pub fn chat_model(state: &AppState, model: &str) -> Result<(), ApiError> {
     let cfg = state

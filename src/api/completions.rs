@@ -15,9 +15,9 @@ use axum::Json;
 use serde_json::{json, Value};
 use vramd_protocol::TokenLogprob;
 
-use super::chat::{self, ChatEvent, ChatJob, ChatRun, OutputFormat, Usage};
+use super::chat::{self, logprob_entry, ChatEvent, ChatJob, ChatRun, OutputFormat, Usage};
 use super::error::error_json;
-use super::openai::{ChatRequest, CompletionRequest};
+use super::openai::{ChatRequest, CompletionRequest, Sampling};
 use super::sse::{self, frame};
 use super::{ApiError, ApiJson, AppState, RequestId};
 use crate::chat::ToolCall;
@@ -34,18 +34,9 @@ pub async fn chat(
     ApiJson(req): ApiJson<ChatRequest>,
 ) -> Result<Response, ApiError> {
     chat::chat_model(&state, &req.model)?;
-    let job = ChatJob {
-        prompt: req.prompt()?,
-        format: req.format()?,
-        params: req.sampling.params(
-            chat::context_length(&state, &req.model),
-            chat::default_max_tokens(&state, &req.model),
-        )?,
-        model: req.model,
-        request_id: id.0,
-    };
-    let usage_chunk = req.sampling.stream_options.is_some_and(|o| o.include_usage);
-    respond(state, Flavor::Chat, job, req.sampling.stream, usage_chunk).await
+    let (prompt, format) = (req.prompt()?, req.format()?);
+    let job = job(&state, req.model, id.0, prompt, format, &req.sampling)?;
+    respond(state, Flavor::Chat, job, &req.sampling).await
 }
 
 pub async fn completion(
@@ -54,27 +45,35 @@ pub async fn completion(
     ApiJson(req): ApiJson<CompletionRequest>,
 ) -> Result<Response, ApiError> {
     chat::chat_model(&state, &req.model)?;
-    let job = ChatJob {
-        prompt: req.prompt()?,
-        format: OutputFormat::Text,
-        params: req.sampling.params(
-            chat::context_length(&state, &req.model),
-            chat::default_max_tokens(&state, &req.model),
-        )?,
-        model: req.model,
-        request_id: id.0,
-    };
-    let usage_chunk = req.sampling.stream_options.is_some_and(|o| o.include_usage);
-    respond(state, Flavor::Text, job, req.sampling.stream, usage_chunk).await
+    let prompt = req.prompt()?;
+    let job = job(&state, req.model, id.0, prompt, OutputFormat::Text, &req.sampling)?;
+    respond(state, Flavor::Text, job, &req.sampling).await
 }
 
-async fn respond(
-    state: AppState,
-    flavor: Flavor,
-    job: ChatJob,
-    stream: bool,
-    usage_chunk: bool,
-) -> Result<Response, ApiError> {
+/// The chat service's job for `model`, with the sampling checked against its context.
+fn job(
+    state: &AppState,
+    model: String,
+    request_id: String,
+    prompt: chat::Prompt,
+    format: OutputFormat,
+    sampling: &Sampling,
+) -> Result<ChatJob, ApiError> {
+    let params = sampling.params(
+        chat::context_length(state, &model),
+        chat::default_max_tokens(state, &model),
+    )?;
+    Ok(ChatJob {
+        model,
+        request_id,
+        prompt,
+        format,
+        params,
+    })
+}
+
+async fn respond(state: AppState, flavor: Flavor, job: ChatJob, sampling: &Sampling) -> Result<Response, ApiError> {
+    let usage_chunk = sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let queued = Instant::now();
     let request_id = job.request_id.clone();
     let model = job.model.clone();
@@ -91,7 +90,7 @@ async fn respond(
         vramd: json!({"load_ms": run.grant.load_ms, "queued_ms": queued_ms, "actions": run.grant.actions}),
         usage_chunk,
     };
-    if stream {
+    if sampling.stream {
         Ok(stream_chunks(meta, run))
     } else {
         collect(meta, run).await
@@ -181,16 +180,6 @@ fn legacy_logprobs(tokens: &[TokenLogprob]) -> Value {
     json!({"tokens": tokens.iter().map(|t| &t.token).collect::<Vec<_>>(),
            "token_logprobs": tokens.iter().map(|t| t.logprob).collect::<Vec<_>>(),
            "top_logprobs": top, "text_offset": offsets})
-}
-
-/// OpenAI's `logprobs.content` entry for one token.
-fn logprob_entry(l: &TokenLogprob) -> Value {
-    let top: Vec<Value> = l
-        .top
-        .iter()
-        .map(|t| json!({"token": t.token, "logprob": t.logprob, "bytes": t.bytes}))
-        .collect();
-    json!({"token": l.token, "logprob": l.logprob, "bytes": l.bytes, "top_logprobs": top})
 }
 
 /// The whole answer: content, calls and logprobs gathered, then one JSON body.

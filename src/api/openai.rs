@@ -147,6 +147,15 @@ pub enum Stop {
     Many(Vec<String>),
 }
 
+/// `v` if it lies in `range`, else a 400 naming `name` and saying where it must lie.
+fn in_range(name: &str, v: f32, range: std::ops::RangeInclusive<f32>, what: &str) -> Result<f32, ApiError> {
+    if range.contains(&v) {
+        Ok(v)
+    } else {
+        Err(invalid(name, format!("`{name}` must be {what}, got {v}")))
+    }
+}
+
 fn invalid(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::InvalidRequest {
         message: message.into(),
@@ -323,6 +332,54 @@ impl Sampling {
                 "only n = 1 is supported: send the request again for another choice",
             ));
         }
+        let penalty = |name: &str, v: Option<f32>, default: f32| {
+            in_range(name, v.unwrap_or(default), -2.0..=2.0, "between -2 and 2")
+        };
+        let repeat_penalty = self.repeat_penalty.unwrap_or(d.repeat_penalty);
+        if !(repeat_penalty > 0.0 && repeat_penalty <= 10.0) {
+            return Err(invalid(
+                "repeat_penalty",
+                format!("`repeat_penalty` must be in (0, 10], got {repeat_penalty}"),
+            ));
+        }
+        let top_p = self.top_p.unwrap_or(d.top_p);
+        if !(top_p > 0.0 && top_p <= 1.0) {
+            return Err(invalid("top_p", format!("`top_p` must be in (0, 1], got {top_p}")));
+        }
+        let top_k = self.top_k.unwrap_or(d.top_k);
+        if top_k < 0 {
+            return Err(invalid("top_k", format!("`top_k` must not be negative, got {top_k}")));
+        }
+        Ok(SamplingParams {
+            max_tokens: self.max_tokens(context, default_max)?,
+            temperature: in_range(
+                "temperature",
+                self.temperature.unwrap_or(d.temperature),
+                0.0..=2.0,
+                "between 0 and 2",
+            )?,
+            top_p,
+            top_k,
+            min_p: in_range("min_p", self.min_p.unwrap_or(d.min_p), 0.0..=1.0, "in [0, 1]")?,
+            // OpenAI seeds are 64-bit; llama.cpp's are 32-bit: fold, so every seed is valid.
+            seed: self.seed.map(|s| (s as u64 ^ ((s as u64) >> 32)) as u32),
+            stop: self.stop()?,
+            repeat_penalty,
+            frequency_penalty: penalty("frequency_penalty", self.frequency_penalty, d.frequency_penalty)?,
+            presence_penalty: penalty("presence_penalty", self.presence_penalty, d.presence_penalty)?,
+            logit_bias: self.logit_bias()?,
+            logprobs: self.logprobs()?,
+            grammar: self
+                .grammar
+                .clone()
+                .filter(|g| !g.trim().is_empty())
+                .map(|text| Grammar::Gbnf { text }),
+            preserved: Vec::new(),
+        })
+    }
+
+    /// The request's limit (below the context when it is known), else the model's default.
+    fn max_tokens(&self, context: u32, default_max: Option<u32>) -> Result<Option<u32>, ApiError> {
         let asked = self.max_completion_tokens.or(self.max_tokens);
         if asked == Some(0) {
             return Err(invalid("max_tokens", "`max_tokens` must be at least 1"));
@@ -333,44 +390,10 @@ impl Sampling {
                 format!("`max_tokens` ({max_tokens}) must be smaller than the model's context ({context} tokens)"),
             ));
         }
-        let max_tokens = asked.or(default_max);
-        let temperature = self.temperature.unwrap_or(d.temperature);
-        if !(0.0..=2.0).contains(&temperature) {
-            return Err(invalid(
-                "temperature",
-                format!("`temperature` must be between 0 and 2, got {temperature}"),
-            ));
-        }
-        let top_p = self.top_p.unwrap_or(d.top_p);
-        if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(invalid("top_p", format!("`top_p` must be in (0, 1], got {top_p}")));
-        }
-        let min_p = self.min_p.unwrap_or(d.min_p);
-        if !(0.0..=1.0).contains(&min_p) {
-            return Err(invalid("min_p", format!("`min_p` must be in [0, 1], got {min_p}")));
-        }
-        let top_k = self.top_k.unwrap_or(d.top_k);
-        if top_k < 0 {
-            return Err(invalid("top_k", format!("`top_k` must not be negative, got {top_k}")));
-        }
-        let penalty = |name: &str, v: Option<f32>, default: f32| -> Result<f32, ApiError> {
-            let v = v.unwrap_or(default);
-            if !(-2.0..=2.0).contains(&v) {
-                return Err(invalid(name, format!("`{name}` must be between -2 and 2, got {v}")));
-            }
-            Ok(v)
-        };
-        let frequency_penalty = penalty("frequency_penalty", self.frequency_penalty, d.frequency_penalty)?;
-        let presence_penalty = penalty("presence_penalty", self.presence_penalty, d.presence_penalty)?;
-        let repeat_penalty = self.repeat_penalty.unwrap_or(d.repeat_penalty);
-        if !(repeat_penalty > 0.0 && repeat_penalty <= 10.0) {
-            return Err(invalid(
-                "repeat_penalty",
-                format!("`repeat_penalty` must be in (0, 10], got {repeat_penalty}"),
-            ));
-        }
-        // OpenAI seeds are 64-bit; llama.cpp's are 32-bit: fold, so every seed is valid.
-        let seed = self.seed.map(|s| (s as u64 ^ ((s as u64) >> 32)) as u32);
+        Ok(asked.or(default_max))
+    }
+
+    fn stop(&self) -> Result<Vec<String>, ApiError> {
         let stop = match &self.stop {
             None => Vec::new(),
             Some(Stop::One(s)) => vec![s.clone()],
@@ -379,26 +402,7 @@ impl Sampling {
         if stop.len() > 4 || stop.iter().any(String::is_empty) {
             return Err(invalid("stop", "`stop` takes up to 4 non-empty strings"));
         }
-        Ok(SamplingParams {
-            max_tokens,
-            temperature,
-            top_p,
-            top_k,
-            min_p,
-            seed,
-            stop,
-            repeat_penalty,
-            frequency_penalty,
-            presence_penalty,
-            logit_bias: self.logit_bias()?,
-            logprobs: self.logprobs()?,
-            grammar: self
-                .grammar
-                .clone()
-                .filter(|g| !g.trim().is_empty())
-                .map(|text| Grammar::Gbnf { text }),
-            preserved: Vec::new(),
-        })
+        Ok(stop)
     }
 
     fn logit_bias(&self) -> Result<Vec<(i32, f32)>, ApiError> {

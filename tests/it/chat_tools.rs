@@ -357,39 +357,15 @@ fn embeddings_are_pooled_unit_vectors_from_an_embedding_model() {
     assert_eq!(l.d.model_status("embed")["state"], "loaded", "counted like any model");
 }
 
-/// A free loopback port for the daemon's `--tcp` listener.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn python_has(modules: &str) -> bool {
-    let have = std::process::Command::new("python3")
-        .args(["-c", &format!("import {modules}")])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have {
-        assert!(
-            std::env::var_os("VRAMD_REQUIRE_WORKERS").is_none(),
-            "python3 with {modules} is required (pip install -r tests/requirements.txt)"
-        );
-        eprintln!("skipped: python3 -c 'import {modules}' failed");
-    }
-    have
-}
-
 /// The official `openai` client, over the Unix socket and over the loopback TCP listener:
 /// a forced call (also streamed, and sent back in the history with its tool answer) whose
 /// arguments validate, and a `json_schema` answer that parses and validates.
 #[test]
 fn the_openai_python_client_gets_tool_calls_and_structured_output() {
-    if !python_has("openai, httpx") {
+    if !crate::util::python_has("openai, httpx") {
         return;
     }
-    let port = free_port();
+    let port = crate::util::free_port();
     let Some(l) = crate::llm::start_with_args(
         &[("qwen", ModelFile::TinyWith(qwen_template()))],
         "context_length = 2048\n",

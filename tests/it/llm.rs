@@ -429,38 +429,25 @@ fn smollm_knows_the_capital_of_france() {
     assert!(parsed["capital"].as_str().unwrap().contains("Paris"), "{parsed}");
 }
 
-/// The official `openai` Python client works against the socket, streamed and not.
+/// The official `openai` Python client works over the socket and over TCP, streamed and not.
 #[test]
 fn the_openai_python_client_works() {
-    let have = std::process::Command::new("python3")
-        .args(["-c", "import openai, httpx"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have {
-        assert!(
-            std::env::var_os("VRAMD_REQUIRE_WORKERS").is_none(),
-            "python3 with openai and httpx is required (pip install -r tests/requirements.txt)"
-        );
-        eprintln!("skipped: python3 -c 'import openai' failed");
+    if !crate::util::python_has("openai, httpx") {
         return;
     }
-    let Some(l) = start(&[("chat", ModelFile::Tiny { template: true })], "") else {
+    let port = crate::util::free_port();
+    let tcp = format!("127.0.0.1:{port}");
+    let Some(l) = start_with_args(&[("chat", ModelFile::Tiny { template: true })], "", &["--tcp", &tcp]) else {
         return;
     };
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/openai_client.py");
-    let out = std::process::Command::new("python3")
-        .arg(script)
-        .arg(&l.d.socket)
-        .arg("chat")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        l.d.log()
-    );
-    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let socket = l.d.socket.display().to_string();
+    let url = format!("http://{tcp}/v1");
+    for v in [&socket, &url].map(|w| crate::util::run_python(&l.d, "openai_client.py", &[w, "chat"])) {
+        check_openai_client(&v);
+    }
+}
+
+fn check_openai_client(v: &Value) {
     assert_eq!(v["content"], v["streamed"], "{v}");
     assert_eq!(v["finish_reason"], v["stream_finish"]);
     let usage = &v["usage"];

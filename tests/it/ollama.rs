@@ -23,17 +23,9 @@ struct Served {
     _dirs: Vec<tempfile::TempDir>,
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Starts the daemon on its Unix socket and on a free loopback TCP port.
 fn start_with_tcp(config: &str, dirs: Vec<tempfile::TempDir>) -> Served {
-    let port = free_port();
+    let port = crate::util::free_port();
     let d = Daemon::start_with(config, |c| {
         c.arg("--tcp").arg(format!("127.0.0.1:{port}")).env("RUST_LOG", "info");
     });
@@ -523,34 +515,13 @@ fn model_management_is_not_supported_and_pull_succeeds_for_a_configured_model() 
 /// and over the loopback TCP listener (`OLLAMA_HOST`-style), streamed and not.
 #[test]
 fn the_ollama_python_client_works_over_the_socket_and_tcp() {
-    let have = std::process::Command::new("python3")
-        .args(["-c", "import ollama, httpx"])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !have {
-        assert!(
-            std::env::var_os("VRAMD_REQUIRE_WORKERS").is_none(),
-            "python3 with ollama and httpx is required (pip install -r tests/requirements.txt)"
-        );
-        eprintln!("skipped: python3 -c 'import ollama' failed");
+    if !crate::util::python_has("ollama, httpx") {
         return;
     }
     let Some(s) = chat_and_embed() else { return };
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/ollama_client.py");
     let socket = format!("unix:{}", s.d.socket.display());
     for host in [socket, format!("http://127.0.0.1:{}", s.port)] {
-        let out = std::process::Command::new("python3")
-            .arg(&script)
-            .args([&host, "chat", "embed"])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{host}:\n{}\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            s.d.log()
-        );
-        let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+        let v = crate::util::run_python(&s.d, "ollama_client.py", &[&host, "chat", "embed"]);
         check_python(&v, &host);
     }
 }

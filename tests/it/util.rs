@@ -529,3 +529,43 @@ pub fn fifty_from_eight_clients(
         "held {max_used} bytes with a budget of {budget}: {at_max:#}"
     );
 }
+
+/// A free loopback TCP port, for a daemon's `--tcp` listener.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Whether python3 imports `modules` (an official client). Without them a test says so and
+/// passes, unless `VRAMD_REQUIRE_WORKERS=1` (scripts/test), which makes it a failure.
+pub fn python_has(modules: &str) -> bool {
+    let have = Command::new("python3")
+        .args(["-c", &format!("import {modules}")])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !have {
+        assert!(
+            std::env::var_os("VRAMD_REQUIRE_WORKERS").is_none(),
+            "python3 with {modules} is required (pip install -r tests/requirements.txt)"
+        );
+        eprintln!("skipped: python3 -c 'import {modules}' failed");
+    }
+    have
+}
+
+/// Runs `tests/python/<script> <args>` against daemon `d` and returns the JSON line it prints;
+/// a failure shows the script's stderr and the daemon's log.
+pub fn run_python(d: &Daemon, script: &str, args: &[&str]) -> serde_json::Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python").join(script);
+    let out = Command::new("python3").arg(path).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{script} {args:?}:\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

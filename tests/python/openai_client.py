@@ -1,6 +1,6 @@
-"""The official `openai` Python client, pointed at vramd's Unix socket.
+"""The official `openai` Python client, pointed at vramd's Unix socket or its TCP listener.
 
-Usage: python3 openai_client.py SOCKET MODEL
+Usage: python3 openai_client.py (SOCKET | http://127.0.0.1:PORT/v1) MODEL
 Prints one JSON line with what the non-streamed and the streamed calls returned.
 """
 import json
@@ -9,13 +9,16 @@ import sys
 import httpx
 import openai
 
-socket, model = sys.argv[1], sys.argv[2]
-client = openai.OpenAI(
-    base_url="http://vramd/v1",
-    api_key="unused",
-    http_client=httpx.Client(transport=httpx.HTTPTransport(uds=socket)),
-    max_retries=0,
-)
+where, model = sys.argv[1], sys.argv[2]
+if where.startswith("http"):
+    client = openai.OpenAI(base_url=where, api_key="unused", max_retries=0)
+else:
+    client = openai.OpenAI(
+        base_url="http://vramd/v1",
+        api_key="unused",
+        http_client=httpx.Client(transport=httpx.HTTPTransport(uds=where)),
+        max_retries=0,
+    )
 messages = [{"role": "user", "content": "Hello"}]
 full = client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0, seed=3)
 chunks = list(client.chat.completions.create(model=model, messages=messages, max_tokens=8, temperature=0, seed=3, stream=True))

@@ -213,7 +213,7 @@ async fn collect(mut reply: Reply, mut run: ChatRun) -> Result<Value, ApiError> 
             Some(ChatEvent::Content { text: t, logprob }) => {
                 reply.token();
                 text.push_str(&t);
-                logprobs.extend(logprob.as_ref().map(wire::logprob));
+                logprobs.extend(logprob.as_ref().map(crate::api::chat::logprob_entry));
             }
             Some(ChatEvent::Call { index, call }) => {
                 reply.token();
@@ -267,7 +267,12 @@ async fn next_line(reply: &mut Reply, run: &mut ChatRun) -> (axum::body::Bytes, 
                 if text.is_empty() && logprob.is_none() {
                     continue;
                 }
-                reply.object(&text, Vec::new(), logprob.iter().map(wire::logprob).collect(), false)
+                reply.object(
+                    &text,
+                    Vec::new(),
+                    logprob.iter().map(crate::api::chat::logprob_entry).collect(),
+                    false,
+                )
             }
             Ok(Some(ChatEvent::Call { index, call })) => {
                 reply.token();

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use vramd_protocol::{SamplingParams, TokenLogprob};
+use vramd_protocol::SamplingParams;
 
 use super::super::chat::{OutputFormat, Prompt, Usage};
 use super::super::openai::Sampling;
@@ -642,16 +642,6 @@ pub fn tool_call(index: usize, call: &ToolCall) -> Value {
         }
     };
     json!({"id": call.id, "function": {"index": index, "name": call.name, "arguments": arguments}})
-}
-
-/// Ollama's `logprobs` entry for one token.
-pub fn logprob(l: &TokenLogprob) -> Value {
-    let top: Vec<Value> = l
-        .top
-        .iter()
-        .map(|t| json!({"token": t.token, "logprob": t.logprob, "bytes": t.bytes}))
-        .collect();
-    json!({"token": l.token, "logprob": l.logprob, "bytes": l.bytes, "top_logprobs": top})
 }
 
 /// Which endpoint's objects: `/api/chat` (`message`) or `/api/generate` (`response`).

@@ -397,10 +397,11 @@ fn the_last_object_carries_ollamas_metrics_in_nanoseconds() {
 
 #[test]
 fn logprobs_entries() {
-    let l: TokenLogprob = serde_json::from_value(json!({"token": "Hi", "logprob": -0.5, "bytes": [72, 105],
+    let l: vramd_protocol::TokenLogprob =
+        serde_json::from_value(json!({"token": "Hi", "logprob": -0.5, "bytes": [72, 105],
         "top": [{"token": "Hi", "logprob": -0.5, "bytes": [72, 105]}]}))
-    .unwrap();
-    let v = logprob(&l);
+        .unwrap();
+    let v = crate::api::chat::logprob_entry(&l);
     assert_eq!((v["token"].clone(), v["logprob"].clone()), (json!("Hi"), json!(-0.5)));
     assert_eq!(v["top_logprobs"][0]["token"], "Hi");
 }
