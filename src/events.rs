@@ -62,6 +62,8 @@ pub enum EventKind {
     },
     RequestQueued {
         model: String,
+        /// Its place in the arbiter's queue (1: next to be served).
+        position: u32,
         reason: String,
     },
     RequestRejected {

@@ -81,12 +81,12 @@ async fn serve(
     let config = std::sync::Arc::new(config);
     let arbiter = arbiter::spawn(config.clone(), source, paths);
     let activity = Activity::default();
-    let app = api::router(api::AppState {
-        config: config.clone(),
-        arbiter: arbiter.clone(),
-        activity: activity.clone(),
-        templates: std::sync::Arc::new(vramd::chat::Templates::load(&config)),
-    });
+    let app = api::router(api::AppState::new(
+        config.clone(),
+        arbiter.clone(),
+        activity.clone(),
+        std::sync::Arc::new(vramd::chat::Templates::load(&config)),
+    ));
     let idle_limit = config.daemon.idle_exit.0;
     let shutdown = {
         let (arbiter, activity) = (arbiter.clone(), activity.clone());

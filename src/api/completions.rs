@@ -7,7 +7,9 @@
 //! the worker connection, which cancels the generation.
 
 use std::convert::Infallible;
-use std::time::{Instant, SystemTime};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
@@ -72,28 +74,43 @@ fn job(
     })
 }
 
+/// How long a streamed request may wait for its grant before its response headers go out
+/// anyway: a person's chat must show at once that it was heard, even when it queues.
+const HEADERS_WITHIN: Duration = Duration::from_millis(200);
+/// While a streamed request waits, an SSE comment this often keeps proxies and clients from
+/// timing out.
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+type Starting = Pin<Box<dyn Future<Output = Result<ChatRun, ApiError>> + Send>>;
+
 async fn respond(state: AppState, flavor: Flavor, job: ChatJob, sampling: &Sampling) -> Result<Response, ApiError> {
     let usage_chunk = sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
     let queued = Instant::now();
-    let request_id = job.request_id.clone();
-    let model = job.model.clone();
-    let run = chat::start(&state, job).await.map_err(|e| for_flavor(e, flavor))?;
-    let queued_ms = queued.elapsed().as_millis() as u64;
-    let meta = Meta {
+    let head = Head {
         flavor,
         id: format!(
-            "{}-{request_id}",
-            if flavor == Flavor::Chat { "chatcmpl" } else { "cmpl" }
+            "{}-{}",
+            if flavor == Flavor::Chat { "chatcmpl" } else { "cmpl" },
+            job.request_id
         ),
         created: crate::registry::unix_secs(SystemTime::now()),
-        model,
-        vramd: json!({"load_ms": run.grant.load_ms, "queued_ms": queued_ms, "actions": run.grant.actions}),
+        model: job.model.clone(),
         usage_chunk,
+        queued,
     };
-    if sampling.stream {
-        Ok(stream_chunks(meta, run))
-    } else {
-        collect(meta, run).await
+    let mut starting: Starting =
+        Box::pin(async move { chat::start(&state, job).await.map_err(|e| for_flavor(e, flavor)) });
+    if !sampling.stream {
+        let run = starting.await?;
+        return collect(head.meta(&run), run).await;
+    }
+    match tokio::time::timeout(HEADERS_WITHIN, &mut starting).await {
+        // Refusals that come at once keep their HTTP status (400, 404, 503, 507).
+        Ok(started) => {
+            let run = started?;
+            Ok(stream_chunks(Phase::first(head.meta(&run), run)))
+        }
+        Err(_) => Ok(stream_chunks(Phase::Waiting { head, starting })),
     }
 }
 
@@ -109,6 +126,30 @@ fn for_flavor(e: ApiError, flavor: Flavor) -> ApiError {
             }
         }
         other => other,
+    }
+}
+
+/// What a response's objects share that is known before the grant.
+struct Head {
+    flavor: Flavor,
+    id: String,
+    created: u64,
+    model: String,
+    usage_chunk: bool,
+    queued: Instant,
+}
+
+impl Head {
+    fn meta(self, run: &ChatRun) -> Meta {
+        let queued_ms = self.queued.elapsed().as_millis() as u64;
+        Meta {
+            flavor: self.flavor,
+            id: self.id,
+            created: self.created,
+            model: self.model,
+            vramd: json!({"load_ms": run.grant.load_ms, "queued_ms": queued_ms, "actions": run.grant.actions}),
+            usage_chunk: self.usage_chunk,
+        }
     }
 }
 
@@ -220,28 +261,83 @@ async fn collect(meta: Meta, mut run: ChatRun) -> Result<Response, ApiError> {
     Ok(Json(body).into_response())
 }
 
+/// Where a streamed answer is.
+enum Phase {
+    /// Headers sent, the grant not yet: keep-alive comments until it comes.
+    Waiting {
+        head: Head,
+        starting: Starting,
+    },
+    /// Granted: the chat's first frame (the assistant role), then its events.
+    Running {
+        meta: Meta,
+        run: Box<ChatRun>,
+        first: Option<Vec<u8>>,
+    },
+    Done,
+}
+
+impl Phase {
+    fn first(meta: Meta, run: ChatRun) -> Phase {
+        let first = (meta.flavor == Flavor::Chat)
+            .then(|| frame(&meta.chunk(json!({"role": "assistant", "content": ""}), None, Value::Null)));
+        Phase::Running {
+            meta,
+            run: Box::new(run),
+            first,
+        }
+    }
+
+    /// The next bytes to send, and the phase after them; `None` at the end.
+    async fn advance(self) -> Option<(Vec<u8>, Phase)> {
+        match self {
+            Phase::Done => None,
+            Phase::Waiting { head, mut starting } => match tokio::time::timeout(KEEP_ALIVE, &mut starting).await {
+                Err(_) => Some((
+                    b": waiting for the model\n\n".to_vec(),
+                    Phase::Waiting { head, starting },
+                )),
+                Ok(Ok(run)) => Box::pin(Phase::first(head.meta(&run), run).advance()).await,
+                Ok(Err(e)) => Some((frame(&error_json(&e)), Phase::Done)),
+            },
+            Phase::Running {
+                meta,
+                run,
+                first: Some(line),
+            } => Some((line, Phase::Running { meta, run, first: None })),
+            Phase::Running {
+                meta,
+                mut run,
+                first: None,
+            } => match run.next().await {
+                Ok(Some(event)) => {
+                    let (bytes, finished) = chunk_of(&meta, event);
+                    let next = if finished {
+                        Phase::Done
+                    } else {
+                        Phase::Running { meta, run, first: None }
+                    };
+                    Some((bytes, next))
+                }
+                Ok(None) => None,
+                Err(e) => {
+                    tracing::warn!(model = %meta.model, "stream failed: {e}");
+                    Some((frame(&error_json(&e)), Phase::Done))
+                }
+            },
+        }
+    }
+}
+
 /// Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`. A failure after
-/// the stream started becomes an `error` event (what OpenAI clients raise on) and no DONE.
-fn stream_chunks(meta: Meta, run: ChatRun) -> Response {
-    let first = (meta.flavor == Flavor::Chat)
-        .then(|| frame(&meta.chunk(json!({"role": "assistant", "content": ""}), None, Value::Null)));
-    let state = (meta, run, first, false);
-    let stream = futures_util::stream::unfold(state, |(meta, mut run, first, finished)| async move {
-        if let Some(line) = first {
-            return Some((Ok::<_, Infallible>(line), (meta, run, None, false)));
-        }
-        if finished {
-            return None;
-        }
-        let (bytes, finished) = match run.next().await {
-            Ok(Some(event)) => chunk_of(&meta, event),
-            Ok(None) => return None,
-            Err(e) => {
-                tracing::warn!(model = %meta.model, "stream failed: {e}");
-                (frame(&error_json(&e)), true)
-            }
-        };
-        Some((Ok(bytes), (meta, run, None, finished)))
+/// the stream started (or a refusal after the headers went out while the request waited)
+/// becomes an `error` event, what OpenAI clients raise on, and no DONE.
+fn stream_chunks(phase: Phase) -> Response {
+    let stream = futures_util::stream::unfold(phase, |phase| async move {
+        phase
+            .advance()
+            .await
+            .map(|(bytes, next)| (Ok::<_, Infallible>(bytes), next))
     });
     sse::response(stream)
 }

@@ -25,6 +25,10 @@ pub enum ApiError {
     UnknownRoute { method: String, path: String },
     #[error("model {0:?} does not exist; GET /v1/models lists the configured models")]
     UnknownModel(String),
+    /// An image request naming no configured image model: the message lists them, since an
+    /// image client (a WebUI) has no `/v1/models` to look at.
+    #[error("image model {0:?} does not exist; the image models are: {1}")]
+    UnknownImageModel(String, String),
     #[error("{message}")]
     InvalidRequest { message: String, param: Option<String> },
     #[error("invalid JSON body: {0}")]
@@ -79,7 +83,9 @@ impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
             ApiError::UnknownRoute { .. } => (StatusCode::NOT_FOUND, "not_found_error", "unknown_route"),
-            ApiError::UnknownModel(_) => (StatusCode::NOT_FOUND, "not_found_error", "model_not_found"),
+            ApiError::UnknownModel(_) | ApiError::UnknownImageModel(..) => {
+                (StatusCode::NOT_FOUND, "not_found_error", "model_not_found")
+            }
             ApiError::InvalidRequest { .. } => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_value"),
             ApiError::BadJson(_) => (StatusCode::BAD_REQUEST, "invalid_request_error", "invalid_json"),
             ApiError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "unavailable"),
@@ -164,7 +170,7 @@ impl IntoResponse for ApiError {
         let (status, kind, code) = self.parts();
         let param = match &self {
             ApiError::InvalidRequest { param, .. } => param.as_deref(),
-            ApiError::UnknownModel(_) => Some("model"),
+            ApiError::UnknownModel(_) | ApiError::UnknownImageModel(..) => Some("model"),
             _ => None,
         };
         let mut resp = error_response(status, &self.to_string(), kind, code, param);

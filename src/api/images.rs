@@ -21,7 +21,7 @@ use crate::config::{ImageOptions, ModelKind};
 use crate::worker::client::CallError;
 
 /// stable-diffusion.cpp's samplers, and the A1111 names that map to them.
-const SAMPLERS: &[(&str, &[&str])] = &[
+pub const SAMPLERS: &[(&str, &[&str])] = &[
     ("euler_a", &["Euler a", "euler_a", "k_euler_a"]),
     ("euler", &["Euler", "euler", "k_euler"]),
     ("heun", &["Heun", "heun"]),
@@ -35,16 +35,54 @@ const SAMPLERS: &[(&str, &[&str])] = &[
     ("ddim_trailing", &["DDIM", "ddim", "ddim_trailing"]),
     ("tcd", &["TCD", "tcd"]),
 ];
-const SCHEDULERS: &[&str] = &[
-    "discrete",
-    "karras",
-    "exponential",
-    "ays",
-    "gits",
-    "smoothstep",
-    "sgm_uniform",
-    "simple",
+/// One scheduler as A1111 lists it (`GET /sdapi/v1/schedulers`), and stable-diffusion.cpp's
+/// name for it. Only schedulers the engine has are here (its `scheduler_t`, less `ltx2`,
+/// which is for video): A1111's `polyexponential`, `ddim` and `beta` have no counterpart.
+pub struct Scheduler {
+    /// What sd.cpp's `str_to_scheduler` takes.
+    pub engine: &'static str,
+    /// A1111's identifier (what SillyTavern sends back), then its label.
+    pub name: &'static str,
+    pub label: &'static str,
+    pub aliases: &'static [&'static str],
+    /// A1111's `default_rho` (-1: none).
+    pub rho: f32,
+}
+
+const fn sched(
+    engine: &'static str,
+    name: &'static str,
+    label: &'static str,
+    aliases: &'static [&'static str],
+    rho: f32,
+) -> Scheduler {
+    Scheduler {
+        engine,
+        name,
+        label,
+        aliases,
+        rho,
+    }
+}
+
+/// A1111's "normal" and "uniform" are both the model's own discretisation of its training
+/// timesteps, which is what sd.cpp calls `discrete`: one entry, so the list offers each
+/// real schedule once, with both A1111 spellings accepted.
+pub const SCHEDULERS: &[Scheduler] = &[
+    sched("", "automatic", "Automatic", &[], -1.0),
+    sched("discrete", "normal", "Normal", &["uniform", "discrete"], -1.0),
+    sched("karras", "karras", "Karras", &[], 7.0),
+    sched("exponential", "exponential", "Exponential", &[], -1.0),
+    sched("sgm_uniform", "sgm_uniform", "SGM Uniform", &["SGMUniform"], -1.0),
+    sched("simple", "simple", "Simple", &[], -1.0),
+    sched("ays", "align_your_steps", "Align Your Steps", &["ays"], -1.0),
+    sched("kl_optimal", "kl_optimal", "KL Optimal", &[], -1.0),
+    sched("gits", "gits", "GITS", &[], -1.0),
+    sched("smoothstep", "smoothstep", "Smoothstep", &[], -1.0),
+    sched("lcm", "lcm", "LCM", &[], -1.0),
+    sched("bong_tangent", "bong_tangent", "Bong Tangent", &[], -1.0),
 ];
+
 pub const MAX_STEPS: u32 = 150;
 
 /// One image request, whichever API it came from: what the worker is sent for each image
@@ -155,20 +193,28 @@ pub fn vae(name: Option<&str>) -> Result<Option<VaePlacement>, ApiError> {
     }
 }
 
+/// Maps a scheduler name (A1111's name, label or alias, or sd.cpp's; any case) to sd.cpp's;
+/// empty (absent, `Automatic`) lets the engine pick the model's default.
 pub fn scheduler(name: Option<&str>) -> Result<String, ApiError> {
-    match name.filter(|n| !n.is_empty() && !n.eq_ignore_ascii_case("automatic")) {
-        None => Ok(String::new()),
-        Some(n) => SCHEDULERS
-            .iter()
-            .find(|s| s.eq_ignore_ascii_case(n))
-            .map(|s| (*s).to_owned())
-            .ok_or_else(|| {
-                invalid(
-                    "scheduler",
-                    format!("unknown scheduler {n:?}; known: {}", SCHEDULERS.join(", ")),
-                )
-            }),
-    }
+    let Some(n) = name.filter(|n| !n.is_empty()) else {
+        return Ok(String::new());
+    };
+    SCHEDULERS
+        .iter()
+        .find(|s| {
+            [s.engine, s.name, s.label]
+                .iter()
+                .chain(s.aliases)
+                .any(|a| !a.is_empty() && a.eq_ignore_ascii_case(n))
+        })
+        .map(|s| s.engine.to_owned())
+        .ok_or_else(|| {
+            let known: Vec<&str> = SCHEDULERS.iter().map(|s| s.name).collect();
+            invalid(
+                "scheduler",
+                format!("unknown scheduler {n:?}; known: {}", known.join(", ")),
+            )
+        })
 }
 
 /// A1111's `parameters` text for one image.
@@ -198,10 +244,10 @@ fn random_seed() -> i64 {
 
 /// The configured image model `model`, or the error to answer.
 pub fn image_model<'a>(state: &'a AppState, model: &str) -> Result<&'a ImageOptions, ApiError> {
-    let cfg = state
-        .config
-        .model(model)
-        .ok_or_else(|| ApiError::UnknownModel(model.to_owned()))?;
+    let cfg = state.config.model(model).ok_or_else(|| {
+        let known: Vec<&str> = state.config.image_models().map(|m| m.name.as_str()).collect();
+        ApiError::UnknownImageModel(model.to_owned(), known.join(", "))
+    })?;
     match (&cfg.image_options, cfg.kind) {
         (Some(o), ModelKind::Image) => Ok(o),
         _ => Err(invalid(
@@ -297,7 +343,8 @@ async fn generate_all(
 
 #[derive(Deserialize)]
 pub struct OpenAiRequest {
-    model: String,
+    /// Absent, or one of OpenAI's own [`OPENAI_ALIASES`]: the default image model.
+    model: Option<String>,
     prompt: String,
     #[serde(default)]
     negative_prompt: String,
@@ -311,6 +358,45 @@ pub struct OpenAiRequest {
     scheduler: Option<String>,
     /// vramd's extension: `auto` (default), `gpu`, `tiled` or `cpu`.
     vae: Option<String>,
+    /// `png` only: that is what the worker writes.
+    output_format: Option<String>,
+    // OpenAI's `quality`, `style`, `background`, `user`, `moderation` are accepted and
+    // ignored (unknown fields are): none has a stable-diffusion.cpp counterpart.
+}
+
+/// OpenAI's model names, which clients send when the user left the model empty (Open
+/// WebUI's OpenAI engine sends `dall-e-2`): the default image model serves them, unless a
+/// configured model has that name.
+pub const OPENAI_ALIASES: &[&str] = &["dall-e-2", "dall-e-3", "gpt-image-1"];
+
+/// The image model an OpenAI request gets: the one it names, else (absent, empty or an
+/// OpenAI alias) the default image model.
+fn openai_model(state: &AppState, model: Option<&str>) -> Result<String, ApiError> {
+    let named = model.filter(|m| !m.is_empty());
+    match named {
+        Some(m) if state.config.model(m).is_some() || !OPENAI_ALIASES.contains(&m) => Ok(m.to_owned()),
+        _ => state
+            .config
+            .default_image_model()
+            .map(|m| m.name.clone())
+            .ok_or_else(|| invalid("model", "no image model is configured")),
+    }
+}
+
+/// OpenAI's `size`: `WIDTHxHEIGHT`, or `auto` (absent too): 512×512.
+fn openai_size(size: Option<&str>) -> Result<(u32, u32), ApiError> {
+    match size {
+        None | Some("auto") => Ok((512, 512)),
+        Some(s) => s
+            .split_once('x')
+            .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)))
+            .ok_or_else(|| {
+                invalid(
+                    "size",
+                    format!("`size` must be \"WIDTHxHEIGHT\" or \"auto\", got {s:?}"),
+                )
+            }),
+    }
 }
 
 pub async fn openai(
@@ -318,22 +404,23 @@ pub async fn openai(
     Extension(id): Extension<RequestId>,
     ApiJson(req): ApiJson<OpenAiRequest>,
 ) -> Result<Json<Value>, ApiError> {
-    let limits = image_model(&state, &req.model)?;
+    let model = openai_model(&state, req.model.as_deref())?;
+    let limits = image_model(&state, &model)?;
+    if let Some(f) = req.output_format.as_deref().filter(|f| !f.eq_ignore_ascii_case("png")) {
+        return Err(invalid(
+            "output_format",
+            format!("only \"png\" is supported, got {f:?}"),
+        ));
+    }
     if let Some(f) = req.response_format.as_deref().filter(|f| *f != "b64_json") {
         return Err(invalid(
             "response_format",
             format!("only \"b64_json\" is supported, got {f:?}"),
         ));
     }
-    let (width, height) = match req.size.as_deref() {
-        None => (512, 512),
-        Some(s) => s
-            .split_once('x')
-            .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)))
-            .ok_or_else(|| invalid("size", format!("`size` must be \"WIDTHxHEIGHT\", got {s:?}")))?,
-    };
+    let (width, height) = openai_size(req.size.as_deref())?;
     let images = Images {
-        model: req.model.clone(),
+        model,
         request: ImageRequest {
             request_id: id.0.clone(),
             prompt: req.prompt,
@@ -379,37 +466,34 @@ pub struct Txt2Img {
     batch_size: Option<u32>,
     n_iter: Option<u32>,
     /// vramd's own: which image model (else `override_settings.sd_model_checkpoint`, else
-    /// the first configured image model).
+    /// the checkpoint chosen with `POST /sdapi/v1/options`, else the default image model).
     model: Option<String>,
     override_settings: Option<Value>,
+    /// Hires fix: not there yet, so `true` is a 400 rather than an image at the base size.
+    #[serde(default)]
+    enable_hr: bool,
+    // Everything else A1111 takes (`restore_faces`, `save_images`, `send_images`, `hr_*`
+    // with `enable_hr` off, `override_settings_restore_afterwards`, …) is accepted and ignored.
 }
 
-pub async fn txt2img(
-    State(state): State<AppState>,
-    Extension(id): Extension<RequestId>,
-    ApiJson(req): ApiJson<Txt2Img>,
-) -> Result<Json<Value>, ApiError> {
+/// The A1111 request as an [`Images`]: the model as [`super::a1111::txt2img_model`] picks it.
+fn txt2img_images(state: &AppState, id: &str, req: Txt2Img) -> Result<Images, ApiError> {
+    if req.enable_hr {
+        return Err(invalid(
+            "enable_hr",
+            "hires fix (`enable_hr`) is not supported by vramd yet; turn it off",
+        ));
+    }
     let checkpoint = req
         .override_settings
         .as_ref()
         .and_then(|o| o.get("sd_model_checkpoint"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let model = match req.model.or(checkpoint) {
-        Some(m) => m,
-        None => state
-            .config
-            .models
-            .iter()
-            .find(|m| m.kind == ModelKind::Image)
-            .map(|m| m.name.clone())
-            .ok_or_else(|| invalid("model", "no image model is configured"))?,
-    };
-    let limits = image_model(&state, &model)?;
-    let images = Images {
+        .and_then(Value::as_str);
+    let model = super::a1111::txt2img_model(state, req.model.as_deref(), checkpoint)?;
+    Ok(Images {
         model,
         request: ImageRequest {
-            request_id: id.0.clone(),
+            request_id: id.to_owned(),
             prompt: req.prompt,
             negative_prompt: req.negative_prompt,
             width: req.width.unwrap_or(512),
@@ -427,7 +511,16 @@ pub async fn txt2img(
             png_text: Vec::new(),
         },
         vae: vae(req.vae.as_deref())?,
-    };
+    })
+}
+
+pub async fn txt2img(
+    State(state): State<AppState>,
+    Extension(id): Extension<RequestId>,
+    ApiJson(req): ApiJson<Txt2Img>,
+) -> Result<Json<Value>, ApiError> {
+    let images = txt2img_images(&state, &id.0, req)?;
+    let limits = image_model(&state, &images.model)?;
     validate(&images, limits, ("width", "height"), "batch_size")?;
     let job = &images.request;
     let parameters = json!({
@@ -439,11 +532,14 @@ pub async fn txt2img(
     let out = run(&state, images, &id.0).await?;
     let seeds: Vec<i64> = out.images.iter().map(|(s, _)| *s).collect();
     let job = &template.request;
+    let n = seeds.len();
     let info = json!({
         "prompt": job.prompt, "negative_prompt": job.negative_prompt,
-        "seed": seeds.first(), "all_seeds": seeds, "width": job.width, "height": job.height,
-        "sampler_name": job.sampler, "cfg_scale": job.cfg_scale, "steps": job.steps,
-        "sd_model_name": template.model,
+        "all_prompts": vec![&job.prompt; n], "all_negative_prompts": vec![&job.negative_prompt; n],
+        "seed": seeds.first(), "all_seeds": seeds, "subseed": -1, "all_subseeds": vec![-1; n], "subseed_strength": 0,
+        "width": job.width, "height": job.height, "sampler_name": job.sampler, "scheduler": job.scheduler,
+        "cfg_scale": job.cfg_scale, "steps": job.steps, "batch_size": n, "n_iter": 1, "index_of_first_image": 0,
+        "restore_faces": false, "styles": [], "clip_skip": 1, "sd_model_name": template.model, "sd_model_hash": null,
         "infotexts": seeds.iter().map(|s| parameters_text(&template, *s)).collect::<Vec<_>>(),
         "vramd": out.vramd,
     });
@@ -451,20 +547,6 @@ pub async fn txt2img(
     Ok(Json(
         json!({"images": images, "parameters": parameters, "info": info.to_string()}),
     ))
-}
-
-pub async fn sd_models(State(state): State<AppState>) -> Json<Value> {
-    let models: Vec<Value> = state
-        .config
-        .models
-        .iter()
-        .filter(|m| m.kind == ModelKind::Image)
-        .map(|m| {
-            let file = m.source.files().first().map(|(_, p)| p.display().to_string());
-            json!({"title": m.name, "model_name": m.name, "hash": null, "sha256": null, "filename": file, "config": null})
-        })
-        .collect();
-    Json(Value::Array(models))
 }
 
 /// A1111's progress of the image running now, read from the arbiter's state as of this
@@ -502,8 +584,11 @@ pub async fn progress(State(state): State<AppState>) -> Result<Json<Value>, ApiE
 }
 
 /// Stops the running generation: stable-diffusion.cpp has no cancel call, so the worker is
-/// stopped; the next request starts a new one (weights from the page cache).
-pub async fn interrupt(_: super::Privileged, State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+/// stopped; the next request starts a new one (weights from the page cache). Not privileged:
+/// stopping an image is part of generating (a WebUI's Stop button, over TCP), and all it
+/// costs others is that image; loading, unloading and pinning stay privileged. It stops the
+/// whole request (every image of the batch): `skip` is the same call.
+pub async fn interrupt(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     match state.arbiter.interrupt(None).await? {
         Some(model) => Ok(Json(json!({"interrupted": true, "model": model}))),
         None => Ok(Json(json!({"interrupted": false}))),
@@ -591,6 +676,61 @@ mod tests {
         assert_eq!(scheduler(Some("Karras")).unwrap(), "karras");
         assert_eq!(scheduler(Some("Automatic")).unwrap(), "");
         assert!(scheduler(Some("nope")).is_err());
+    }
+
+    #[test]
+    fn a1111_scheduler_names_map_to_the_engine_s() {
+        // SillyTavern's default, A1111's names and labels, sd.cpp's own; any case.
+        for (given, engine) in [
+            ("normal", "discrete"),
+            ("Uniform", "discrete"),
+            ("discrete", "discrete"),
+            ("automatic", ""),
+            ("KARRAS", "karras"),
+            ("Exponential", "exponential"),
+            ("SGM Uniform", "sgm_uniform"),
+            ("sgmuniform", "sgm_uniform"),
+            ("Simple", "simple"),
+            ("Align Your Steps", "ays"),
+            ("align_your_steps", "ays"),
+            ("ays", "ays"),
+            ("KL Optimal", "kl_optimal"),
+        ] {
+            assert_eq!(scheduler(Some(given)).unwrap(), engine, "{given}");
+        }
+        // What the engine lacks is a 400 that lists what it has.
+        for missing in ["polyexponential", "beta", "ddim"] {
+            let ApiError::InvalidRequest { message, param } = scheduler(Some(missing)).unwrap_err() else {
+                panic!()
+            };
+            assert_eq!(param.as_deref(), Some("scheduler"));
+            assert!(message.contains("known: automatic, normal, karras"), "{message}");
+        }
+        // Every engine name in the table is one sd.cpp's `str_to_scheduler` knows.
+        let engine = [
+            "discrete",
+            "karras",
+            "exponential",
+            "ays",
+            "gits",
+            "sgm_uniform",
+            "simple",
+            "smoothstep",
+            "kl_optimal",
+            "lcm",
+            "bong_tangent",
+        ];
+        assert!(SCHEDULERS
+            .iter()
+            .all(|s| s.engine.is_empty() || engine.contains(&s.engine)));
+    }
+
+    #[test]
+    fn openai_sizes() {
+        assert_eq!(openai_size(None).unwrap(), (512, 512));
+        assert_eq!(openai_size(Some("auto")).unwrap(), (512, 512));
+        assert_eq!(openai_size(Some("768x512")).unwrap(), (768, 512));
+        assert_eq!(param(openai_size(Some("big")).unwrap_err()), "size");
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //! Routes are listed in [`router`]; the README's API reference documents them. Handlers only
 //! validate input and talk to the arbiter through its handle; they never block.
 
+mod a1111;
 mod chat;
 mod completions;
 mod embeddings;
@@ -42,6 +43,27 @@ pub struct AppState {
     pub activity: Activity,
     /// The LLMs' own chat templates.
     pub templates: Arc<crate::chat::Templates>,
+    /// AUTOMATIC1111's settings as clients set them (the current checkpoint among them).
+    pub a1111: Arc<a1111::A1111Options>,
+}
+
+impl AppState {
+    /// The state for `config`; reads the A1111 options kept in its `state_dir`.
+    pub fn new(
+        config: Arc<Config>,
+        arbiter: ArbiterHandle,
+        activity: Activity,
+        templates: Arc<crate::chat::Templates>,
+    ) -> AppState {
+        let a1111 = Arc::new(a1111::A1111Options::load(&config.daemon.state_dir));
+        AppState {
+            config,
+            arbiter,
+            activity,
+            templates,
+            a1111,
+        }
+    }
 }
 
 pub fn router(state: AppState) -> Router {
@@ -59,9 +81,24 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(completions::chat))
         .route("/v1/images/generations", post(images::openai))
         .route("/sdapi/v1/txt2img", post(images::txt2img))
-        .route("/sdapi/v1/sd-models", get(images::sd_models))
+        .route("/sdapi/v1/sd-models", get(a1111::sd_models))
         .route("/sdapi/v1/progress", get(images::progress))
+        // Interrupt and skip are generation rights, open to TCP clients; skip stops the
+        // whole request, as interrupt does (see `images::interrupt`).
         .route("/sdapi/v1/interrupt", post(images::interrupt))
+        .route("/sdapi/v1/skip", post(images::interrupt))
+        .route("/sdapi/v1/options", get(a1111::get_options).post(a1111::post_options))
+        .route("/sdapi/v1/samplers", get(a1111::samplers))
+        .route("/sdapi/v1/schedulers", get(a1111::schedulers))
+        .route("/sdapi/v1/upscalers", get(a1111::upscalers))
+        .route("/sdapi/v1/latent-upscale-modes", get(a1111::empty_list))
+        .route("/sdapi/v1/sd-vae", get(a1111::sd_vae))
+        .route("/sdapi/v1/sd-modules", get(a1111::empty_list))
+        .route("/sdapi/v1/loras", get(a1111::empty_list))
+        .route("/sdapi/v1/embeddings", get(a1111::embeddings))
+        .route("/sdapi/v1/refresh-checkpoints", post(a1111::refresh_checkpoints))
+        .route("/sdapi/v1/memory", get(a1111::memory))
+        .route("/sdapi/v1/cmd-flags", get(a1111::cmd_flags))
         .route("/v1/completions", post(completions::completion))
         .route("/v1/embeddings", post(embeddings::openai))
         // Ollama's API (ollama/mod.rs): the routes its clients use.

@@ -43,6 +43,10 @@ impl Arbiter {
         }
         while self.evicting.is_none() {
             let Some(head) = self.pending.front() else { return };
+            if head.waiter.gone() {
+                self.pending.pop_front();
+                continue;
+            }
             let model = head.model.clone();
             let entry = self.registry.get(&model).expect("queued models are configured");
             match entry.state {
@@ -80,7 +84,11 @@ impl Arbiter {
                 if !head.queued {
                     head.queued = true;
                     let reason = format!("waiting for {busy}: {reason}");
-                    self.bus.publish(EventKind::RequestQueued { model, reason });
+                    self.bus.publish(EventKind::RequestQueued {
+                        model,
+                        position: 1,
+                        reason,
+                    });
                 }
                 false
             }
@@ -144,6 +152,16 @@ impl Arbiter {
             reason: reason.clone(),
         });
         reject(head.waiter, err(model, reason));
+    }
+
+    /// Forgets waiting requests whose client went away: they leave the queue without ever
+    /// being planned (the head's eviction in progress, if any, still settles).
+    pub(super) fn drop_abandoned(&mut self) {
+        let before = self.pending.len();
+        self.pending.retain(|p| !p.waiter.gone());
+        if self.pending.len() < before {
+            tracing::debug!(left = before - self.pending.len(), "clients left the queue");
+        }
     }
 
     /// Rejects the head when it has waited longer than `[policy] wait_timeout`.

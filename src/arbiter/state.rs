@@ -121,6 +121,16 @@ pub(super) struct Granted {
     pub ticket: u64,
 }
 
+impl Waiter {
+    /// Whether whoever waits has gone (its HTTP client disconnected).
+    pub fn gone(&self) -> bool {
+        match self {
+            Waiter::Acquire { reply, .. } => reply.is_closed(),
+            Waiter::Load(reply) => reply.is_closed(),
+        }
+    }
+}
+
 pub(super) fn reject(waiter: Waiter, err: ArbiterError) {
     match waiter {
         Waiter::Acquire { reply: r, .. } => drop(r.send(Err(err))),

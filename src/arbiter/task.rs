@@ -185,6 +185,7 @@ impl Arbiter {
 
     fn tick(&mut self) {
         self.measure_processes();
+        self.drop_abandoned();
         self.expire_waits();
         self.keep_alive();
         if self.residency_at.elapsed() >= RESIDENCY_EVERY {

@@ -104,6 +104,12 @@ pub struct DaemonConfig {
     /// The group whose members (and root) may change state: load, unload, pin, interrupt.
     /// Reading status and generating are open to anyone who can reach the socket.
     pub control_group: String,
+    /// The image model that requests naming none get (OpenAI's without `model` or with
+    /// `dall-e-2`/`dall-e-3`/`gpt-image-1`; A1111's until a client picks a checkpoint); unset:
+    /// the first image model configured. Checked in [`Config::assemble`], since the model
+    /// may come from a drop-in.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub default_image_model: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -362,6 +368,7 @@ impl Default for DaemonConfig {
             runtime_dir: None,
             worker_start_timeout: Timeout(Some(Duration::from_secs(30))),
             control_group: "vramd".into(),
+            default_image_model: None,
         }
     }
 }
@@ -407,7 +414,37 @@ impl Config {
                 });
             }
         }
+        if let Some(name) = &config.daemon.default_image_model {
+            if config.default_image_model().map(|m| &m.name) != Some(name) {
+                return Err(ConfigError {
+                    file: main.file,
+                    at: main.default_image_at,
+                    message: format!(
+                        "default_image_model {name:?} is not a configured image model (image models: {})",
+                        config
+                            .image_models()
+                            .map(|m| m.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                });
+            }
+        }
         Ok(config)
+    }
+
+    /// The image models, in configuration order.
+    pub fn image_models(&self) -> impl Iterator<Item = &ModelConfig> {
+        self.models.iter().filter(|m| m.kind == ModelKind::Image)
+    }
+
+    /// The image model for requests that name none: `[daemon] default_image_model`, else
+    /// the first image model configured.
+    pub fn default_image_model(&self) -> Option<&ModelConfig> {
+        match &self.daemon.default_image_model {
+            Some(name) => self.image_models().find(|m| &m.name == name),
+            None => self.image_models().next(),
+        }
     }
 
     /// The resolved configuration as TOML that parses back to the same configuration.

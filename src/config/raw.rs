@@ -67,6 +67,7 @@ struct DaemonSection {
     runtime_dir: Option<PathBuf>,
     worker_start_timeout: Option<Timeout>,
     control_group: Option<Spanned<String>>,
+    default_image_model: Option<Spanned<String>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -112,6 +113,10 @@ struct ModelTable {
 #[derive(Debug)]
 pub struct RawMain {
     pub(super) config: Config,
+    /// The main file, and where `default_image_model` is in it: that key is checked once
+    /// the drop-ins' models are known.
+    pub(super) file: PathBuf,
+    pub(super) default_image_at: Option<(usize, usize)>,
 }
 
 /// The parsed models of one drop-in file.
@@ -127,6 +132,11 @@ pub struct RawDropin {
 pub fn parse_main(file: &Path, text: &str) -> Result<RawMain, ConfigError> {
     let raw: MainFile = toml::from_str(text).map_err(|e| toml_error(file, text, e))?;
     let base = file.parent().unwrap_or(Path::new("/"));
+    let default_image_at = raw
+        .daemon
+        .default_image_model
+        .as_ref()
+        .map(|s| super::line_col(text, s.span().start));
     let daemon = daemon_config(file, text, base, raw.daemon)?;
     let memory = memory_config(file, text, raw.memory)?;
     let models = convert_models(file, text, raw.models)?;
@@ -140,6 +150,8 @@ pub fn parse_main(file: &Path, text: &str) -> Result<RawMain, ConfigError> {
             },
             models,
         },
+        file: file.to_owned(),
+        default_image_at,
     })
 }
 
@@ -183,6 +195,7 @@ fn daemon_config(file: &Path, text: &str, base: &Path, d: DaemonSection) -> Resu
         runtime_dir: d.runtime_dir.map(|p| absolute(base, p)),
         worker_start_timeout: d.worker_start_timeout.unwrap_or(defaults.worker_start_timeout),
         control_group,
+        default_image_model: d.default_image_model.map(Spanned::into_inner),
     })
 }
 

@@ -194,7 +194,7 @@ fn dropins_hold_only_models() {
 #[test]
 fn printed_config_parses_back_to_itself() {
     let c = parse(
-        "[daemon]\nidle_exit = \"1h30m\"\nmax_body = \"1MiB\"\ncontrol_group = \"gpu\"\n[dbus]\nbus = \"session\"\n[memory]\nbudget = \"1.5GiB\"\nreserve = 1000\n\
+        "[daemon]\nidle_exit = \"1h30m\"\nmax_body = \"1MiB\"\ncontrol_group = \"gpu\"\ndefault_image_model = \"img\"\n[dbus]\nbus = \"session\"\n[memory]\nbudget = \"1.5GiB\"\nreserve = 1000\n\
          [[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"/a.gguf\"\n\
          [[models]]\nname = \"img\"\nkind = \"image\"\ndiffusion_model = \"/d\"\nt5xxl = \"/t\"\n",
     )
@@ -231,4 +231,40 @@ fn dbus_bus_and_control_group() {
     assert!(e.message.contains("not a valid group name"), "{e}");
     let e = err("[daemon]\ncontrol_group = \"\"\n");
     assert!(e.message.contains("not a valid group name"), "{e}");
+}
+
+#[test]
+fn default_image_model_names_a_configured_image_model() {
+    let models = "[[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"/a\"\n\
+                  [[models]]\nname = \"a\"\nkind = \"image\"\npath = \"/a.gguf\"\n\
+                  [[models]]\nname = \"b\"\nkind = \"image\"\npath = \"/b.gguf\"\n";
+    // Unset: the first image model.
+    let c = parse(models).unwrap();
+    assert_eq!(c.default_image_model().unwrap().name, "a");
+    let c = parse(&format!("[daemon]\ndefault_image_model = \"b\"\n{models}")).unwrap();
+    assert_eq!(c.default_image_model().unwrap().name, "b");
+    // An LLM, or a name that is not configured, is an error at its line.
+    for bad in ["chat", "nope"] {
+        let e = err(&format!("[daemon]\n\ndefault_image_model = \"{bad}\"\n{models}"));
+        assert_eq!(e.at.map(|a| a.0), Some(3), "{e}");
+        assert!(
+            e.message.contains("not a configured image model (image models: a, b)"),
+            "{e}"
+        );
+    }
+    // A model from a drop-in counts.
+    let main = parse_main(Path::new(FILE), "[daemon]\ndefault_image_model = \"img\"\n").unwrap();
+    let d = parse_dropin(
+        Path::new("/d/x.toml"),
+        "[[models]]\nname = \"img\"\nkind = \"image\"\npath = \"/i\"\n",
+    )
+    .unwrap();
+    assert_eq!(
+        Config::assemble(main, vec![d])
+            .unwrap()
+            .default_image_model()
+            .unwrap()
+            .name,
+        "img"
+    );
 }

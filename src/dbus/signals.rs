@@ -112,7 +112,7 @@ pub fn signal_for(kind: &EventKind) -> Option<Signal> {
             placement: "cpu",
             reason,
         },
-        EventKind::RequestQueued { model, reason } => Signal::RequestQueued { model, reason },
+        EventKind::RequestQueued { model, reason, .. } => Signal::RequestQueued { model, reason },
         EventKind::WorkerCrashed { model, reason } => Signal::WorkerCrashed { model, reason },
         EventKind::ModelLoading { .. }
         | EventKind::ModelRestored { .. }

@@ -1,6 +1,7 @@
 //! vramd's one integration-test binary. Every test starts the real `vramd` binary through
 //! the harness in [`util`] (documented there) and talks to it over its socket.
 
+mod a1111;
 mod activation;
 mod api;
 mod arbiter;
@@ -16,6 +17,7 @@ mod lifecycle;
 mod llm;
 mod ollama;
 mod prompt_cache;
+mod queue;
 mod scenarios;
 mod structure;
 mod systemd_units;

@@ -461,7 +461,8 @@ fn state_changes_need_root_or_the_control_group_over_http() {
         "the image's model is still there"
     );
     assert_eq!(d.model_status("chat")["pinned"], false);
-    // /sdapi/v1/interrupt too (with curl: vramctl has no interrupt command).
+    // Stopping an image is a generation right, not a state change: /sdapi/v1/interrupt is
+    // open to anyone who may generate (with curl: vramctl has no interrupt command).
     let curl = Command::new("setpriv")
         .args([
             "--reuid=65534",
@@ -478,7 +479,7 @@ fn state_changes_need_root_or_the_control_group_over_http() {
         .output()
         .expect("curl");
     let v: Value = serde_json::from_slice(&curl.stdout).unwrap();
-    assert_eq!(v["error"]["code"], "access_denied");
+    assert_eq!(v["interrupted"], false, "nothing was running: {v}");
     // Root may.
     ok(s, &["unload", "sd"]);
 }
