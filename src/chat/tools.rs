@@ -67,20 +67,8 @@ pub enum ToolFormat {
     Generic,
 }
 
-const HERMES_TAGS: &[&str] = &[
-    "<tool_call>",
-    "<function_call>",
-    "<function=",
-    "<function name=\"",
-    "<tools>",
-    "<tool>",
-    "<response>",
-    "<json>",
-    "<xml>",
-    "<JSON>",
-];
-/// Code fences small models put around a call (llama.cpp accepts them for Hermes).
-const FENCES: &[&str] = &["```json\n", "```xml\n", "```\n"];
+/// Hermes-family call openers: the tags, then the code fences small models put around a
+/// call (llama.cpp accepts both).
 const HERMES_MARKERS: &[&str] = &[
     "<tool_call>",
     "<function_call>",
@@ -96,6 +84,9 @@ const HERMES_MARKERS: &[&str] = &[
     "```xml\n",
     "```\n",
 ];
+const HERMES_TAGS: &[&str] = HERMES_MARKERS.split_at(10).0;
+/// Code fences small models put around a call (llama.cpp accepts them for Hermes).
+const FENCES: &[&str] = HERMES_MARKERS.split_at(10).1;
 const GENERIC_TAGS: &[&str] = &["<tool_call>"];
 const COMMAND_R7B_MARKERS: &[&str] = &["<|START_ACTION|>", "<|START_RESPONSE|>", "<|END_RESPONSE|>"];
 /// DeepSeek's block opener, with the misspellings of the R1 distills that llama.cpp accepts.

@@ -77,8 +77,8 @@ fn a_worker_killed_while_a_request_waits_for_its_memory() {
         &json!({"model": "chat", "prompt": "go", "max_tokens": 400, "stream": true}),
     );
     assert!(next_data(&mut stream).is_some(), "the chat streams");
-    let socket = d.socket.clone();
-    let waiting = std::thread::spawn(move || image(&socket));
+    let body = json!({"model": "sd", "prompt": "a cat", "size": "64x64", "steps": 2});
+    let waiting = crate::util::post_in_background(&d.socket, "/v1/images/generations", body);
     wait_queued(&d, "sd");
     let before = pid(&d, "chat");
     kill(before);
@@ -99,24 +99,11 @@ fn a_worker_killed_while_a_request_waits_for_its_memory() {
 fn an_image_worker_killed_while_a_chat_waits_for_its_memory() {
     let (config, _dirs) = fake_two_models(GIB + GIB / 2, "ok delay_ms=500", "");
     let d = Daemon::start(&config.replace("wait_timeout = \"5s\"", "wait_timeout = \"30s\""));
-    let socket = d.socket.clone();
-    let first = std::thread::spawn(move || {
-        let body = json!({"model": "sd", "prompt": "a cat", "size": "64x64", "steps": 40}).to_string();
-        let headers = [("Content-Type", "application/json")];
-        http(&socket, "POST", "/v1/images/generations", &headers, body.as_bytes())
-    });
+    let body = json!({"model": "sd", "prompt": "a cat", "size": "64x64", "steps": 40});
+    let first = crate::util::post_in_background(&d.socket, "/v1/images/generations", body);
     d.wait_model("sd", Duration::from_secs(10), |m| m["state"] == "busy");
-    let socket = d.socket.clone();
-    let waiting = std::thread::spawn(move || {
-        let body = json!({"model": "chat", "prompt": "go", "max_tokens": 2});
-        http(
-            &socket,
-            "POST",
-            "/v1/completions",
-            &[("Content-Type", "application/json")],
-            body.to_string().as_bytes(),
-        )
-    });
+    let body = json!({"model": "chat", "prompt": "go", "max_tokens": 2});
+    let waiting = crate::util::post_in_background(&d.socket, "/v1/completions", body);
     wait_queued(&d, "chat");
     let before = pid(&d, "sd");
     kill(before);

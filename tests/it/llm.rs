@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use vramd_gguf::llama::{write_tiny_llama, TinyLlamaSpec, CHATML_TEMPLATE};
 
-use crate::util::{http, next_data, open_stream, pid_alive, sse_data, Daemon, BASE_CONFIG, VRAMD};
+use crate::util::{next_data, open_stream, pid_alive, sse_data, Daemon, BASE_CONFIG, VRAMD};
 
 /// The real worker's folder, or `None` (after saying so) when it has not been built.
 pub fn worker_dir() -> Option<PathBuf> {
@@ -29,6 +29,18 @@ pub fn worker_dir() -> Option<PathBuf> {
     );
     eprintln!("skipped: vramd-llm-worker is not built (cargo build --workspace)");
     None
+}
+
+/// The base configuration with the real workers' folder, or `None` when they are not built.
+pub fn worker_config() -> Option<String> {
+    let workers = worker_dir()?;
+    Some(BASE_CONFIG.replace(
+        "[daemon]\n",
+        &format!(
+            "[daemon]\nworker_dir = \"{}\"\nworker_start_timeout = \"20s\"\n",
+            workers.display()
+        ),
+    ))
 }
 
 pub enum ModelFile {
@@ -54,15 +66,8 @@ pub fn start(models: &[(&str, ModelFile)], extra: &str) -> Option<Llm> {
 
 /// [`start`], with more arguments on the daemon's command line (`--tcp ADDR`).
 pub fn start_with_args(models: &[(&str, ModelFile)], extra: &str, args: &[&str]) -> Option<Llm> {
-    let workers = worker_dir()?;
+    let mut config = worker_config()?;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = BASE_CONFIG.replace(
-        "[daemon]\n",
-        &format!(
-            "[daemon]\nworker_dir = \"{}\"\nworker_start_timeout = \"20s\"\n",
-            workers.display()
-        ),
-    );
     for (name, file) in models {
         let path = match file {
             ModelFile::Existing(p) => p.clone(),
@@ -377,17 +382,8 @@ fn sixteen_concurrent_clients_on_one_model_all_complete() {
     };
     let threads: Vec<_> = (0..16)
         .map(|i| {
-            let socket = l.d.socket.clone();
-            std::thread::spawn(move || {
-                let body = json!({"model": "chat", "prompt": format!("client {i}"), "max_tokens": 6, "temperature": 0});
-                http(
-                    &socket,
-                    "POST",
-                    "/v1/completions",
-                    &[("Content-Type", "application/json")],
-                    body.to_string().as_bytes(),
-                )
-            })
+            let body = json!({"model": "chat", "prompt": format!("client {i}"), "max_tokens": 6, "temperature": 0});
+            crate::util::post_in_background(&l.d.socket, "/v1/completions", body)
         })
         .collect();
     for t in threads {

@@ -34,15 +34,8 @@ fn start_with_tcp(config: &str, dirs: Vec<tempfile::TempDir>) -> Served {
 
 /// Tiny llama models for the real worker: (name, chat template, extra configuration lines).
 fn real(models: &[(&str, Option<&str>, &str)]) -> Option<Served> {
-    let workers = crate::llm::worker_dir()?;
+    let mut config = crate::llm::worker_config()?;
     let dir = tempfile::tempdir().unwrap();
-    let mut config = BASE_CONFIG.replace(
-        "[daemon]\n",
-        &format!(
-            "[daemon]\nworker_dir = \"{}\"\nworker_start_timeout = \"20s\"\n",
-            workers.display()
-        ),
-    );
     for (name, template, extra) in models {
         let path = dir.path().join(format!("{name}.gguf"));
         // Trained for 2048 tokens, so that a template with tools fits a configured context.

@@ -8,16 +8,12 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
-use crate::util::{events, fake_two_models, http, open_stream, Daemon, GIB};
+use crate::util::{events, fake_two_models, open_stream, Daemon, GIB};
 
 /// An image (1.5 GiB model, 2 steps of 3 s) holds the memory the chat needs.
 fn busy_image(d: &Daemon) -> std::thread::JoinHandle<crate::util::Response> {
-    let socket = d.socket.clone();
-    let image = std::thread::spawn(move || {
-        let body = json!({"model": "sd", "prompt": "a cat", "size": "64x64", "steps": 2}).to_string();
-        let headers = [("Content-Type", "application/json")];
-        http(&socket, "POST", "/v1/images/generations", &headers, body.as_bytes())
-    });
+    let body = json!({"model": "sd", "prompt": "a cat", "size": "64x64", "steps": 2});
+    let image = crate::util::post_in_background(&d.socket, "/v1/images/generations", body);
     d.wait_model("sd", Duration::from_secs(10), |m| m["state"] == "busy");
     image
 }

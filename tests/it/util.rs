@@ -569,3 +569,17 @@ pub fn run_python(d: &Daemon, script: &str, args: &[&str]) -> serde_json::Value 
     );
     serde_json::from_slice(&out.stdout).unwrap()
 }
+
+/// Sends `POST path` with a JSON `body` from another thread (a request that will wait, or
+/// one of many concurrent clients); join the handle for its response.
+pub fn post_in_background(
+    socket: &Path,
+    path: &'static str,
+    body: serde_json::Value,
+) -> std::thread::JoinHandle<Response> {
+    let socket = socket.to_owned();
+    std::thread::spawn(move || {
+        let headers = [("Content-Type", "application/json")];
+        http(&socket, "POST", path, &headers, body.to_string().as_bytes())
+    })
+}
