@@ -48,6 +48,8 @@ pub struct ChatJob {
     pub prompt: Prompt,
     pub format: OutputFormat,
     pub params: SamplingParams,
+    /// A person waits on it (streamed): the worker serves it before background generations.
+    pub interactive: bool,
 }
 
 /// What the front ends relay, in order: content and calls, then one `Done`.
@@ -165,6 +167,7 @@ pub async fn start(state: &AppState, mut job: ChatJob) -> Result<ChatRun, ApiErr
         request_id: job.request_id.clone(),
         input,
         params: job.params,
+        interactive: job.interactive,
     };
     let (grant, events) = state.arbiter.generate(&job.model, &req).await?;
     Ok(ChatRun {

@@ -71,6 +71,7 @@ fn job(
         prompt,
         format,
         params,
+        interactive: sampling.stream,
     })
 }
 

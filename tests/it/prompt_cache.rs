@@ -91,3 +91,36 @@ fn a_soft_unload_keeps_the_kv_in_host_memory() {
     );
     assert_eq!(cached(&chat(&l, &messages)), 0);
 }
+
+/// A WebUI's background generations (not streamed) queued in the worker do not hold up a
+/// person's streamed chat: it is served as soon as the running one ends, before them.
+#[test]
+fn a_streamed_chat_goes_before_queued_background_generations() {
+    let Some(l) = start(&[("chat", ModelFile::Slow)], "context_length = 2048\n") else {
+        return;
+    };
+    let background = |i: u32| {
+        let body = json!({"model": "chat", "prompt": format!("title {i}"), "max_tokens": 400, "temperature": 0});
+        crate::util::post_in_background(&l.d.socket, "/v1/completions", body)
+    };
+    let first = background(0);
+    l.d.wait_model("chat", std::time::Duration::from_secs(20), |m| m["state"] == "busy");
+    let rest: Vec<_> = (1..=3).map(background).collect();
+    std::thread::sleep(std::time::Duration::from_millis(100)); // all three queued in the worker
+    let started = std::time::Instant::now();
+    let body = json!({"model": "chat", "prompt": "hi", "max_tokens": 4, "temperature": 0, "stream": true});
+    let r = crate::util::post_in_background(&l.d.socket, "/v1/completions", body)
+        .join()
+        .unwrap();
+    let streamed = started.elapsed();
+    assert_eq!(r.status, 200);
+    // It waited for the running generation only: the three queued ones are still running.
+    let still = rest.iter().filter(|h| !h.is_finished()).count();
+    assert!(
+        still >= 2,
+        "the streamed chat waited behind the queued ones ({streamed:?})"
+    );
+    for h in rest.into_iter().chain([first]) {
+        assert_eq!(h.join().unwrap().status, 200);
+    }
+}

@@ -34,6 +34,7 @@ use vramd_protocol::{
 use vramd_worker_kit::engine::device_label;
 use vramd_worker_kit::{error, HealthWriter};
 
+use crate::backlog::{Backlog, Waiting};
 use crate::cache::PromptCache;
 use crate::generate::{self, Out, Outcome};
 use crate::logcap;
@@ -269,8 +270,9 @@ impl<'a> Loaded<'a> {
     fn serve(&self, ctx: LlamaContext<'a>, calls: &std_mpsc::Receiver<EngineCall>) -> Option<EngineCall> {
         let mut ctx = Some(ctx);
         let mut cache = PromptCache::default();
+        let mut backlog = Backlog::new();
         loop {
-            let call = calls.recv().ok()?;
+            let call = backlog.next(calls, waiting)?;
             match call {
                 EngineCall::Load { .. } => {
                     tracing::info!("another load: freeing the current model first");
@@ -438,6 +440,22 @@ impl<'a> Loaded<'a> {
             }
         };
         let _ = out.blocking_send(Out::Event(last));
+    }
+}
+
+/// How a call waits in the backlog: generations are ordered by interactivity.
+fn waiting(call: &EngineCall) -> Waiting {
+    match call {
+        EngineCall::Generate { req, .. } => Waiting {
+            generation: true,
+            interactive: req.interactive,
+            passed: 0,
+        },
+        _ => Waiting {
+            generation: false,
+            interactive: false,
+            passed: 0,
+        },
     }
 }
 

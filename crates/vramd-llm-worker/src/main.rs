@@ -3,6 +3,7 @@
 //! Wiring only: CLI, logging, lifetime guards, the llama thread ([`engine`]) and the HTTP
 //! server ([`server`]) on the Unix socket the daemon names.
 
+mod backlog;
 mod cache;
 mod embed;
 mod engine;

@@ -26,6 +26,7 @@ fn text(prompt: &str, params: SamplingParams) -> GenerateRequest {
         request_id: "test".into(),
         input: Input::Text { prompt: prompt.into() },
         params,
+        interactive: false,
     }
 }
 
@@ -39,6 +40,7 @@ fn chat(content: &str, params: SamplingParams) -> GenerateRequest {
             }],
         },
         params,
+        interactive: false,
     }
 }
 

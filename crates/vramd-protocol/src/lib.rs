@@ -298,6 +298,10 @@ pub struct GenerateRequest {
     pub request_id: String,
     pub input: Input,
     pub params: SamplingParams,
+    /// A person is waiting on it (a streamed chat): it goes before background generations
+    /// waiting with it, within a bound.
+    #[serde(default)]
+    pub interactive: bool,
 }
 
 /// One sampled token's log-probability (natural log, over the full vocabulary before any

@@ -44,6 +44,7 @@ pub async fn chat(
         params: params(&state, &model, &req.common)?,
         model,
         request_id: id.0,
+        interactive: req.common.stream != Some(false),
     };
     let reply = Reply::new(Flavor::Chat, req.model, began);
     respond(state, job, reply, req.common.stream != Some(false), after).await
@@ -80,6 +81,7 @@ pub async fn generate(
         params: params(&state, &model, &req.common)?,
         model,
         request_id: id.0,
+        interactive: req.common.stream != Some(false),
     };
     let reply = Reply::new(Flavor::Generate, req.model, began);
     respond(state, job, reply, req.common.stream != Some(false), after).await
