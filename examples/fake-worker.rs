@@ -282,6 +282,7 @@ async fn generate(State(s): State<Shared>, Json(req): Json<GenerateRequest>) -> 
             prompt_tokens,
             context_ms: 0,
             cached_tokens: 0,
+            health: None,
         };
         if send(started).await.is_err() {
             return;

@@ -333,11 +333,19 @@ impl ChatRun {
                 let deltas = parser.finish();
                 self.push_deltas(deltas);
             }
-            Reader::Forced(all) => {
-                let calls = tools::parse_forced(&all)
-                    .map_err(|e| ApiError::WorkerFailed(format!("the forced tool call did not parse ({e}): {all}")))?;
-                calls.into_iter().for_each(|c| self.push_call(c));
-            }
+            Reader::Forced(all) => match tools::parse_forced(&all) {
+                Ok(calls) => calls.into_iter().for_each(|c| self.push_call(c)),
+                // The request's own limit cut the call short: what there is, as text.
+                Err(_) if reason == FinishReason::Length => self.ready.push_back(ChatEvent::Content {
+                    text: all,
+                    logprob: None,
+                }),
+                Err(e) => {
+                    return Err(ApiError::WorkerFailed(format!(
+                        "the forced tool call did not parse ({e}): {all}"
+                    )))
+                }
+            },
         }
         let finish_reason = match reason {
             _ if self.calls > 0 => "tool_calls",

@@ -158,7 +158,7 @@ impl From<CallError> for ApiError {
                     ApiError::WorkerFailed(format!("the worker failed: {}", w.message))
                 }
             },
-            CallError::Transport(_) | CallError::Protocol(_) => {
+            CallError::Unreachable(_) | CallError::Transport(_) | CallError::Protocol(_) => {
                 ApiError::WorkerFailed(format!("the model's worker failed during the request ({e})"))
             }
         }

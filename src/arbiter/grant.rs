@@ -117,17 +117,26 @@ impl Grant {
     pub(super) async fn generate(&mut self, req: &GenerateRequest) -> Result<EventStream<GenerateEvent>, Attempt> {
         let mut events = self.client.generate(req).await.map_err(Attempt::from_open)?;
         match events.next().await {
-            Ok(Some(GenerateEvent::Started { cached_tokens, .. })) => {
+            Ok(Some(GenerateEvent::Started {
+                cached_tokens, health, ..
+            })) => {
                 self.cached_tokens = cached_tokens;
+                // Counted even if the request never reaches `done` (a client that left).
+                if let Some(h) = health {
+                    self.report(h);
+                }
                 Ok(events)
             }
             Ok(Some(GenerateEvent::Error { error })) => {
                 Err(Attempt::Failed(CallError::Worker(error, Default::default())))
             }
-            Ok(None) | Err(CallError::Transport(_)) => Err(Attempt::WorkerGone),
+            Ok(None) => Err(Attempt::Broke(CallError::Transport(
+                "the worker ended the stream before it started".into(),
+            ))),
             Ok(Some(other)) => Err(Attempt::Failed(CallError::Protocol(format!(
                 "expected `started`, got {other:?}"
             )))),
+            Err(e @ CallError::Transport(_)) => Err(Attempt::Broke(e)),
             Err(e) => Err(Attempt::Failed(e)),
         }
     }
@@ -149,7 +158,12 @@ impl Grant {
             Ok(Some(ImageEvent::Error { error })) => {
                 return Err(Attempt::Failed(CallError::Worker(error, Default::default())))
             }
-            Ok(None) | Err(CallError::Transport(_)) => return Err(Attempt::WorkerGone),
+            Ok(None) => {
+                return Err(Attempt::Broke(CallError::Transport(
+                    "the worker ended the stream before it started".into(),
+                )))
+            }
+            Err(e @ CallError::Transport(_)) => return Err(Attempt::Broke(e)),
             Ok(Some(other)) => {
                 return Err(Attempt::Failed(CallError::Protocol(format!(
                     "expected `started`, got {other:?}"
@@ -214,15 +228,21 @@ impl ImageRun {
 /// How an attempt to start work on a granted worker ended, when it did not start.
 #[derive(Debug)]
 pub enum Attempt {
-    /// The worker died before it took the request: nothing ran, send it again.
+    /// Nothing listened on the worker's socket: the request never reached it, so sending it
+    /// again to the replacement is safe. (A request that reached the worker is never sent
+    /// again: if it made the worker crash, resending would crash the next one too.)
     WorkerGone,
+    /// The worker broke the connection before it started the work: sent again only if it
+    /// was killed from outside (see [`Exit::killed_from_outside`]).
+    Broke(CallError),
     Failed(CallError),
 }
 
 impl Attempt {
     fn from_open(e: CallError) -> Attempt {
         match e {
-            CallError::Transport(_) => Attempt::WorkerGone,
+            CallError::Unreachable(_) => Attempt::WorkerGone,
+            e @ CallError::Transport(_) => Attempt::Broke(e),
             other => Attempt::Failed(other),
         }
     }
@@ -232,7 +252,7 @@ impl From<Attempt> for CallError {
     fn from(a: Attempt) -> CallError {
         match a {
             Attempt::WorkerGone => CallError::Transport("the model's worker ended before it took the request".into()),
-            Attempt::Failed(e) => e,
+            Attempt::Broke(e) | Attempt::Failed(e) => e,
         }
     }
 }
@@ -249,15 +269,26 @@ where
     loop {
         tries += 1;
         let (grant, started) = attempt().await?;
-        match started {
+        let failure = match started {
             Ok(s) => return Ok((grant, s)),
-            Err(Attempt::WorkerGone) if tries < ATTEMPTS => {
-                tracing::warn!(model = %grant.model, "the worker ended before it took the request; sending it again");
-                let mut exit = grant.exit.clone();
-                drop(grant);
+            Err(failure) => failure,
+        };
+        let mut exit = grant.exit.clone();
+        drop(grant);
+        let resend = match &failure {
+            Attempt::WorkerGone => true,
+            // Wait to learn how it ended: a worker this request made crash is not fed it again.
+            Attempt::Broke(_) => {
                 let _ = tokio::time::timeout(EXIT_SEEN_WITHIN, exit.wait_for(Option::is_some)).await;
+                let ended = exit.borrow().clone();
+                ended.is_some_and(|e| e.killed_from_outside())
             }
-            Err(e) => return Err(RunError::Worker(e.into())),
+            Attempt::Failed(_) => false,
+        };
+        if !resend || tries >= ATTEMPTS {
+            return Err(RunError::Worker(failure.into()));
         }
+        tracing::warn!("the worker ended before it took the request; sending it again");
+        let _ = tokio::time::timeout(EXIT_SEEN_WITHIN, exit.wait_for(Option::is_some)).await;
     }
 }

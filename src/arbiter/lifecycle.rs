@@ -101,6 +101,18 @@ impl Arbiter {
             }
             return;
         }
+        // A worker that died right after answering the load may have had its exit handled
+        // already (as that of a load in progress): it must not be installed as alive.
+        let result = match result {
+            Ok(loaded) if !loaded.worker.alive() => {
+                let reason = loaded
+                    .worker
+                    .exit()
+                    .map_or_else(|| "the worker ended right after loading".to_owned(), |e| e.reason());
+                Err(LoadFailure::Worker(reason))
+            }
+            other => other,
+        };
         let entry = self.registry.get_mut(model).expect("entry");
         // From here on the worker's report (or nothing, if it failed) stands for the load.
         entry.reservations.loading = 0;
@@ -248,7 +260,12 @@ impl Arbiter {
     }
 
     pub(super) fn soft_unload_done(&mut self, model: &str, seq: u64, result: Result<Health, String>) {
-        if self.rt(model).seq != seq {
+        let unloading = self
+            .registry
+            .get(model)
+            .is_some_and(|e| e.state == ModelState::Unloading);
+        // A worker that exited meanwhile has settled the model already.
+        if self.rt(model).seq != seq || self.rt(model).worker.is_none() || !unloading {
             return;
         }
         match result {
@@ -286,8 +303,10 @@ impl Arbiter {
         let entry = self.registry.get_mut(model).expect("entry");
         let freed = entry.bytes.total;
         entry.clear_worker();
-        // Requests that were running on it use nothing any more (they fail as it is gone).
+        // Requests that were running on it use nothing any more (they fail as it is gone),
+        // and no longer keep the model busy.
         entry.reservations.worker_gone();
+        entry.in_flight = 0;
         if exit.requested {
             entry.state = ModelState::Unloaded;
             // Clients' keep_alive wishes were about this load; the next one starts afresh.

@@ -132,7 +132,8 @@ impl Arbiter {
             .models()
             .iter()
             .filter(|e| e.kind == ModelKind::Image && model.map_or(true, |m| m == e.name))
-            .find(|e| !e.running.is_empty() && e.state != ModelState::Unloading)
+            .filter(|e| matches!(e.state, ModelState::Loaded | ModelState::Busy))
+            .find(|e| !e.running.is_empty() && self.runtime.get(&e.name).is_some_and(|rt| rt.worker.is_some()))
             .map(|e| e.name.clone())?;
         let entry = self.registry.get_mut(&target).expect("entry");
         for r in &mut entry.running {
@@ -160,11 +161,12 @@ impl Arbiter {
         let entry = self.registry.get_mut(model).expect("entry");
         entry.reservations.release(ticket);
         entry.running.retain(|r| r.ticket != ticket);
-        entry.in_flight = entry.in_flight.saturating_sub(1);
         entry.last_used = Some(entry.last_used.map_or(ended, |t| t.max(ended)));
         if !current {
+            // Its worker is gone, and with it the request's count (see `worker_exit`).
             return;
         }
+        entry.in_flight = entry.in_flight.saturating_sub(1);
         if entry.in_flight == 0 && entry.state == ModelState::Busy {
             entry.state = ModelState::Loaded;
         }

@@ -27,7 +27,11 @@ pub enum CallError {
     /// The worker answered with an error of its own.
     #[error("{0}")]
     Worker(WorkerError, StatusCode),
-    /// The worker is unreachable or broke the connection (crashed, killed).
+    /// Nothing listens on the worker's socket: the worker is gone, and the request never
+    /// reached it.
+    #[error("worker unreachable: {0}")]
+    Unreachable(String),
+    /// The worker broke the connection (crashed, killed) after the request reached it.
     #[error("worker connection failed: {0}")]
     Transport(String),
     /// The worker answered something that is not the protocol.
@@ -108,7 +112,7 @@ impl WorkerClient {
         let transport = |e: &dyn std::fmt::Display| CallError::Transport(e.to_string());
         let stream = tokio::net::UnixStream::connect(&self.socket)
             .await
-            .map_err(|e| transport(&e))?;
+            .map_err(|e| CallError::Unreachable(e.to_string()))?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| transport(&e))?;

@@ -27,9 +27,18 @@ pub struct Exit {
     pub requested: bool,
     /// Its last stderr lines, for the failure reason.
     pub last_lines: Vec<String>,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
 }
 
 impl Exit {
+    /// Whether something outside the worker ended it (`kill`, `SIGTERM`, the OOM killer)
+    /// rather than its own failure (an abort, a segfault, an error exit): only then is the
+    /// request it was handed not to blame, and safe to send again.
+    pub fn killed_from_outside(&self) -> bool {
+        matches!(self.signal, Some(libc::SIGKILL | libc::SIGTERM))
+    }
+
     /// The most telling line: the last error line it logged, else the exit status.
     pub fn reason(&self) -> String {
         let err = self
@@ -213,6 +222,10 @@ async fn watch_child(
     let _ = std::fs::remove_file(&socket);
     // Give the stderr forwarder a moment to drain the last lines.
     tokio::time::sleep(Duration::from_millis(20)).await;
+    let signal = status.as_ref().ok().and_then(|s| {
+        use std::os::unix::process::ExitStatusExt;
+        s.signal()
+    });
     let status = match status {
         Ok(s) => describe(s),
         Err(e) => format!("wait failed: {e}"),
@@ -223,6 +236,7 @@ async fn watch_child(
         status,
         requested,
         last_lines,
+        signal,
     };
     let _ = exit.send(Some(report.clone()));
     on_exit(report);

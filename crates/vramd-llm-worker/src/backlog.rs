@@ -36,25 +36,30 @@ pub fn pick(queue: &[Waiting]) -> usize {
         .unwrap_or(0)
 }
 
-/// The calls that arrived and are not taken yet.
+/// The engine's channel and the calls taken from it but not run yet: one for the thread's
+/// whole life, so that no call is lost when a model is unloaded or replaced.
 pub struct Backlog<C> {
+    calls: Receiver<C>,
     queue: VecDeque<(C, Waiting)>,
 }
 
 impl<C> Backlog<C> {
-    pub fn new() -> Backlog<C> {
-        Backlog { queue: VecDeque::new() }
+    pub fn new(calls: Receiver<C>) -> Backlog<C> {
+        Backlog {
+            calls,
+            queue: VecDeque::new(),
+        }
     }
 
     /// The next call to run: everything that arrived is looked at, then [`pick`] chooses;
     /// blocks while there is none. `None` when the channel is closed and nothing waits.
-    pub fn next(&mut self, calls: &Receiver<C>, describe: impl Fn(&C) -> Waiting) -> Option<C> {
+    pub fn next(&mut self, describe: impl Fn(&C) -> Waiting) -> Option<C> {
         if self.queue.is_empty() {
-            let call = calls.recv().ok()?;
+            let call = self.calls.recv().ok()?;
             let w = describe(&call);
             self.queue.push_back((call, w));
         }
-        while let Ok(call) = calls.try_recv() {
+        while let Ok(call) = self.calls.try_recv() {
             let w = describe(&call);
             self.queue.push_back((call, w));
         }
@@ -103,16 +108,16 @@ mod tests {
     #[test]
     fn a_backlog_passes_a_background_generation_at_most_max_passed_times() {
         let (tx, rx) = std::sync::mpsc::channel::<(u32, bool)>();
-        let mut b = Backlog::new();
+        let mut b = Backlog::new(rx);
         let describe = |c: &(u32, bool)| generation(c.1, 0);
         tx.send((0, false)).unwrap();
         let mut taken = Vec::new();
         for i in 1..=10 {
             tx.send((i, true)).unwrap();
-            taken.push(b.next(&rx, describe).unwrap().0);
+            taken.push(b.next(describe).unwrap().0);
         }
         drop(tx);
-        while let Some(c) = b.next(&rx, describe) {
+        while let Some(c) = b.next(describe) {
             taken.push(c.0);
         }
         let position = taken.iter().position(|n| *n == 0).unwrap();

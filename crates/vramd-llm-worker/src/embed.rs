@@ -23,13 +23,14 @@ pub fn embed(
         if tokens.is_empty() {
             return Err(error(ErrorCode::InvalidRequest, format!("input {i} is empty")));
         }
-        if tokens.len() > n_ctx.min(ctx.n_batch() as usize) {
+        // One input is one physical batch: non-causal models (BERT and kin) need it whole.
+        let most = n_ctx.min(ctx.n_batch() as usize).min(ctx.n_ubatch() as usize);
+        if tokens.len() > most {
             return Err(error(
                 ErrorCode::PromptTooLong,
                 format!(
-                    "input {i} is {} tokens; this embedding model takes at most {}",
-                    tokens.len(),
-                    n_ctx.min(ctx.n_batch() as usize)
+                    "input {i} is {} tokens; this embedding model takes at most {most}",
+                    tokens.len()
                 ),
             ));
         }

@@ -85,6 +85,7 @@ impl HealthWriterExt for HealthWriter {
 }
 
 fn run(calls: std_mpsc::Receiver<EngineCall>, status: HealthWriter) {
+    let mut calls = Backlog::new(calls);
     let backend = match LlamaBackend::init() {
         Ok(b) => b,
         Err(e) => {
@@ -97,13 +98,13 @@ fn run(calls: std_mpsc::Receiver<EngineCall>, status: HealthWriter) {
     loop {
         let call = match next.take() {
             Some(call) => call,
-            None => match calls.recv() {
-                Ok(call) => call,
-                Err(_) => return,
+            None => match calls.next(waiting) {
+                Some(call) => call,
+                None => return,
             },
         };
         match call {
-            EngineCall::Load { req, reply } => next = load_and_serve(&backend, req, reply, &calls, &status),
+            EngineCall::Load { req, reply } => next = load_and_serve(&backend, req, reply, &mut calls, &status),
             EngineCall::Unload { reply, .. } => {
                 let _ = reply.send(status.clear());
             }
@@ -163,7 +164,7 @@ fn load_and_serve(
     backend: &LlamaBackend,
     req: LoadRequest,
     reply: oneshot::Sender<Result<LoadResponse, WorkerError>>,
-    calls: &std_mpsc::Receiver<EngineCall>,
+    calls: &mut Backlog<EngineCall>,
     status: &HealthWriter,
 ) -> Option<EngineCall> {
     let started = Instant::now();
@@ -267,12 +268,11 @@ struct Loaded<'a> {
 impl<'a> Loaded<'a> {
     /// Serves calls until the model is to be freed: a hard unload (`None`), or a load of
     /// another model, returned so that it runs once this model is gone.
-    fn serve(&self, ctx: LlamaContext<'a>, calls: &std_mpsc::Receiver<EngineCall>) -> Option<EngineCall> {
+    fn serve(&self, ctx: LlamaContext<'a>, calls: &mut Backlog<EngineCall>) -> Option<EngineCall> {
         let mut ctx = Some(ctx);
         let mut cache = PromptCache::default();
-        let mut backlog = Backlog::new();
         loop {
-            let call = backlog.next(calls, waiting)?;
+            let call = calls.next(waiting)?;
             match call {
                 EngineCall::Load { .. } => {
                     tracing::info!("another load: freeing the current model first");
@@ -386,6 +386,11 @@ impl<'a> Loaded<'a> {
             tracing::info!(request_id = %req.request_id, "client left before its turn");
             return;
         }
+        if self.settings.embeddings {
+            let refused = error(ErrorCode::InvalidRequest, "this model is loaded as an embedding model");
+            let _ = out.blocking_send(Out::Refused(refused));
+            return;
+        }
         let (prompt, sampler) = match generate::prepare(self.model, &req, self.settings.n_ctx) {
             Ok(p) => p,
             Err(e) => {
@@ -402,13 +407,14 @@ impl<'a> Loaded<'a> {
             }
         };
         let Some(ctx) = ctx.as_mut() else { return };
-        self.status.set_state(WorkerState::Busy);
+        let health = self.status.set_state(WorkerState::Busy);
         let prompt_tokens = prompt.len() as u32;
         let reused = cache.reuse(ctx, &prompt);
         let started = GenerateEvent::Started {
             prompt_tokens,
             context_ms,
             cached_tokens: reused as u32,
+            health: Some(health),
         };
         let outcome = if out.blocking_send(Out::Event(started)).is_ok() {
             generate::run(self.model, ctx, cache, &prompt, sampler, &req, out)
@@ -471,6 +477,13 @@ fn new_context<'m>(
         .with_n_threads(s.threads)
         .with_n_threads_batch(s.threads)
         .with_embeddings(s.embeddings);
+    // An embedding input must fit one physical batch (non-causal attention): make it the
+    // logical batch.
+    let params = if s.embeddings {
+        params.with_n_ubatch(s.batch)
+    } else {
+        params
+    };
     logcap::begin();
     let created = model.new_context(backend, params);
     let cap = logcap::take();

@@ -357,6 +357,10 @@ pub enum GenerateEvent {
         /// others were decoded.
         #[serde(default)]
         cached_tokens: u32,
+        /// What the worker holds now, context included: a generation cancelled before its
+        /// `done` still tells the daemon about a context it recreated.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        health: Option<Health>,
     },
     Token {
         text: String,
