@@ -326,13 +326,15 @@ impl Generation<'_> {
         }
     }
 
-    /// Sends a non-empty piece (with the logprob of the token that completed it); false
-    /// when the client has gone.
+    /// Sends a piece of text with the logprob of the token just sampled; false when the
+    /// client has gone.
     fn send(&mut self, text: String) -> bool {
-        if text.is_empty() {
+        // With logprobs every token is an event, even one whose text is still held back (a
+        // partial UTF-8 character, a possible stop sequence): its entry must not be lost.
+        let logprob = self.pending.take();
+        if text.is_empty() && logprob.is_none() {
             return true;
         }
-        let logprob = self.pending.take();
         self.out
             .blocking_send(Out::Event(GenerateEvent::Token { text, logprob }))
             .is_ok()
