@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use serde_json::{json, Value};
 
+use crate::util::ok;
 use crate::util::{fake_two_models, http, read_response, send_request, Daemon, Response, GIB};
 
 struct Served {
@@ -57,11 +58,6 @@ impl Served {
     fn post(&self, tcp: bool, path: &str, body: &Value) -> Value {
         ok(self.call(tcp, "POST", path, Some(body)))
     }
-}
-
-fn ok(r: Response) -> Value {
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.json()
 }
 
 /// Checks that an image is a base64 PNG (the fake worker's are 1×1, without text chunks).

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use crate::util::ok;
 use crate::util::{events, http, kinds, Daemon, Response};
 
 use crate::util::GIB;
@@ -44,11 +45,6 @@ fn image(d: &Daemon, size: &str) -> Response {
         "/v1/images/generations",
         &json!({"model": "sd", "prompt": "a cat", "size": size, "steps": 2, "seed": 1}).to_string(),
     )
-}
-
-fn ok(r: Response) -> Value {
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.json()
 }
 
 fn used(d: &Daemon) -> (u64, u64) {

@@ -11,6 +11,7 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use crate::llm::{start, Llm, ModelFile};
+use crate::util::ok;
 
 fn qwen_template() -> String {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/templates/Qwen-Qwen2.5-7B-Instruct.jinja");
@@ -19,11 +20,6 @@ fn qwen_template() -> String {
 
 fn tool_model(extra: &str) -> Option<Llm> {
     start(&[("qwen", ModelFile::TinyWith(qwen_template()))], extra)
-}
-
-fn ok(r: crate::util::Response) -> Value {
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.json()
 }
 
 /// A weather tool whose arguments are bounded: a city from a list and 1 to 7 days.

@@ -11,6 +11,7 @@ use vramd::dbus::proxy::Vramd1Proxy;
 use vramd::dbus::Error;
 
 use crate::dbus_util::{open_dir, runtime, two_models, PrivateBus, GIB, NAME, PATH};
+use crate::util::ok;
 use crate::util::{Daemon, BASE_CONFIG};
 
 const IFACE: &str = "org.vramd.Vramd1";
@@ -25,11 +26,6 @@ async fn next<S: futures_util::Stream + Unpin>(stream: &mut S) -> S::Item {
         .await
         .expect("no signal within 20 s")
         .expect("signal stream ended")
-}
-
-fn ok(r: crate::util::Response) -> Value {
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.json()
 }
 
 /// The `<interface name="org.vramd.Vramd1">` element, comments included, one trimmed line each.

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 
+use crate::util::ok;
 use crate::util::{fake_two_models, http, next_data, open_stream, Daemon, Response, GIB};
 
 fn kill(pid: u64) {
@@ -26,11 +27,6 @@ fn image(socket: &std::path::Path) -> Response {
     let body = json!({"model": "sd", "prompt": "a cat", "size": "64x64", "steps": 2}).to_string();
     let headers = [("Content-Type", "application/json")];
     http(socket, "POST", "/v1/images/generations", &headers, body.as_bytes())
-}
-
-fn ok(r: Response) -> serde_json::Value {
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.json()
 }
 
 /// Right after `kill -9` (no wait: the arbiter has not heard of the exit yet), the next

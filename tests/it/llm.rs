@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use vramd_gguf::llama::{write_tiny_llama, TinyLlamaSpec, CHATML_TEMPLATE};
 
+use crate::util::ok;
 use crate::util::{next_data, open_stream, pid_alive, sse_data, Daemon, BASE_CONFIG, VRAMD};
 
 /// The real worker's folder, or `None` (after saying so) when it has not been built.
@@ -122,11 +123,6 @@ fn greedy(extra: Value) -> Value {
     let mut v = json!({"temperature": 0, "seed": 42});
     v.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
     v
-}
-
-fn ok(r: crate::util::Response) -> Value {
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.json()
 }
 
 #[test]

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use vramd_gguf::llama::{write_tiny_llama, TinyLlamaSpec, CHATML_TEMPLATE};
 
+use crate::util::ok;
 use crate::util::{model_file, read_response, send_request, Daemon, Response, BASE_CONFIG, GIB};
 
 struct Served {
@@ -80,11 +81,6 @@ impl Served {
         );
         read_response(&mut s)
     }
-}
-
-fn ok(r: Response) -> Value {
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.json()
 }
 
 /// An Ollama error: the status, `{"error": "…"}` and nothing else; returns the message.

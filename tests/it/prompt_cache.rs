@@ -6,11 +6,7 @@
 use serde_json::{json, Value};
 
 use crate::llm::{start, ModelFile};
-
-fn ok(r: crate::util::Response) -> Value {
-    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
-    r.json()
-}
+use crate::util::ok;
 
 fn chat(l: &crate::llm::Llm, messages: &Value) -> Value {
     let body = json!({"model": "chat", "temperature": 0, "seed": 3, "max_tokens": 8, "messages": messages});

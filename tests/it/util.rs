@@ -583,3 +583,9 @@ pub fn post_in_background(
         http(&socket, "POST", path, &headers, body.to_string().as_bytes())
     })
 }
+
+/// The JSON body of a response that must be a 200 (else the failure shows the body).
+pub fn ok(r: Response) -> serde_json::Value {
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    r.json()
+}
