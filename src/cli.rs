@@ -112,14 +112,29 @@ pub mod ctl {
             #[arg(long)]
             negative: Option<String>,
         },
-        /// Show vramd's signals as desktop notifications (run by vramd-notify.service).
+        /// Show what vramd does as desktop notifications, one per request (run by
+        /// vramd-notify.service or the XDG autostart entry; one agent per session).
         Notify {
+            /// The bus vramd serves on [default: `[dbus] bus` in --config, else system].
+            #[arg(long, value_parser = ["system", "session"])]
+            bus: Option<String>,
+            /// vramd's configuration file, read for `[dbus] bus` when --bus is not given.
+            #[arg(
+                long,
+                env = "VRAMD_CONFIG",
+                value_name = "PATH",
+                default_value = "/etc/vramd/vramd.toml"
+            )]
+            config: PathBuf,
+            /// Also notify routine events: models loaded, and unloaded when idle or on request.
+            #[arg(long)]
+            show_routine: bool,
             /// Models or kinds (`llm`, `image`) never to notify about; comma-separated, repeatable.
             #[arg(long, value_name = "LIST")]
             quiet_for: Vec<String>,
-            /// How long a burst of signals may stay quiet before it is shown, in milliseconds.
-            #[arg(long, default_value_t = 800, hide = true)]
-            settle_ms: u64,
+            /// How long a request waits before its "waiting" notice shows, in milliseconds.
+            #[arg(long, default_value_t = 2000, hide = true)]
+            wait_notice_ms: u64,
         },
     }
 

@@ -10,6 +10,7 @@ use std::time::SystemTime;
 
 use serde::Serialize;
 use tokio::sync::broadcast;
+use vramd_protocol::VaePlacement;
 
 /// Events kept for late subscribers.
 pub const REPLAY: usize = 256;
@@ -34,11 +35,13 @@ pub enum EventKind {
         model: String,
         freed_bytes: u64,
         reason: String,
+        cause: Cause,
     },
     ModelUnloaded {
         model: String,
         freed_bytes: u64,
         reason: String,
+        cause: Cause,
     },
     /// A soft-unloaded model got its context back before anyone asked for it.
     ModelRestored {
@@ -53,23 +56,63 @@ pub enum EventKind {
         width: u32,
         height: u32,
         reason: String,
+        /// The request this placement is for.
+        request_id: Option<String>,
     },
     VaeOnCpu {
         model: String,
         width: u32,
         height: u32,
         reason: String,
+        request_id: Option<String>,
     },
     RequestQueued {
         model: String,
         /// Its place in the arbiter's queue (1: next to be served).
         position: u32,
         reason: String,
+        /// `None` for an explicit load.
+        request_id: Option<String>,
+        /// The busy or unloading model it waits for, if any.
+        waiting_for: Option<String>,
+        need_bytes: u64,
+        free_bytes: u64,
     },
+    /// A request that never ran: no room now (503), more than the budget (507), or waited
+    /// `[policy] wait_timeout` in vain (503).
     RequestRejected {
         model: String,
         status: u16,
         reason: String,
+        request_id: Option<String>,
+        /// `None` for an explicit load.
+        kind: Option<RequestKind>,
+        why: Rejection,
+        waited_ms: u64,
+        need_bytes: u64,
+        free_bytes: u64,
+    },
+    /// A request that ran is over: how it ended and what vramd did for it, so a reader can
+    /// tell its whole story from this one event.
+    RequestFinished {
+        model: String,
+        request_id: String,
+        kind: RequestKind,
+        outcome: Ending,
+        /// Why it failed (`outcome` `failed`).
+        error: Option<String>,
+        /// Whether it waited in the queue (a `request_queued` was published for it).
+        queued: bool,
+        /// Time in the arbiter's queue before it was granted.
+        waited_ms: u64,
+        /// Images: where the VAE decode ran, its measured time, and how much longer that
+        /// was than a whole decode on the device per this model's measurements (`None`:
+        /// no device decode measured yet).
+        vae: Option<VaePlacement>,
+        vae_ms: Option<u64>,
+        slower_ms: Option<u64>,
+        /// What was unloaded to make room for it.
+        freed: Vec<Freed>,
     },
     WorkerCrashed {
         model: String,
@@ -87,6 +130,80 @@ pub enum EventKind {
     },
 }
 
+/// Why a model gave memory back.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Cause {
+    /// It made room for a request of `model` that needed `need_bytes` more.
+    Room {
+        model: String,
+        /// `None` for an explicit load.
+        request_id: Option<String>,
+        need_bytes: u64,
+    },
+    /// Its keep_alive ran out.
+    Idle,
+    /// A person or client asked for it.
+    Requested,
+    /// Its image was interrupted: stopping the worker is how an image is stopped.
+    Interrupted,
+    /// Anything else (the daemon stopping).
+    Other,
+}
+
+impl Cause {
+    /// The D-Bus `cause` argument.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Cause::Room { .. } => "room",
+            Cause::Idle => "idle",
+            Cause::Requested => "requested",
+            Cause::Interrupted => "interrupted",
+            Cause::Other => "other",
+        }
+    }
+}
+
+/// Why a request was refused before it ran.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Rejection {
+    /// No room now, and waiting for a busy model would not make it (503).
+    Refused,
+    /// More than the whole budget (507).
+    TooLarge,
+    /// It waited `[policy] wait_timeout` for memory (503).
+    TimedOut,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    Text,
+    Image,
+}
+
+/// How a request that ran ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Ending {
+    Done,
+    /// The client went away before it finished.
+    Cancelled,
+    /// Stopped by `interrupt` (A1111's Stop).
+    Interrupted,
+    Failed,
+}
+
+/// A model unloaded to make room for a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Freed {
+    pub model: String,
+    /// `soft` or `hard`.
+    pub mode: &'static str,
+    pub bytes: u64,
+}
+
 impl EventKind {
     /// The SSE event name: the `type` tag.
     pub fn name(&self) -> &'static str {
@@ -100,6 +217,7 @@ impl EventKind {
             EventKind::VaeOnCpu { .. } => "vae_on_cpu",
             EventKind::RequestQueued { .. } => "request_queued",
             EventKind::RequestRejected { .. } => "request_rejected",
+            EventKind::RequestFinished { .. } => "request_finished",
             EventKind::WorkerCrashed { .. } => "worker_crashed",
             EventKind::WorkerRestarted { .. } => "worker_restarted",
             EventKind::MemoryPressure { .. } => "memory_pressure",

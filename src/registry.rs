@@ -199,6 +199,12 @@ impl Registry {
         self.models.iter().map(ModelEntry::held).sum()
     }
 
+    /// Bytes all models hold in host RAM for parts placed on the CPU ([`Bytes::host`]): never
+    /// part of [`Registry::held_bytes`], so never counted against the device.
+    pub fn host_bytes(&self) -> u64 {
+        self.models.iter().map(|m| m.bytes.host).sum()
+    }
+
     pub fn loaded_count(&self) -> usize {
         self.models.iter().filter(|m| m.state.holds_memory()).count()
     }
@@ -258,7 +264,9 @@ impl ModelEntry {
         self.reservations.total(self.bytes.total)
     }
 
-    /// Takes what a worker reported.
+    /// Takes what a worker reported, its host bytes (`bytes.host`) included: they are kept
+    /// to be shown, and stay out of `bytes.total`, which is all that [`ModelEntry::held`]
+    /// counts against the device.
     pub fn report(&mut self, health: &vramd_protocol::Health) {
         self.bytes = health.bytes;
         self.peak_bytes = self.peak_bytes.max(health.peak_bytes).max(health.bytes.total);
@@ -353,6 +361,7 @@ mod tests {
             used_bytes: 0,
             free_bytes: (8 << 30) - (512 << 20),
             device_free_bytes: None,
+            host_bytes: 0,
         }
     }
 
@@ -372,6 +381,30 @@ mod tests {
         assert_eq!(json["models"][1]["state"], "failed");
         assert_eq!(json["models"][1]["error"], "file not found");
         assert_eq!(json["models"][0]["last_used"], serde_json::Value::Null);
+    }
+
+    #[test]
+    fn host_bytes_are_reported_apart_and_never_held() {
+        let mut r = registry();
+        let img = r.get_mut("img").unwrap();
+        img.state = ModelState::Loaded;
+        let health = vramd_protocol::Health {
+            state: vramd_protocol::WorkerState::Loaded,
+            model: Some("img".into()),
+            bytes: Bytes::new(300, 0, 20).with_host(500),
+            peak_bytes: 320,
+            pid: 7,
+            device: "cpu".into(),
+            image: None,
+        };
+        img.report(&health);
+        assert_eq!((img.bytes.total, img.bytes.host, img.held()), (320, 500, 320));
+        assert_eq!((r.held_bytes(), r.host_bytes()), (320, 500));
+        let s = Snapshot::new(&r, figures().with_host(r.host_bytes()), SystemTime::UNIX_EPOCH);
+        let json = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["models"][1]["bytes"]["host"], 500);
+        assert_eq!(json["models"][1]["bytes"]["total"], 320);
+        assert_eq!(json["memory"]["host_bytes"], 500);
     }
 
     #[test]

@@ -285,7 +285,10 @@ pub async fn run(state: &AppState, mut images: Images, request_id: &str) -> Resu
     let (made, switch_ms) = match result {
         Ok(r) => r,
         Err(_) if grant.interrupted() => return Err(ApiError::Interrupted),
-        Err(e) => return Err(e),
+        Err(e) => {
+            grant.fail(&e);
+            return Err(e);
+        }
     };
     let seeds: Vec<i64> = made.iter().map(|(s, _)| *s).collect();
     let vramd = json!({
@@ -328,7 +331,7 @@ async fn generate_all(
                 Some(ImageEvent::Progress { .. } | ImageEvent::Started { .. }) => {}
                 Some(ImageEvent::Image { seed, png_base64, .. }) => made.push((seed, png_base64)),
                 Some(ImageEvent::Done { health, .. }) => {
-                    grant.report(health);
+                    grant.image_done(health);
                     break;
                 }
                 Some(ImageEvent::Error { error }) => return Err(CallError::Worker(error, Default::default()).into()),

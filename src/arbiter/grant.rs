@@ -14,7 +14,8 @@ use vramd_protocol::{
     EmbedRequest, EmbedResponse, GenerateEvent, GenerateRequest, Health, ImageEvent, ImageRequest, VaePlacement,
 };
 
-use super::{ArbiterError, Internal, Report, Work};
+use super::{ArbiterError, Internal, Released, Report, Work};
+use crate::events::Ending;
 use crate::planner::Action;
 use crate::worker::client::{CallError, EventStream, WorkerClient};
 use crate::worker::process::Exit;
@@ -55,6 +56,12 @@ pub struct Grant {
     report: Option<Report>,
     interrupt: oneshot::Receiver<()>,
     interrupted: bool,
+    /// Why its work failed, as its handler said ([`Grant::fail`]).
+    failure: Option<String>,
+    /// Images the worker finished for it.
+    images_done: u32,
+    /// Dropped only to be sent again to a new worker: its story goes on in the next grant.
+    resent: bool,
     internal: mpsc::UnboundedSender<Internal>,
 }
 
@@ -92,7 +99,29 @@ impl Grant {
             report: None,
             interrupt: d.interrupt,
             interrupted: false,
+            failure: None,
+            images_done: 0,
+            resent: false,
             internal: d.internal,
+        }
+    }
+
+    /// Records that the request failed and why (told in its `request_finished` event).
+    pub fn fail(&mut self, why: &dyn std::fmt::Display) {
+        self.failure = Some(why.to_string());
+    }
+
+    /// How the request ended, from what its handler and the worker said.
+    fn ending(&mut self) -> (Ending, Option<String>) {
+        if self.interrupted() {
+            return (Ending::Interrupted, None);
+        }
+        if let Some(why) = self.failure.take() {
+            return (Ending::Failed, Some(why));
+        }
+        match self.work {
+            Work::Image { count, .. } if self.images_done < count => (Ending::Cancelled, None),
+            _ => (Ending::Done, None),
         }
     }
 
@@ -104,6 +133,12 @@ impl Grant {
     /// Records what the worker reported at the end of the request.
     pub fn report(&mut self, health: Health) {
         self.report = Some(Report { health });
+    }
+
+    /// Records that one image of the request is done, with what the worker reported then.
+    pub fn image_done(&mut self, health: Health) {
+        self.images_done += 1;
+        self.report(health);
     }
 
     /// Whether the arbiter stopped this request's work (A1111 `interrupt`), so a broken
@@ -186,14 +221,16 @@ impl Grant {
 
 impl Drop for Grant {
     fn drop(&mut self) {
-        let _ = self.internal.send(Internal::Release {
+        let end = (!self.resent).then(|| self.ending());
+        let _ = self.internal.send(Internal::Release(Released {
             model: std::mem::take(&mut self.model),
             seq: self.seq,
             work: self.work,
             ticket: self.ticket,
             report: self.report.take(),
             ended: crate::clock::now_unix(),
-        });
+            end,
+        }));
     }
 }
 
@@ -273,8 +310,8 @@ where
             Ok(s) => return Ok((grant, s)),
             Err(failure) => failure,
         };
+        let mut grant = grant;
         let mut exit = grant.exit.clone();
-        drop(grant);
         let resend = match &failure {
             Attempt::WorkerGone => true,
             // Wait to learn how it ended: a worker this request made crash is not fed it again.
@@ -286,8 +323,14 @@ where
             Attempt::Failed(_) => false,
         };
         if !resend || tries >= ATTEMPTS {
-            return Err(RunError::Worker(failure.into()));
+            let e = CallError::from(failure);
+            grant.fail(&e);
+            drop(grant);
+            return Err(RunError::Worker(e));
         }
+        // Its story goes on in the grant of the next attempt.
+        grant.resent = true;
+        drop(grant);
         tracing::warn!("the worker ended before it took the request; sending it again");
         let _ = tokio::time::timeout(EXIT_SEEN_WITHIN, exit.wait_for(Option::is_some)).await;
     }

@@ -10,7 +10,7 @@ use vramd_protocol::{Health, UnloadMode, VaePlacement};
 use super::state::{reject, Arbiter, UnloadReply};
 use super::{ArbiterError, Internal, UnloadOutcome, Work};
 use crate::config::{ModelConfig, ModelKind};
-use crate::events::EventKind;
+use crate::events::{Cause, Ending, EventKind};
 use crate::registry::ModelState;
 use crate::worker::client::CallError;
 use crate::worker::process::{self, Worker};
@@ -203,22 +203,22 @@ impl Arbiter {
                 let reason = "requested".to_owned();
                 // An image worker has no context to drop apart from its model.
                 if mode == UnloadMode::Hard || image {
-                    self.evict_hard(model, reason)
+                    self.evict_hard(model, reason, Cause::Requested)
                 } else {
                     // A person asked for it: keep it so until the model is used again.
                     self.rt(model).restore_when_free = false;
-                    self.evict_soft(model, reason)
+                    self.evict_soft(model, reason, Cause::Requested)
                 }
             }
         }
     }
 
-    pub(super) fn evict_soft(&mut self, model: &str, reason: String) {
+    pub(super) fn evict_soft(&mut self, model: &str, reason: String, cause: Cause) {
         self.registry.get_mut(model).expect("entry").state = ModelState::Unloading;
         self.mark_evicting(model);
         let events = self.reply_later();
         let rt = self.rt(model);
-        rt.unload_reason = Some(reason);
+        rt.unload_reason = Some((reason, cause));
         let (client, seq, name) = (
             rt.worker.as_ref().expect("worker").client.clone(),
             rt.seq,
@@ -235,7 +235,7 @@ impl Arbiter {
     }
 
     /// Stops the model's worker: the only way to give back every byte, CUDA context included.
-    pub(super) fn evict_hard(&mut self, model: &str, reason: String) {
+    pub(super) fn evict_hard(&mut self, model: &str, reason: String, cause: Cause) {
         let held = self.registry.get(model).expect("entry").held();
         if let Some(free) = self.memory().device_free {
             self.settling = Some((Instant::now() + SETTLE_LIMIT, free + held / 10 * 9));
@@ -243,7 +243,7 @@ impl Arbiter {
         self.registry.get_mut(model).expect("entry").state = ModelState::Unloading;
         self.mark_evicting(model);
         let rt = self.rt(model);
-        rt.unload_reason = Some(reason);
+        rt.unload_reason = Some((reason, cause));
         rt.worker.as_mut().expect("resident models have a worker").stop();
     }
 
@@ -274,11 +274,16 @@ impl Arbiter {
                 let freed = entry.bytes.total.saturating_sub(health.bytes.total);
                 entry.report(&health);
                 entry.state = ModelState::SoftUnloaded;
-                let reason = self.rt(model).unload_reason.take().unwrap_or_default();
+                let (reason, cause) = self
+                    .rt(model)
+                    .unload_reason
+                    .take()
+                    .unwrap_or_else(|| (String::new(), Cause::Other));
                 self.bus.publish(EventKind::ModelSoftUnloaded {
                     model: model.to_owned(),
                     freed_bytes: freed,
                     reason,
+                    cause,
                 });
                 self.settle_unload(model);
             }
@@ -312,10 +317,12 @@ impl Arbiter {
             // Clients' keep_alive wishes were about this load; the next one starts afresh.
             entry.keep_alive_override = None;
             entry.evict_first = false;
+            let (reason, cause) = reason.unwrap_or_else(|| ("stopped".into(), Cause::Other));
             self.bus.publish(EventKind::ModelUnloaded {
                 model: model.to_owned(),
                 freed_bytes: freed,
-                reason: reason.unwrap_or_else(|| "stopped".into()),
+                reason,
+                cause,
             });
             // Keep its pages in RAM so that loading it again is fast.
             self.host.will_need(model);
@@ -383,7 +390,12 @@ impl Arbiter {
         for g in std::mem::take(&mut self.rt(model).waiters) {
             let entry = self.registry.get_mut(model).expect("entry");
             entry.reservations.release(g.ticket);
-            reject(g.waiter, err(model.to_owned()));
+            let e = err(model.to_owned());
+            if let Some(story) = self.rt(model).stories.remove(&g.ticket) {
+                let finished = self.finished(model, g.work, story, Ending::Failed, Some(e.to_string()), None);
+                self.bus.publish(finished);
+            }
+            reject(g.waiter, e);
         }
     }
 }

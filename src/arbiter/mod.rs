@@ -164,18 +164,23 @@ pub(crate) enum Command {
 
 /// What the arbiter learns from the tasks it spawned and from its grants (not to be
 /// confused with [`crate::events`], what it tells the world).
+/// A granted request is over: what its grant reports when dropped.
+pub(crate) struct Released {
+    pub model: String,
+    pub seq: u64,
+    pub work: Work,
+    /// The memory reservation the request held (see `registry::Reservations`).
+    pub ticket: u64,
+    pub report: Option<Report>,
+    /// When the request ended (Unix seconds): its model's last use, read when the grant
+    /// was dropped, before the client had its answer, not when the arbiter gets to it.
+    pub ended: u64,
+    /// How it ended and why it failed; `None` when it is sent again to a new worker.
+    pub end: Option<(crate::events::Ending, Option<String>)>,
+}
+
 pub(crate) enum Internal {
-    Release {
-        model: String,
-        seq: u64,
-        work: Work,
-        /// The memory reservation the request held (see `registry::Reservations`).
-        ticket: u64,
-        report: Option<Report>,
-        /// When the request ended (Unix seconds): its model's last use, read when the grant
-        /// was dropped, before the client had its answer, not when the arbiter gets to it.
-        ended: u64,
-    },
+    Release(Released),
     /// An image generation's step, for progress readers.
     Progress {
         model: String,

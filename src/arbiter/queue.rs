@@ -8,11 +8,11 @@
 
 use std::time::Instant;
 
-use super::state::{reject, Arbiter, Granted, Pending, Waiter};
+use super::state::{reject, Arbiter, Granted, Pending, Story, Waiter};
 use super::{ArbiterError, Work};
 use crate::config::ModelKind;
 use crate::estimate::{self, Shape};
-use crate::events::EventKind;
+use crate::events::{Cause, Ending, EventKind, Freed, Rejection, RequestKind};
 use crate::planner::{self, Action, Memory, ModelView, Need, Outcome, Policy, Step, VaeNeed, VaePlacement};
 use crate::registry::ModelState;
 
@@ -44,7 +44,8 @@ impl Arbiter {
         while self.evicting.is_none() {
             let Some(head) = self.pending.front() else { return };
             if head.waiter.gone() {
-                self.pending.pop_front();
+                let head = self.pending.pop_front().expect("head");
+                self.left(head);
                 continue;
             }
             let model = head.model.clone();
@@ -83,17 +84,28 @@ impl Arbiter {
                 let head = &mut self.pending[0];
                 if !head.queued {
                     head.queued = true;
+                    let request_id = head.waiter.request_id();
                     let reason = format!("waiting for {busy}: {reason}");
                     self.bus.publish(EventKind::RequestQueued {
                         model,
                         position: 1,
                         reason,
+                        request_id,
+                        waiting_for: Some(busy),
+                        need_bytes: plan.need,
+                        free_bytes: plan.free,
                     });
                 }
                 false
             }
             Outcome::NoRoom { reason, retry_after } => {
-                self.refuse(model, 503, reason, |model, reason| ArbiterError::NoMemory {
+                let refusal = Refusal {
+                    status: 503,
+                    why: Rejection::Refused,
+                    need_bytes: plan.need,
+                    free_bytes: plan.free,
+                };
+                self.refuse(model, refusal, reason, |model, reason| ArbiterError::NoMemory {
                     model,
                     reason,
                     retry_after,
@@ -101,7 +113,13 @@ impl Arbiter {
                 true
             }
             Outcome::TooLarge { reason } => {
-                self.refuse(model, 507, reason, |model, reason| ArbiterError::TooLarge {
+                let refusal = Refusal {
+                    status: 507,
+                    why: Rejection::TooLarge,
+                    need_bytes: plan.need,
+                    free_bytes: plan.free,
+                };
+                self.refuse(model, refusal, reason, |model, reason| ArbiterError::TooLarge {
                     model,
                     reason,
                 });
@@ -116,14 +134,19 @@ impl Arbiter {
         if let Some(action) = plan.actions.iter().find(|a| is_eviction(&a.step)).cloned() {
             if !self.pending[0].done.iter().any(|a| is_eviction(&a.step)) {
                 self.bus.publish(EventKind::MemoryPressure {
-                    model,
+                    model: model.clone(),
                     need_bytes: plan.need,
                     free_bytes: plan.free,
                     reason: format!("{} free, making room", crate::units::format_size_human(plan.free)),
                 });
             }
             self.pending[0].done.push(action.clone());
-            self.execute(action);
+            let cause = Cause::Room {
+                model,
+                request_id: self.pending[0].waiter.request_id(),
+                need_bytes: plan.need,
+            };
+            self.execute(action, cause);
             return false;
         }
         let mut head = self.pending.pop_front().expect("head");
@@ -136,20 +159,26 @@ impl Arbiter {
             if forced.is_some() && !is_eviction(&a.step) {
                 continue;
             }
-            self.publish_vae(&model, head.work, &a);
+            self.publish_vae(&model, head.work, &a, head.waiter.request_id());
             head.done.push(a);
         }
         self.grant(head, forced.unwrap_or(vae), need);
         true
     }
 
-    /// Answers the head with a refusal (`status` 503 or 507), published as an event too.
-    fn refuse(&mut self, model: String, status: u16, reason: String, err: impl FnOnce(String, String) -> ArbiterError) {
+    /// Answers the head with a refusal, published as an event too.
+    fn refuse(&mut self, model: String, r: Refusal, reason: String, err: impl FnOnce(String, String) -> ArbiterError) {
         let head = self.pending.pop_front().expect("head");
         self.bus.publish(EventKind::RequestRejected {
             model: model.clone(),
-            status,
+            status: r.status,
             reason: reason.clone(),
+            request_id: head.waiter.request_id(),
+            kind: head.waiter.request_id().map(|_| kind_of(head.work)),
+            why: r.why,
+            waited_ms: ms(head.since.elapsed()),
+            need_bytes: r.need_bytes,
+            free_bytes: r.free_bytes,
         });
         reject(head.waiter, err(model, reason));
     }
@@ -157,11 +186,41 @@ impl Arbiter {
     /// Forgets waiting requests whose client went away: they leave the queue without ever
     /// being planned (the head's eviction in progress, if any, still settles).
     pub(super) fn drop_abandoned(&mut self) {
-        let before = self.pending.len();
-        self.pending.retain(|p| !p.waiter.gone());
-        if self.pending.len() < before {
-            tracing::debug!(left = before - self.pending.len(), "clients left the queue");
+        let (gone, staying): (Vec<Pending>, Vec<Pending>) = std::mem::take(&mut self.pending)
+            .into_iter()
+            .partition(|p| p.waiter.gone());
+        self.pending = staying.into();
+        if !gone.is_empty() {
+            tracing::debug!(left = gone.len(), "clients left the queue");
         }
+        for p in gone {
+            self.left(p);
+        }
+    }
+
+    /// A request whose client left before it was granted: if it was told to be waiting, its
+    /// story ends (`cancelled`), so that whoever showed it waiting can take that down.
+    fn left(&mut self, p: Pending) {
+        let Some(request_id) = p.waiter.request_id().filter(|_| p.queued) else {
+            return;
+        };
+        let vae = match p.work {
+            Work::Text => None,
+            Work::Image { vae, .. } => vae,
+        };
+        self.bus.publish(EventKind::RequestFinished {
+            model: p.model,
+            request_id,
+            kind: kind_of(p.work),
+            outcome: Ending::Cancelled,
+            error: None,
+            queued: true,
+            waited_ms: ms(p.since.elapsed()),
+            vae,
+            vae_ms: None,
+            slower_ms: None,
+            freed: p.done.iter().filter_map(freed).collect(),
+        });
     }
 
     /// Rejects the head when it has waited longer than `[policy] wait_timeout`.
@@ -174,22 +233,22 @@ impl Arbiter {
             .front()
             .is_some_and(|h| h.queued && h.since.elapsed() >= limit);
         if expired && self.evicting.is_none() {
-            let head = self.pending.pop_front().expect("head");
-            let reason = format!("waited {} for memory", crate::units::format_duration(limit));
-            self.bus.publish(EventKind::RequestRejected {
-                model: head.model.clone(),
+            let model = self.pending[0].model.clone();
+            let need = self.need_for(&model, self.pending[0].work);
+            let memory = self.memory();
+            let refusal = Refusal {
                 status: 503,
-                reason: reason.clone(),
-            });
+                why: Rejection::TimedOut,
+                need_bytes: need.peak(cheapest(&need)),
+                free_bytes: planner::free_bytes(&self.views(), memory),
+            };
+            let reason = format!("waited {} for memory", crate::units::format_duration(limit));
             let retry_after = self.config.policy.retry_after.0.map_or(5, |d| d.as_secs().max(1));
-            reject(
-                head.waiter,
-                ArbiterError::NoMemory {
-                    model: head.model,
-                    reason,
-                    retry_after,
-                },
-            );
+            self.refuse(model, refusal, reason, |model, reason| ArbiterError::NoMemory {
+                model,
+                reason,
+                retry_after,
+            });
         }
     }
 
@@ -207,6 +266,16 @@ impl Arbiter {
         };
         let ticket = self.next_ticket;
         self.next_ticket += 1;
+        if let Some(request_id) = head.waiter.request_id() {
+            let story = Story {
+                request_id,
+                queued: head.queued,
+                waited_ms: ms(head.since.elapsed()),
+                freed: head.done.iter().filter_map(freed).collect(),
+                vae,
+            };
+            self.rt(&model).stories.insert(ticket, story);
+        }
         let entry = self.registry.get_mut(&model).expect("entry");
         entry.reservations.grant(ticket, reserve);
         let granted = Granted {
@@ -230,19 +299,19 @@ impl Arbiter {
         }
     }
 
-    fn execute(&mut self, action: Action) {
+    fn execute(&mut self, action: Action, cause: Cause) {
         match action.step {
             Step::SoftUnload { model, .. } => {
-                self.evict_soft(&model, action.reason);
+                self.evict_soft(&model, action.reason, cause);
                 // Made room for a request: give the context back once that is over.
                 self.rt(&model).restore_when_free = true;
             }
-            Step::HardUnload { model, .. } => self.evict_hard(&model, action.reason),
+            Step::HardUnload { model, .. } => self.evict_hard(&model, action.reason, cause),
             Step::VaeTiled { .. } | Step::VaeOnCpu { .. } => unreachable!("not an eviction"),
         }
     }
 
-    fn publish_vae(&mut self, model: &str, work: Work, action: &Action) {
+    fn publish_vae(&mut self, model: &str, work: Work, action: &Action, request_id: Option<String>) {
         let Work::Image { width, height, .. } = work else {
             return;
         };
@@ -253,12 +322,14 @@ impl Arbiter {
                 width,
                 height,
                 reason,
+                request_id,
             }),
             Step::VaeOnCpu { .. } => self.bus.publish(EventKind::VaeOnCpu {
                 model,
                 width,
                 height,
                 reason,
+                request_id,
             }),
             _ => return,
         };
@@ -348,12 +419,19 @@ impl Arbiter {
                 if !resident {
                     need.load = known.map_or(weights.total(), |b| b.total);
                 }
+                // A context with its VAE on the CPU holds it in host RAM (`Bytes::host`, its
+                // weights and decode buffer): decoding on the device brings it back there.
+                let on_host = if resident {
+                    entry.bytes.host
+                } else {
+                    known.map_or(0, |b| b.host)
+                };
                 if let Work::Image { width, height, vae, .. } = work {
                     let e = estimate::image(&weights, width, height, Some(&self.calibration), model);
                     need.work = e.sampling.saturating_sub(granted);
                     let mut v = VaeNeed {
-                        gpu: e.vae_gpu.saturating_sub(granted),
-                        tiled: e.vae_tiled.saturating_sub(granted),
+                        gpu: (e.vae_gpu + on_host).saturating_sub(granted),
+                        tiled: (e.vae_tiled + on_host).saturating_sub(granted),
                         cpu: e.vae_cpu.saturating_sub(granted),
                     };
                     // A forced placement costs what it costs, whatever the planner would pick.
@@ -375,6 +453,51 @@ impl Arbiter {
         }
         need
     }
+}
+
+/// A refusal's figures, for its `request_rejected` event.
+struct Refusal {
+    status: u16,
+    why: Rejection,
+    need_bytes: u64,
+    free_bytes: u64,
+}
+
+/// The planned eviction as what it freed for the request.
+fn freed(a: &Action) -> Option<Freed> {
+    match &a.step {
+        Step::SoftUnload { model, frees } => Some(Freed {
+            model: model.clone(),
+            mode: "soft",
+            bytes: *frees,
+        }),
+        Step::HardUnload { model, frees } => Some(Freed {
+            model: model.clone(),
+            mode: "hard",
+            bytes: *frees,
+        }),
+        _ => None,
+    }
+}
+
+fn kind_of(work: Work) -> RequestKind {
+    match work {
+        Work::Text => RequestKind::Text,
+        Work::Image { .. } => RequestKind::Image,
+    }
+}
+
+/// The placement that needs the least device memory.
+fn cheapest(need: &Need) -> VaePlacement {
+    if need.vae.is_some() {
+        VaePlacement::Cpu
+    } else {
+        VaePlacement::Gpu
+    }
+}
+
+fn ms(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
 fn is_eviction(step: &Step) -> bool {

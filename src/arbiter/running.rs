@@ -8,10 +8,11 @@ use tokio::sync::oneshot;
 use vramd_protocol::{Health, VaePlacement};
 
 use super::grant::{Decided, Grant};
-use super::state::{Arbiter, Granted, Waiter};
-use super::{LoadOutcome, Report, Work};
+use super::state::{Arbiter, Granted, Story, Waiter};
+use super::{LoadOutcome, Released, Report, Work};
 use crate::config::ModelKind;
 use crate::estimate::{self, Phase, Shape};
+use crate::events::{Cause, Ending, EventKind, RequestKind};
 use crate::registry::{ImageProgress, ModelState, Running};
 
 impl Arbiter {
@@ -142,22 +143,29 @@ impl Arbiter {
         for (_, tx) in self.rt(&target).interrupts.drain() {
             let _ = tx.send(());
         }
-        self.evict_hard(&target, "interrupted".into());
+        self.evict_hard(&target, "interrupted".into(), Cause::Interrupted);
         Some(target)
     }
 
-    pub(super) fn release(
-        &mut self,
-        model: &str,
-        seq: u64,
-        work: Work,
-        ticket: u64,
-        report: Option<Report>,
-        ended: u64,
-    ) {
+    pub(super) fn release(&mut self, released: Released) {
+        let Released {
+            model,
+            seq,
+            work,
+            ticket,
+            report,
+            ended,
+            end,
+        } = released;
+        let model = model.as_str();
         self.last_activity = std::time::Instant::now();
         let current = self.rt(model).seq == seq && self.rt(model).worker.is_some();
         self.rt(model).interrupts.remove(&ticket);
+        let story = self.rt(model).stories.remove(&ticket);
+        if let (Some(story), Some((outcome, error))) = (story, end) {
+            let finished = self.finished(model, work, story, outcome, error, report.as_ref());
+            self.bus.publish(finished);
+        }
         let entry = self.registry.get_mut(model).expect("entry");
         entry.reservations.release(ticket);
         entry.running.retain(|r| r.ticket != ticket);
@@ -185,7 +193,55 @@ impl Arbiter {
         self.calibrate(model, work, &report.health, context_length);
     }
 
-    /// Teaches the estimator what this request measured.
+    /// The `request_finished` event of a request that ran: its story, and for an image where
+    /// its VAE decode ran, how long that took and how much slower it was than a whole
+    /// decode on the device would have been (from this model's decode times; `None` until
+    /// one was measured).
+    pub(super) fn finished(
+        &self,
+        model: &str,
+        work: Work,
+        story: Story,
+        outcome: Ending,
+        error: Option<String>,
+        report: Option<&Report>,
+    ) -> EventKind {
+        let last = report.and_then(|r| r.health.image.as_ref()?.last.as_ref());
+        let (kind, vae, vae_ms, slower_ms) = match (work, last) {
+            (Work::Image { .. }, Some(last)) if last.vae == story.vae => {
+                let pixels = u64::from(last.width) * u64::from(last.height);
+                let slower = match last.vae {
+                    VaePlacement::Gpu => Some(0),
+                    _ => self
+                        .calibration
+                        .decode_ms(model, VaePlacement::Gpu, pixels)
+                        .map(|device| last.vae_decode_ms.saturating_sub(device)),
+                };
+                (RequestKind::Image, Some(last.vae), Some(last.vae_decode_ms), slower)
+            }
+            // Nothing measured (a worker that does not report its phases, an image not made).
+            (Work::Image { .. }, _) => (RequestKind::Image, Some(story.vae), None, None),
+            (Work::Text, _) => (RequestKind::Text, None, None, None),
+        };
+        EventKind::RequestFinished {
+            model: model.to_owned(),
+            request_id: story.request_id,
+            kind,
+            outcome,
+            error,
+            queued: story.queued,
+            waited_ms: story.waited_ms,
+            vae,
+            vae_ms,
+            slower_ms,
+            freed: story.freed,
+        }
+    }
+
+    /// Teaches the estimator what this request measured: device peaks only, since the
+    /// estimates plan device memory. The worker's `sampling_bytes` are the device's (a
+    /// buffer in host RAM is left out), and a VAE decode placed on the CPU is host memory,
+    /// so there is nothing of it to learn.
     fn calibrate(&mut self, model: &str, work: Work, health: &Health, context_length: u32) {
         let before = self.calibration.clone();
         match (self.shapes.get(model), work) {
@@ -208,6 +264,9 @@ impl Arbiter {
                         self.calibration
                             .observe(model, phase, last.vae_decode_bytes, raw(phase));
                     }
+                    let pixels = u64::from(last.width) * u64::from(last.height);
+                    self.calibration
+                        .observe_decode(model, last.vae, pixels, last.vae_decode_ms);
                 }
             }
             _ => {}

@@ -16,7 +16,7 @@ use super::host::Host;
 use super::{ArbiterError, Grant, Internal, LoadOutcome, Work};
 use crate::config::Config;
 use crate::estimate::{Calibration, Shape};
-use crate::events::EventBus;
+use crate::events::{Cause, EventBus, Freed};
 use crate::planner::Action;
 use crate::registry::{Registry, Snapshot};
 use crate::worker::process::Worker;
@@ -73,7 +73,7 @@ pub(super) struct Runtime {
     pub waiters: Vec<Granted>,
     pub unload_waiters: Vec<(UnloadMode, u64, UnloadReply)>,
     /// Why the model is being unloaded (for the event), when the arbiter decided it.
-    pub unload_reason: Option<String>,
+    pub unload_reason: Option<(String, Cause)>,
     pub last_failure: Option<Instant>,
     /// The load time to report to requests that waited for it.
     pub just_loaded_ms: Option<u64>,
@@ -90,6 +90,19 @@ pub(super) struct Runtime {
     pub restore_when_free: bool,
     /// How to tell each running grant (by ticket) that `interrupt` stopped its work.
     pub interrupts: HashMap<u64, oneshot::Sender<()>>,
+    /// What was done for each granted request (by ticket), told when it ends.
+    pub stories: HashMap<u64, Story>,
+}
+
+/// What the arbiter did for a granted request, published as `request_finished` when the
+/// request ends, so its whole story is one event.
+pub(super) struct Story {
+    pub request_id: String,
+    pub queued: bool,
+    pub waited_ms: u64,
+    pub freed: Vec<Freed>,
+    /// Where its VAE decodes run, as decided (images).
+    pub vae: VaePlacement,
 }
 
 pub(super) enum Waiter {
@@ -122,6 +135,14 @@ pub(super) struct Granted {
 }
 
 impl Waiter {
+    /// The request's id; `None` for an explicit load.
+    pub fn request_id(&self) -> Option<String> {
+        match self {
+            Waiter::Acquire { request_id, .. } => Some(request_id.clone()),
+            Waiter::Load(_) => None,
+        }
+    }
+
     /// Whether whoever waits has gone (its HTTP client disconnected).
     pub fn gone(&self) -> bool {
         match self {

@@ -16,7 +16,7 @@ use super::state::{Arbiter, Runtime, Waiter};
 use super::{ArbiterError, Command, Internal, KeepAlive, Work};
 use crate::config::Config;
 use crate::estimate::{self, Estimate, EstimateQuery, Shape};
-use crate::events::{EventBus, EventFeed};
+use crate::events::{Cause, EventBus, EventFeed};
 use crate::memory::{MemoryFigures, MemorySource};
 use crate::registry::{Registry, Snapshot};
 use crate::worker::WorkerPaths;
@@ -154,14 +154,7 @@ impl Arbiter {
 
     fn internal(&mut self, ev: Internal) {
         match ev {
-            Internal::Release {
-                model,
-                seq,
-                work,
-                ticket,
-                report,
-                ended,
-            } => self.release(&model, seq, work, ticket, report, ended),
+            Internal::Release(released) => self.release(released),
             Internal::Progress {
                 model,
                 ticket,
@@ -238,7 +231,7 @@ impl Arbiter {
                 Some(t) => format!("unused for the keep_alive of {t} a client asked for"),
                 None => format!("unused for its keep_alive of {configured}"),
             };
-            self.evict_hard(&name, reason);
+            self.evict_hard(&name, reason, Cause::Idle);
         }
     }
 
@@ -272,7 +265,8 @@ impl Arbiter {
 
 pub(super) fn take_snapshot(registry: &Registry, config: &Config, source: &mut dyn MemorySource) -> Arc<Snapshot> {
     let reading = source.read();
-    let figures = MemoryFigures::compute(&config.memory, source.name(), reading, registry.held_bytes());
+    let figures = MemoryFigures::compute(&config.memory, source.name(), reading, registry.held_bytes())
+        .with_host(registry.host_bytes());
     Arc::new(Snapshot::new(registry, figures, SystemTime::now()))
 }
 

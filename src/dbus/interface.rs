@@ -7,6 +7,11 @@
 //! The doc comments below are served in the introspection data, and
 //! `dbus/org.vramd.Vramd1.xml` is that data checked in (a test compares the two).
 
+// A signal's arguments are the interface's contract (dbus/org.vramd.Vramd1.xml), one D-Bus
+// argument each so that `busctl` and every binding read them by name; the functions zbus
+// generates for them take one parameter per argument.
+#![allow(clippy::too_many_arguments)]
+
 use zbus::fdo::DBusProxy;
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
@@ -158,7 +163,10 @@ impl Vramd1 {
     ) -> zbus::Result<()>;
 
     /// A model gave memory back: mode `soft` (KV cache and compute buffers freed, weights
-    /// kept) or `hard` (worker stopped), why, and how many bytes were freed.
+    /// kept) or `hard` (worker stopped), why, and how many bytes were freed. `cause` is
+    /// `room` (it made room for request `for_request` on `for_model`, which needed
+    /// `needed_bytes`), `idle` (its keep_alive ran out), `requested`, `interrupted` (its
+    /// image was stopped) or `other`; the last three arguments are empty or 0 unless `room`.
     #[zbus(signal)]
     pub async fn model_unloaded(
         emitter: &SignalEmitter<'_>,
@@ -166,10 +174,14 @@ impl Vramd1 {
         mode: &str,
         reason: &str,
         freed_bytes: u64,
+        cause: &str,
+        for_model: &str,
+        for_request: &str,
+        needed_bytes: u64,
     ) -> zbus::Result<()>;
 
     /// An image's VAE decode does not run whole on the GPU: placement `tiled` (on the GPU in
-    /// tiles) or `cpu`, instead of evicting a model.
+    /// tiles) or `cpu`, instead of evicting a model; `for_request` is the image's request.
     #[zbus(signal)]
     pub async fn vae_offloaded(
         emitter: &SignalEmitter<'_>,
@@ -178,11 +190,56 @@ impl Vramd1 {
         height: u32,
         placement: &str,
         reason: &str,
+        for_request: &str,
     ) -> zbus::Result<()>;
 
-    /// A request for a model waits (for memory, or for another model to finish).
+    /// A request for a model waits: for `waiting_for` (a busy or unloading model; empty
+    /// when none) to finish, needing `needed_bytes` with `free_bytes` free now.
     #[zbus(signal)]
-    pub async fn request_queued(emitter: &SignalEmitter<'_>, model: &str, reason: &str) -> zbus::Result<()>;
+    pub async fn request_queued(
+        emitter: &SignalEmitter<'_>,
+        model: &str,
+        reason: &str,
+        request_id: &str,
+        waiting_for: &str,
+        needed_bytes: u64,
+        free_bytes: u64,
+    ) -> zbus::Result<()>;
+
+    /// A model's working memory, set aside to make room for a request, is back (restored in
+    /// the background once memory allowed): `bytes` of KV cache and compute buffers.
+    #[zbus(signal)]
+    pub async fn model_restored(emitter: &SignalEmitter<'_>, model: &str, bytes: u64, reason: &str)
+        -> zbus::Result<()>;
+
+    /// A request's whole story, once it is over. `kind`: `text` or `image`. `outcome`:
+    /// `done`, `cancelled` (the client left), `interrupted`, `failed` (`error` says why),
+    /// `refused` (no room now, HTTP 503), `too_large` (more than the whole budget, 507) or
+    /// `timed_out` (waited `[policy] wait_timeout` for memory, 503); `needed_bytes` and
+    /// `free_bytes` are set for the last three. `waited_seconds`: time in the queue.
+    /// Images: `vae_placement` (`gpu`, `tiled`, `cpu`; empty for text), the measured
+    /// `vae_seconds` of the decode, and `slower_seconds` it cost against a whole decode on
+    /// the device from this model's measured decodes (-1 until one was measured).
+    /// `freed`: the models unloaded to make room for it (model, `soft`/`hard`, bytes).
+    /// Sent only for requests worth telling about: one that waited, had memory freed for
+    /// it, decoded its VAE off the device, or did not finish (`cancelled` only after a
+    /// wait).
+    #[zbus(signal)]
+    pub async fn request_finished(
+        emitter: &SignalEmitter<'_>,
+        model: &str,
+        request_id: &str,
+        kind: &str,
+        outcome: &str,
+        error: &str,
+        waited_seconds: f64,
+        needed_bytes: u64,
+        free_bytes: u64,
+        vae_placement: &str,
+        vae_seconds: f64,
+        slower_seconds: f64,
+        freed: &[(&str, &str, u64)],
+    ) -> zbus::Result<()>;
 
     /// A model's worker process died; it is restarted on the next request.
     #[zbus(signal)]

@@ -34,8 +34,20 @@ pub trait Vramd1 {
     #[zbus(signal)]
     fn model_loaded(&self, model: String, bytes: u64, seconds: f64, from_page_cache: bool) -> zbus::Result<()>;
     #[zbus(signal)]
-    fn model_unloaded(&self, model: String, mode: String, reason: String, freed_bytes: u64) -> zbus::Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn model_unloaded(
+        &self,
+        model: String,
+        mode: String,
+        reason: String,
+        freed_bytes: u64,
+        cause: String,
+        for_model: String,
+        for_request: String,
+        needed_bytes: u64,
+    ) -> zbus::Result<()>;
     #[zbus(signal)]
+    #[allow(clippy::too_many_arguments)]
     fn vae_offloaded(
         &self,
         model: String,
@@ -43,9 +55,38 @@ pub trait Vramd1 {
         height: u32,
         placement: String,
         reason: String,
+        for_request: String,
     ) -> zbus::Result<()>;
     #[zbus(signal)]
-    fn request_queued(&self, model: String, reason: String) -> zbus::Result<()>;
+    #[allow(clippy::too_many_arguments)]
+    fn request_queued(
+        &self,
+        model: String,
+        reason: String,
+        request_id: String,
+        waiting_for: String,
+        needed_bytes: u64,
+        free_bytes: u64,
+    ) -> zbus::Result<()>;
+    #[zbus(signal)]
+    fn model_restored(&self, model: String, bytes: u64, reason: String) -> zbus::Result<()>;
+    #[zbus(signal)]
+    #[allow(clippy::too_many_arguments)]
+    fn request_finished(
+        &self,
+        model: String,
+        request_id: String,
+        kind: String,
+        outcome: String,
+        error: String,
+        waited_seconds: f64,
+        needed_bytes: u64,
+        free_bytes: u64,
+        vae_placement: String,
+        vae_seconds: f64,
+        slower_seconds: f64,
+        freed: Vec<(String, String, u64)>,
+    ) -> zbus::Result<()>;
     #[zbus(signal)]
     fn worker_crashed(&self, model: String, reason: String) -> zbus::Result<()>;
 }

@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
+use vramd_protocol::VaePlacement;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -29,6 +30,11 @@ const ALPHA: f64 = 0.5;
 pub struct Calibration {
     /// model → phase → (factor, samples).
     models: BTreeMap<String, BTreeMap<Phase, Entry>>,
+    /// model → VAE placement → (milliseconds per megapixel, samples) of its decodes: what
+    /// tells a person how much slower an image was for decoding off the device, measured on
+    /// this machine rather than guessed.
+    #[serde(default)]
+    decode_ms: BTreeMap<String, BTreeMap<VaePlacement, Entry>>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -62,6 +68,34 @@ impl Calibration {
             e.factor = ALPHA * ratio + (1.0 - ALPHA) * e.factor;
         }
         e.samples += 1;
+    }
+
+    /// Records that a VAE decode of `pixels` pixels at `placement` took `ms` milliseconds.
+    pub fn observe_decode(&mut self, model: &str, placement: VaePlacement, pixels: u64, ms: u64) {
+        if pixels == 0 || ms == 0 {
+            return;
+        }
+        let rate = ms as f64 * 1e6 / pixels as f64;
+        let e = self
+            .decode_ms
+            .entry(model.to_owned())
+            .or_default()
+            .entry(placement)
+            .or_insert(Entry {
+                factor: rate,
+                samples: 0,
+            });
+        if e.samples > 0 {
+            e.factor = ALPHA * rate + (1.0 - ALPHA) * e.factor;
+        }
+        e.samples += 1;
+    }
+
+    /// What a VAE decode of `pixels` pixels at `placement` takes, from the decodes measured;
+    /// `None` before the first.
+    pub fn decode_ms(&self, model: &str, placement: VaePlacement, pixels: u64) -> Option<u64> {
+        let e = self.decode_ms.get(model)?.get(&placement)?;
+        Some((e.factor * pixels as f64 / 1e6).round() as u64)
     }
 
     /// Reads `path`; a missing or unreadable file means starting over (logged by the caller).
@@ -112,5 +146,30 @@ mod tests {
         );
         std::fs::write(&path, "{").unwrap();
         assert!(Calibration::load(&path).is_err());
+    }
+
+    #[test]
+    fn decode_times_scale_with_pixels_and_persist() {
+        let mut c = Calibration::default();
+        assert_eq!(c.decode_ms("m", VaePlacement::Gpu, 512 * 512), None);
+        c.observe_decode("m", VaePlacement::Cpu, 512 * 512, 2000);
+        assert_eq!(c.decode_ms("m", VaePlacement::Cpu, 512 * 512), Some(2000));
+        assert_eq!(c.decode_ms("m", VaePlacement::Cpu, 1024 * 1024), Some(8000));
+        assert_eq!(c.decode_ms("m", VaePlacement::Gpu, 512 * 512), None, "per placement");
+        c.observe_decode("m", VaePlacement::Cpu, 512 * 512, 1000);
+        assert_eq!(c.decode_ms("m", VaePlacement::Cpu, 512 * 512), Some(1500), "averaged");
+        c.observe_decode("m", VaePlacement::Cpu, 0, 1000);
+        assert_eq!(
+            c.decode_ms("m", VaePlacement::Cpu, 512 * 512),
+            Some(1500),
+            "nothing to learn"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("calibration.json");
+        c.save(&path).unwrap();
+        assert_eq!(Calibration::load(&path).unwrap(), c);
+        // A file from before decode times were kept still reads.
+        std::fs::write(&path, r#"{"models":{}}"#).unwrap();
+        assert_eq!(Calibration::load(&path).unwrap(), Calibration::default());
     }
 }

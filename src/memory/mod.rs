@@ -145,6 +145,10 @@ pub struct MemoryFigures {
     pub free_bytes: u64,
     /// The device's own free figure, when there is a device.
     pub device_free_bytes: Option<u64>,
+    /// What models hold in host RAM for parts placed on the CPU (`Bytes::host`): shown, so
+    /// that a VAE decoded on the CPU is seen somewhere, but in neither `used_bytes` nor
+    /// `free_bytes`, since it does not use the device.
+    pub host_bytes: u64,
 }
 
 impl MemoryFigures {
@@ -162,6 +166,15 @@ impl MemoryFigures {
             used_bytes: held,
             free_bytes: free,
             device_free_bytes: reading.map(|r| r.free),
+            host_bytes: 0,
+        }
+    }
+
+    /// The same figures, with `host` bytes held in host RAM beside them.
+    pub fn with_host(self, host: u64) -> Self {
+        MemoryFigures {
+            host_bytes: host,
+            ..self
         }
     }
 }

@@ -14,6 +14,16 @@
 //! 5. `vae_cpu`: decode this image's VAE on the CPU instead of evicting a model in use;
 //! 6. `hard`: hard-unload idle models, least recently used first.
 //!
+//! A rung is climbed only when the ones before it were not enough, and within a rung models
+//! go one at a time until the request fits. Once it fits, the plan is settled: the best VAE
+//! placement the planned evictions allow is taken back (an image is not made slower for
+//! memory that was freed anyway), then every eviction the request does not need at that
+//! placement is dropped, cheapest (earliest in the ladder) first, so a plan never holds a step
+//! that buys nothing: a soft unload that was not enough, once tiling alone fits; several soft
+//! unloads before a hard unload that alone is enough. A model is evicted at most once in a
+//! plan: when a later rung hard-unloads a model whose soft unload was planned, the hard unload
+//! frees its whole holding and the soft one goes.
+//!
 //! After the heavy request, [`restore`] picks which soft-unloaded model gets its context
 //! back, once it fits again.
 //!
@@ -203,7 +213,8 @@ pub fn free_bytes(models: &[ModelView], memory: Memory) -> u64 {
 /// and nothing is evicted. Otherwise [`Room`] checks, before any step is planned, whether it
 /// could ever fit and whether it can fit now, since a request that cannot fit is rejected
 /// (or waits) before anything is evicted for it. Only then is the ladder climbed ([`Climb`]),
-/// the best VAE placement the freed memory allows taken back, and the outcome settled.
+/// the plan settled ([`Climb::settle`]: the best VAE placement the freed memory allows taken
+/// back, the evictions that buy nothing at it dropped) and the outcome decided.
 pub fn plan(models: &[ModelView], memory: Memory, need: &Need, now: u64, policy: &Policy) -> Plan {
     let free = free_bytes(models, memory);
     let best = need.placements()[0];
@@ -227,7 +238,7 @@ pub fn plan(models: &[ModelView], memory: Memory, need: &Need, now: u64, policy:
         }
         climb.step(*rung, &room.evictable, now, policy);
     }
-    climb.take_back_best_placement();
+    climb.settle();
     climb.into_plan(free, policy)
 }
 
@@ -351,9 +362,10 @@ struct Climb<'a> {
     free: u64,
     placement: VaePlacement,
     actions: Vec<Action>,
-    /// Models with a soft unload planned: a later hard unload frees only their weights.
+    /// Models with a soft unload planned: never planned twice, and replaced by a later hard
+    /// unload of the same model.
     soft_unloaded: Vec<&'a str>,
-    /// Models with a hard unload planned: never planned twice.
+    /// Models with a hard unload planned: never planned twice, nor soft-unloaded after.
     hard_unloaded: Vec<&'a str>,
 }
 
@@ -390,7 +402,13 @@ impl<'a> Climb<'a> {
             if self.fits(self.placement) {
                 break;
             }
-            if m.context == 0 || m.kind != ModelKind::Llm || m.state == ModelState::SoftUnloaded {
+            let planned = |names: &[&str]| names.contains(&m.name.as_str());
+            if m.context == 0
+                || m.kind != ModelKind::Llm
+                || m.state == ModelState::SoftUnloaded
+                || planned(&self.soft_unloaded)
+                || planned(&self.hard_unloaded)
+            {
                 continue;
             }
             self.free += m.context;
@@ -412,34 +430,21 @@ impl<'a> Climb<'a> {
 
     /// Moves this image's VAE decode to `target` (tiles, or the CPU): a slower image costs
     /// less than evicting a model someone is using. Never moves it back up the placements.
+    /// The reason is written once the plan is settled ([`Climb::explain_vae_steps`]), since
+    /// the free memory it states depends on the evictions the plan keeps before it.
     fn degrade_vae(&mut self, target: VaePlacement) {
         if self.need.vae.is_none() || rank(target) <= rank(self.placement) {
             return;
         }
-        let (before, after) = (self.need.peak(self.placement), self.need.peak(target));
+        let saves = self.need.peak(self.placement).saturating_sub(self.need.peak(target));
         self.placement = target;
-        let (step, what) = match target {
-            VaePlacement::Tiled => (
-                Step::VaeTiled {
-                    saves: before.saturating_sub(after),
-                },
-                "in tiles",
-            ),
-            _ => (
-                Step::VaeOnCpu {
-                    saves: before.saturating_sub(after),
-                },
-                "on the CPU",
-            ),
+        let step = match target {
+            VaePlacement::Tiled => Step::VaeTiled { saves },
+            _ => Step::VaeOnCpu { saves },
         };
         self.actions.push(Action {
             step,
-            reason: format!(
-                "the image needs {} at its peak (the VAE decode) and {} is free: decoding {what} for this image ({}) instead of evicting a model",
-                h(before),
-                h(self.free),
-                h(after)
-            ),
+            reason: String::new(),
         });
     }
 
@@ -454,12 +459,14 @@ impl<'a> Climb<'a> {
             if self.hard_unloaded.contains(&m.name.as_str()) || (stale_only && !stale) {
                 continue;
             }
-            // What is left after a soft unload already planned for it.
-            let frees = if self.soft_unloaded.contains(&m.name.as_str()) {
-                m.weights
-            } else {
-                m.held()
-            };
+            // A soft unload planned for it buys nothing once it goes entirely: the hard unload
+            // frees its whole holding, and the soft one is taken out of the plan.
+            if self.soft_unloaded.contains(&m.name.as_str()) {
+                self.free -= m.context;
+                self.actions
+                    .retain(|a| !matches!(&a.step, Step::SoftUnload { model, .. } if *model == m.name));
+            }
+            let frees = m.held();
             self.free += frees;
             self.hard_unloaded.push(&m.name);
             self.actions.push(Action {
@@ -480,6 +487,51 @@ impl<'a> Climb<'a> {
                 ),
             });
         }
+    }
+
+    /// Settles a climb that reached a placement where the request fits: takes back the best
+    /// placement the planned evictions allow ([`Climb::take_back_best_placement`]), then
+    /// drops the evictions that buy nothing at that placement ([`Climb::prune`]).
+    ///
+    /// Take-back comes first, and the order matters. Pruning first would judge the evictions
+    /// against whatever degraded placement the climb stopped at, and could drop an eviction
+    /// the ladder ranks cheaper than the VAE steps (a soft unload before tiling) that the
+    /// better placement needed: with `soft chat, tiled, cpu, hard old` where every eviction
+    /// together fits the VAE on the GPU, pruning at `cpu` may drop `soft chat`, and take-back
+    /// would then only find `tiled`: a slower image to save a step the policy calls cheaper.
+    /// Taken back first, the placement is decided with every planned eviction counted, and
+    /// pruning keeps what that placement needs. Take-back stays right after pruning without
+    /// running again: pruning only lowers free memory (never below the placement's peak), so
+    /// the evictions left cannot fit a better placement that all of them together could not,
+    /// and no VAE step is left that the remaining evictions would make unnecessary.
+    ///
+    /// On a climb that did not fit, both leave it as it is, and `into_plan` refuses it whole.
+    fn settle(&mut self) {
+        self.take_back_best_placement();
+        self.prune();
+        self.one_vae_step();
+    }
+
+    /// Keeps one VAE step, the placement the image gets, with what it saves against the
+    /// decode on the device: a climb through `tiled` to `cpu` is one decision for the image,
+    /// and told as two ("in tiles", then "on the CPU") it reads as a contradiction.
+    fn one_vae_step(&mut self) {
+        let Some(last) = self.actions.iter().rposition(|a| is_vae_step(&a.step)) else {
+            return;
+        };
+        let saves = self
+            .need
+            .peak(VaePlacement::Gpu)
+            .saturating_sub(self.need.peak(self.placement));
+        match &mut self.actions[last].step {
+            Step::VaeTiled { saves: s } | Step::VaeOnCpu { saves: s } => *s = saves,
+            _ => unreachable!("a VAE step"),
+        }
+        let mut i = 0;
+        self.actions.retain(|a| {
+            i += 1;
+            i - 1 == last || !is_vae_step(&a.step)
+        });
     }
 
     /// When a later rung freed more than the degraded placement needed, takes back the best
@@ -503,6 +555,49 @@ impl<'a> Climb<'a> {
         }
     }
 
+    /// Drops every eviction the request does not need at the settled placement, in plan
+    /// order, which is the ladder's: the cheapest goes first, so what stays is the more
+    /// decisive steps. One pass is enough: free memory only shrinks as evictions are dropped,
+    /// so an eviction kept because the request did not fit without it is still needed at the
+    /// end. Whatever stays, taking any one eviction out leaves the request without room.
+    fn prune(&mut self) {
+        let need = self.need.peak(self.placement);
+        let mut free = self.free;
+        self.actions.retain(|a| match &a.step {
+            Step::SoftUnload { frees, .. } | Step::HardUnload { frees, .. } if free.saturating_sub(*frees) >= need => {
+                free -= frees;
+                false
+            }
+            _ => true,
+        });
+        self.free = free;
+    }
+
+    /// Writes the VAE steps' reasons as the settled plan has them: each states the image's
+    /// peak at the placement it leaves, the memory free at that point of the plan (`free`,
+    /// the free bytes before it, plus what the evictions before it free) and the peak at the
+    /// placement it takes.
+    fn explain_vae_steps(&mut self, free: u64) {
+        let (mut free, mut from) = (free, VaePlacement::Gpu);
+        for a in &mut self.actions {
+            let (to, what) = match a.step {
+                Step::SoftUnload { frees, .. } | Step::HardUnload { frees, .. } => {
+                    free += frees;
+                    continue;
+                }
+                Step::VaeTiled { .. } => (VaePlacement::Tiled, "in tiles"),
+                Step::VaeOnCpu { .. } => (VaePlacement::Cpu, "on the CPU"),
+            };
+            a.reason = format!(
+                "the image needs {} at its peak (the VAE decode) and {} is free: decoding {what} for this image ({}) instead of evicting a model",
+                h(self.need.peak(from)),
+                h(free),
+                h(self.need.peak(to))
+            );
+            from = to;
+        }
+    }
+
     /// The plan: proceed with the actions, or, when the rungs the policy allows were not
     /// enough, refuse with no actions at all, so that nothing is evicted in vain.
     fn into_plan(mut self, free: u64, policy: &Policy) -> Plan {
@@ -520,7 +615,9 @@ impl<'a> Climb<'a> {
                 retry_after: policy.retry_after,
             }
         };
-        if !matches!(outcome, Outcome::Proceed { .. }) {
+        if matches!(outcome, Outcome::Proceed { .. }) {
+            self.explain_vae_steps(free);
+        } else {
             self.actions.clear();
         }
         Plan {
@@ -562,6 +659,10 @@ pub fn restore<'a>(
         key(a).cmp(&key(b)).then_with(|| a.name.cmp(&b.name))
     });
     ordered.into_iter().find(|c| c.bytes <= free)
+}
+
+fn is_vae_step(step: &Step) -> bool {
+    matches!(step, Step::VaeTiled { .. } | Step::VaeOnCpu { .. })
 }
 
 fn rank(p: VaePlacement) -> u8 {

@@ -120,15 +120,23 @@ fn vae_is_tiled_then_moved_to_cpu_rather_than_evicting_the_llm() {
         &policy,
     );
     assert_eq!(steps(&p), ["soft chat"]);
-    // A bigger VAE: after the soft unload (4 GiB free), tiling (2.2 GiB) fits.
+    // A bigger VAE and more sampling: after the soft unload (4 GiB free), tiling (3.5 GiB)
+    // fits, and tiling alone (3 GiB free) would not, so both steps stay.
     let p = plan(
         &models,
         mem(8 * GIB),
-        &image_need(2 * GIB, GIB, 3 * GIB, 200 * MIB),
+        &image_need(2 * GIB, GIB + GIB / 2, 3 * GIB, 200 * MIB),
         NOW,
         &policy,
     );
     assert_eq!(steps(&p), ["soft chat", "tiled"]);
+    assert!(
+        p.actions[1]
+            .reason
+            .contains("5.0 GiB at its peak (the VAE decode) and 4.0 GiB is free"),
+        "{}",
+        p.actions[1].reason
+    );
     assert_eq!(
         p.outcome,
         Outcome::Proceed {
@@ -143,9 +151,18 @@ fn vae_is_tiled_then_moved_to_cpu_rather_than_evicting_the_llm() {
         NOW,
         &policy,
     );
-    assert_eq!(steps(&p), ["soft chat", "tiled", "cpu"]);
+    // One VAE step, the placement the image gets: never "tiled" then "cpu".
+    assert_eq!(steps(&p), ["soft chat", "cpu"]);
     assert_eq!(p.outcome, Outcome::Proceed { vae: VaePlacement::Cpu });
-    assert!(p.actions[2].reason.contains("on the CPU"), "{}", p.actions[2].reason);
+    assert!(p.actions[1].reason.contains("on the CPU"), "{}", p.actions[1].reason);
+    let need = image_need(3 * GIB + GIB / 2, GIB / 2, 3 * GIB, GIB);
+    assert_eq!(
+        p.actions[1].step,
+        Step::VaeOnCpu {
+            saves: need.peak(VaePlacement::Gpu) - need.peak(VaePlacement::Cpu)
+        },
+        "it saves what the decode on the device would take"
+    );
 }
 
 #[test]
@@ -156,22 +173,127 @@ fn an_llm_idle_for_ten_minutes_goes_before_the_vae_moves_to_the_cpu() {
     let models = [llm("chat", 4 * GIB, GIB, 9 * 60), unloaded_image("sd")];
     assert_eq!(
         steps(&plan(&models, mem(8 * GIB), &need, NOW, &policy)),
-        ["soft chat", "tiled", "cpu"]
+        ["soft chat", "cpu"]
     );
     // Idle 10 minutes: the LLM is unloaded and the image gets its VAE back on the GPU.
     let models = [llm("chat", 4 * GIB, GIB, 10 * 60), unloaded_image("sd")];
     let p = plan(&models, mem(8 * GIB), &need, NOW, &policy);
-    assert_eq!(steps(&p), ["soft chat", "hard chat"]);
+    // The soft unload the first rung planned buys nothing once chat goes entirely: the hard
+    // unload frees everything chat holds, and says so.
+    assert_eq!(steps(&p), ["hard chat"]);
     assert_eq!(p.outcome, Outcome::Proceed { vae: VaePlacement::Gpu });
-    assert!(p.actions[1].reason.contains("an idle LLM goes first"));
-    // The hard unload frees only what the soft one left.
+    assert!(p.actions[0].reason.contains("an idle LLM goes first"));
+    assert!(
+        p.actions[0].reason.ends_with("frees 5.0 GiB"),
+        "{}",
+        p.actions[0].reason
+    );
     assert_eq!(
-        p.actions[1].step,
+        p.actions[0].step,
         Step::HardUnload {
             model: "chat".into(),
-            frees: 4 * GIB
+            frees: 5 * GIB
         }
     );
+}
+
+/// Issue 19: an idle chat model was unloaded while the image's VAE was tiled too, and tiling
+/// alone would have been enough. The plan tiles and evicts nothing, or evicts and keeps the
+/// VAE on the GPU, never both when one suffices.
+#[test]
+fn no_eviction_when_tiling_alone_fits() {
+    let policy = Policy::default();
+    // 3 GiB free; the image needs 5 GiB with its VAE whole and 3 GiB tiled. Soft-unloading
+    // chat (4 GiB free) is not enough for the VAE whole, and tiling alone is enough.
+    let need = image_need(2 * GIB, GIB, 3 * GIB, 200 * MIB);
+    let models = [llm("chat", 4 * GIB, GIB, 60), unloaded_image("sd")];
+    let p = plan(&models, mem(8 * GIB), &need, NOW, &policy);
+    assert_eq!(steps(&p), ["tiled"], "{p:?}");
+    assert_eq!(
+        p.outcome,
+        Outcome::Proceed {
+            vae: VaePlacement::Tiled
+        }
+    );
+    assert_eq!((p.free, p.need), (3 * GIB, 3 * GIB));
+    // The reason states what is free without the soft unload that was dropped.
+    assert_eq!(
+        p.actions[0].reason,
+        "the image needs 5.0 GiB at its peak (the VAE decode) and 3.0 GiB is free: decoding in tiles for this image (3.0 GiB) instead of evicting a model"
+    );
+
+    // Chat idle for ten minutes: unloading it lets the VAE decode whole, so it goes and the
+    // VAE stays on the GPU: no tiling on top.
+    let models = [llm("chat", 4 * GIB, GIB, 10 * 60), unloaded_image("sd")];
+    let p = plan(&models, mem(8 * GIB), &need, NOW, &policy);
+    assert_eq!(steps(&p), ["hard chat"]);
+    assert_eq!(p.outcome, Outcome::Proceed { vae: VaePlacement::Gpu });
+
+    // The reported run: a VAE that does not fit whole even with chat gone (9 GiB in an 8 GiB
+    // budget). The ladder unloads the stale chat, then tiles; the tiling alone fits, so chat
+    // stays loaded.
+    let need = image_need(2 * GIB, GIB, 7 * GIB, 200 * MIB);
+    let p = plan(&models, mem(8 * GIB), &need, NOW, &policy);
+    assert_eq!(steps(&p), ["tiled"], "{p:?}");
+    assert_eq!(
+        p.outcome,
+        Outcome::Proceed {
+            vae: VaePlacement::Tiled
+        }
+    );
+}
+
+/// Take-back before pruning (`Climb::settle`): the placement is decided with every planned
+/// eviction counted, then only the evictions that placement does not need go.
+#[test]
+fn the_placement_is_taken_back_before_the_evictions_are_pruned() {
+    let models = [
+        llm("chat", 2 * GIB, GIB, 60),
+        ModelView {
+            last_used: Some(NOW - 1000),
+            ..image_model("old", 3 * GIB)
+        },
+        unloaded_image("sd"),
+    ];
+    // 2 GiB free; the image needs 6 GiB whole, 4 GiB tiled or with the VAE on the CPU. The
+    // climb soft-unloads chat (3 GiB), tiles, moves the VAE to the CPU, then unloads old
+    // (6 GiB free): enough for the VAE whole, which needs chat's soft unload too. Pruned at
+    // the CPU placement first, the soft unload would have gone and the image been tiled.
+    let need = image_need(3 * GIB, GIB, 3 * GIB, GIB / 2);
+    let p = plan(&models, mem(8 * GIB), &need, NOW, &Policy::default());
+    assert_eq!(steps(&p), ["soft chat", "hard old"]);
+    assert_eq!(p.outcome, Outcome::Proceed { vae: VaePlacement::Gpu });
+}
+
+#[test]
+fn a_hard_unload_that_alone_is_enough_drops_the_soft_unloads_before_it() {
+    let models = [
+        llm("a", GIB, GIB, 100),
+        llm("b", GIB, GIB, 200),
+        ModelView {
+            last_used: Some(NOW - 1000),
+            ..image_model("old", 4 * GIB)
+        },
+    ];
+    let need = Need {
+        model: "x".into(),
+        load: 4 * GIB,
+        work: 0,
+        vae: None,
+    };
+    // Nothing free: soft-unloading b then a frees 2 GiB, not enough; unloading the least
+    // recently used model (old, 4 GiB) is, and alone.
+    let p = plan(&models, mem(8 * GIB), &need, NOW, &Policy::default());
+    assert_eq!(steps(&p), ["hard old"]);
+    assert_eq!(p.outcome, Outcome::Proceed { vae: VaePlacement::Gpu });
+    // Half a GiB more: one soft unload is needed with it. The cheapest, first in the plan,
+    // is b's (least recently used): it is dropped, and a's is kept.
+    let need = Need {
+        load: 4 * GIB + GIB / 2,
+        ..need
+    };
+    let p = plan(&models, mem(8 * GIB), &need, NOW, &Policy::default());
+    assert_eq!(steps(&p), ["soft a", "hard old"]);
 }
 
 #[test]
@@ -457,6 +579,77 @@ fn arb_need() -> impl Strategy<Value = Need> {
         })
 }
 
+/// Any policy: the ladder's rungs in any order, some left out or repeated, and any idle
+/// threshold; the default among them.
+fn arb_policy() -> impl Strategy<Value = Policy> {
+    let rung = prop::sample::select(vec![
+        Rung::Soft,
+        Rung::HardIdle,
+        Rung::VaeTiled,
+        Rung::VaeCpu,
+        Rung::Hard,
+    ]);
+    prop_oneof![
+        Just(Policy::default()),
+        (prop::collection::vec(rung, 0..7), prop::option::of(0u64..3600)).prop_map(|(ladder, idle)| Policy {
+            ladder,
+            llm_idle_first: idle.unwrap_or(u64::MAX),
+            retry_after: 5,
+        }),
+    ]
+}
+
+/// The rules every plan keeps, whatever the policy; returns what the plan's evictions free.
+fn check_rules(
+    models: &[ModelView],
+    memory: Memory,
+    need: &Need,
+    policy: &Policy,
+    p: &Plan,
+) -> Result<u64, TestCaseError> {
+    // Deterministic.
+    prop_assert_eq!(p, &plan(models, memory, need, NOW, policy));
+    // Terminates with a bounded plan.
+    prop_assert!(p.actions.len() <= 2 * models.len() + 2);
+    let mut freed = 0u64;
+    let mut hard: Vec<&str> = Vec::new();
+    for a in &p.actions {
+        match &a.step {
+            Step::SoftUnload { model, frees } | Step::HardUnload { model, frees } => {
+                let m = models.iter().find(|m| &m.name == model).expect("evicts a known model");
+                // Never busy, pinned, unloading or the request's own model.
+                prop_assert!(!m.busy() && !m.pinned && m.state != ModelState::Unloading && m.name != need.model);
+                prop_assert!(
+                    !hard.contains(&model.as_str()),
+                    "after a hard unload nothing else happens to it"
+                );
+                if matches!(a.step, Step::HardUnload { .. }) {
+                    hard.push(model);
+                } else {
+                    prop_assert!(*frees == m.context);
+                }
+                freed += frees;
+            }
+            Step::VaeTiled { .. } | Step::VaeOnCpu { .. } => prop_assert!(need.vae.is_some()),
+        }
+        prop_assert!(!a.reason.is_empty());
+    }
+    let (total, reserve) = (memory.total, memory.reserve);
+    match &p.outcome {
+        Outcome::Proceed { vae } => {
+            // Never above the budget.
+            prop_assert!(need.peak(*vae) <= p.free + freed, "{:?}", p);
+            let held: u64 = models.iter().map(|m| m.weights + m.context).sum();
+            prop_assert!(held - freed + need.peak(*vae) <= total - reserve.min(total));
+        }
+        _ => prop_assert!(
+            p.actions.is_empty(),
+            "nothing is evicted for a request that does not run"
+        ),
+    }
+    Ok(freed)
+}
+
 proptest! {
     #[test]
     fn plans_respect_the_budget_and_the_rules(models in arb_models(), need in arb_need(), total in 4 * GIB..16 * GIB, reserve in 0u64..GIB) {
@@ -464,38 +657,51 @@ proptest! {
         // A registry the arbiter can be in: what is held fits the budget.
         prop_assume!(models.iter().map(|m| m.weights + m.context).sum::<u64>() <= total - reserve);
         let p = plan(&models, memory, &need, NOW, &Policy::default());
-        // Deterministic.
-        prop_assert_eq!(&p, &plan(&models, memory, &need, NOW, &Policy::default()));
-        // Terminates with a bounded plan.
-        prop_assert!(p.actions.len() <= 2 * models.len() + 2);
-        let mut freed = 0u64;
-        let mut hard: Vec<&str> = Vec::new();
+        check_rules(&models, memory, &need, &Policy::default(), &p)?;
+    }
+
+    /// A plan has no step that buys nothing: take out any one of its evictions and the
+    /// request no longer fits at the plan's placement; a model is evicted at most once (a
+    /// hard unload frees all it holds); and no VAE step is there when the plan's evictions
+    /// alone would fit a better placement. Under any policy.
+    #[test]
+    fn plans_have_no_step_that_buys_nothing(models in arb_models(), need in arb_need(), policy in arb_policy(), total in 4 * GIB..16 * GIB, reserve in 0u64..GIB) {
+        let memory = Memory { total, reserve, device_free: None };
+        prop_assume!(models.iter().map(|m| m.weights + m.context).sum::<u64>() <= total - reserve);
+        let p = plan(&models, memory, &need, NOW, &policy);
+        let freed = check_rules(&models, memory, &need, &policy, &p)?;
+        let Outcome::Proceed { vae } = p.outcome else {
+            return Ok(());
+        };
+        let mut evicted: Vec<&str> = Vec::new();
         for a in &p.actions {
-            match &a.step {
-                Step::SoftUnload { model, frees } | Step::HardUnload { model, frees } => {
-                    let m = models.iter().find(|m| &m.name == model).expect("evicts a known model");
-                    // Never busy, pinned, unloading or the request's own model.
-                    prop_assert!(!m.busy() && !m.pinned && m.state != ModelState::Unloading && m.name != need.model);
-                    prop_assert!(!hard.contains(&model.as_str()), "after a hard unload nothing else happens to it");
-                    if matches!(a.step, Step::HardUnload { .. }) {
-                        hard.push(model);
-                    } else {
-                        prop_assert!(*frees == m.context);
-                    }
-                    freed += frees;
+            if let Step::SoftUnload { model, frees } | Step::HardUnload { model, frees } = &a.step {
+                prop_assert!(!evicted.contains(&model.as_str()), "{} evicted twice: {:?}", model, p);
+                evicted.push(model);
+                if matches!(a.step, Step::HardUnload { .. }) {
+                    let m = models.iter().find(|m| &m.name == model).expect("a known model");
+                    prop_assert_eq!(*frees, m.weights + m.context, "a hard unload frees all {} holds", model);
                 }
-                Step::VaeTiled { .. } | Step::VaeOnCpu { .. } => prop_assert!(need.vae.is_some()),
+                prop_assert!(
+                    need.peak(vae) > p.free + freed - frees,
+                    "without {:?} the request still fits: {:?}", a.step, p
+                );
             }
-            prop_assert!(!a.reason.is_empty());
         }
-        match &p.outcome {
-            Outcome::Proceed { vae } => {
-                // Never above the budget.
-                prop_assert!(need.peak(*vae) <= p.free + freed, "{:?}", p);
-                let held: u64 = models.iter().map(|m| m.weights + m.context).sum();
-                prop_assert!(held - freed + need.peak(*vae) <= total - reserve.min(total));
+        let vae_steps = p.actions.iter().filter(|a| matches!(a.step, Step::VaeTiled { .. } | Step::VaeOnCpu { .. })).count();
+        prop_assert!(vae != VaePlacement::Gpu || vae_steps == 0, "{:?}", p);
+        prop_assert!(vae_steps <= 1, "one VAE step, the placement the image gets: {:?}", p);
+        if let Some(a) = p.actions.iter().find(|a| matches!(a.step, Step::VaeTiled { .. } | Step::VaeOnCpu { .. })) {
+            let told = if matches!(a.step, Step::VaeTiled { .. }) { VaePlacement::Tiled } else { VaePlacement::Cpu };
+            prop_assert_eq!(told, vae, "the VAE step tells the placement granted: {:?}", p);
+        }
+        if vae_steps > 0 {
+            for better in need.placements().iter().take_while(|b| **b != vae) {
+                prop_assert!(
+                    need.peak(*better) > p.free + freed,
+                    "the evictions alone fit the VAE {:?}: {:?}", better, p
+                );
             }
-            _ => prop_assert!(p.actions.is_empty(), "nothing is evicted for a request that does not run"),
         }
     }
 

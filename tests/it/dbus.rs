@@ -256,6 +256,16 @@ fn a_soft_unload_emits_model_unloaded_with_mode_soft() {
             (a.model.as_str(), a.mode.as_str(), a.reason.as_str(), a.freed_bytes),
             ("chat", "soft", "requested", GIB / 2)
         );
+        assert_eq!(
+            (
+                a.cause.as_str(),
+                a.for_model.as_str(),
+                a.for_request.as_str(),
+                a.needed_bytes
+            ),
+            ("requested", "", "", 0),
+            "a person's unload made room for nobody"
+        );
         p.unload("chat", "hard").await.unwrap();
         let u = next(&mut unloaded).await;
         assert_eq!(u.args().unwrap().mode, "hard");
@@ -271,6 +281,7 @@ fn an_image_under_memory_pressure_emits_vae_offloaded() {
         let p = proxy(&bus).await;
         let mut vae = p.receive_vae_offloaded().await.unwrap();
         let mut unloaded = p.receive_model_unloaded().await.unwrap();
+        let mut finished = p.receive_request_finished().await.unwrap();
         ok(d.post_json(
             "/v1/completions",
             &json!({"model": "chat", "prompt": "hi", "max_tokens": 2}).to_string(),
@@ -284,6 +295,11 @@ fn an_image_under_memory_pressure_emits_vae_offloaded() {
         let a = u.args().unwrap();
         assert_eq!((a.model.as_str(), a.mode.as_str()), ("chat", "soft"));
         assert!(a.reason.contains("chat is idle"), "{}", a.reason);
+        // The cause is structured: which request of which model needed how much.
+        assert_eq!((a.cause.as_str(), a.for_model.as_str()), ("room", "sd"));
+        assert!(!a.for_request.is_empty());
+        assert!(a.needed_bytes > 0);
+        let request = a.for_request.clone();
         let s = next(&mut vae).await;
         let a = s.args().unwrap();
         assert_eq!(
@@ -291,6 +307,22 @@ fn an_image_under_memory_pressure_emits_vae_offloaded() {
             ("sd", 512, 512, "tiled")
         );
         assert!(a.reason.contains("VAE decode"), "{}", a.reason);
+        assert_eq!(a.for_request, request);
+        // The request's whole story, once it is over, in one signal.
+        let f = next(&mut finished).await;
+        let a = f.args().unwrap();
+        assert_eq!(
+            (
+                a.model.as_str(),
+                a.request_id.as_str(),
+                a.kind.as_str(),
+                a.outcome.as_str()
+            ),
+            ("sd", request.as_str(), "image", "done")
+        );
+        assert_eq!(a.vae_placement, "tiled");
+        assert_eq!(a.freed, vec![("chat".to_owned(), "soft".to_owned(), GIB / 2)]);
+        assert!(a.vae_seconds >= 0.0 && a.error.is_empty());
     });
 }
 
@@ -472,4 +504,38 @@ fn the_system_bus_policy_lets_only_vramd_own_and_everyone_call() {
     let (ok_, err) = call("org.example.Other", "Anything");
     assert!(!ok_);
     assert!(err.contains("denied") || err.contains("Access"), "{err}");
+}
+
+#[test]
+fn a_request_that_waits_then_times_out_is_told_from_queue_to_end() {
+    let bus = PrivateBus::start();
+    // The image (1.5 GiB, 2 steps of 3 s) holds the memory the chat needs for longer than
+    // the 5 s `wait_timeout`.
+    let (config, _keep) = crate::util::fake_two_models(GIB + GIB / 2, "ok delay_ms=3000", "");
+    let d = bus.daemon(&config);
+    runtime().block_on(async {
+        let p = proxy(&bus).await;
+        let mut queued = p.receive_request_queued().await.unwrap();
+        let mut finished = p.receive_request_finished().await.unwrap();
+        let body = json!({"model": "sd", "prompt": "a cat", "size": "64x64", "steps": 2});
+        let image = crate::util::post_in_background(&d.socket, "/v1/images/generations", body);
+        d.wait_model("sd", Duration::from_secs(10), |m| m["state"] == "busy");
+        let chat = json!({"model": "chat", "prompt": "go", "max_tokens": 2});
+        let r = d.post_json("/v1/completions", &chat.to_string());
+        assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
+        let q = next(&mut queued).await;
+        let q = q.args().unwrap();
+        assert_eq!((q.model.as_str(), q.waiting_for.as_str()), ("chat", "sd"));
+        assert!(!q.request_id.is_empty() && q.needed_bytes > q.free_bytes, "{q:?}");
+        let f = next(&mut finished).await;
+        let f = f.args().unwrap();
+        assert_eq!(
+            (f.model.as_str(), f.request_id.as_str(), f.outcome.as_str()),
+            ("chat", q.request_id.as_str(), "timed_out")
+        );
+        assert!(f.waited_seconds >= 5.0, "{}", f.waited_seconds);
+        assert!(f.needed_bytes > f.free_bytes, "{f:?}");
+        assert!(f.error.contains("waited"), "{}", f.error);
+        assert_eq!(image.join().unwrap().status, 200);
+    });
 }

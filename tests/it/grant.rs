@@ -110,3 +110,65 @@ fn an_image_worker_killed_while_a_chat_waits_for_its_memory() {
     assert_eq!(v["data"].as_array().unwrap().len(), 1, "{v}");
     assert_ne!(pid(&d, "sd"), before, "the next image runs on a new worker");
 }
+
+/// Every request ends with exactly one `request_finished` event under its own request id:
+/// chats, an image that made room (its story says what was freed for it), and a chat whose
+/// client left while it was queued (`cancelled`, so a waiting notice can be taken down).
+#[test]
+fn every_request_ends_with_one_request_finished() {
+    let (config, _dirs) = fake_two_models(GIB + GIB / 2, "ok delay_ms=1000", "");
+    let d = Daemon::start(&config.replace("wait_timeout = \"5s\"", "wait_timeout = \"30s\""));
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let r = chat(&d);
+        ids.push(r.header("x-request-id").expect("an id").to_owned());
+        ok(r);
+    }
+    let r = image(&d.socket);
+    ids.push(r.header("x-request-id").expect("an id").to_owned());
+    ok(r);
+    // Another image holds the memory; a streamed chat queues behind it, then its client leaves.
+    let busy = std::thread::spawn({
+        let socket = d.socket.clone();
+        move || image(&socket)
+    });
+    d.wait_model("sd", Duration::from_secs(10), |m| m["state"] == "busy");
+    let stream = open_stream(
+        &d,
+        &json!({"model": "chat", "prompt": "go", "max_tokens": 2, "stream": true}),
+    );
+    d.wait_model("chat", Duration::from_secs(10), |m| m["queued"] == 1);
+    drop(stream);
+    ok(busy.join().unwrap());
+    d.wait_model("chat", Duration::from_secs(10), |m| m["queued"] == 0);
+    let finished: Vec<serde_json::Value> = crate::util::events(&d)
+        .into_iter()
+        .filter(|e| e["type"] == "request_finished")
+        .collect();
+    assert_eq!(finished.len(), 6, "{finished:#?}");
+    for id in &ids {
+        assert_eq!(
+            finished.iter().filter(|e| &e["request_id"] == id).count(),
+            1,
+            "{id}: {finished:#?}"
+        );
+    }
+    let mut all: Vec<&str> = finished.iter().map(|e| e["request_id"].as_str().unwrap()).collect();
+    all.dedup();
+    assert_eq!(all.len(), 6, "one event per request");
+    assert!(finished[..3]
+        .iter()
+        .all(|e| e["kind"] == "text" && e["outcome"] == "done"));
+    let image = &finished[3];
+    assert_eq!((&image["kind"], &image["outcome"]), (&json!("image"), &json!("done")));
+    assert_eq!(image["freed"][0]["model"], "chat", "{image}");
+    let left = finished
+        .iter()
+        .find(|e| e["outcome"] == "cancelled")
+        .expect("the chat that left");
+    assert_eq!(
+        (&left["model"], &left["queued"]),
+        (&json!("chat"), &json!(true)),
+        "{left}"
+    );
+}

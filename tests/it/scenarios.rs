@@ -49,7 +49,18 @@ fn measure() -> Option<Probe> {
         let body = json!({"model": MODEL, "prompt": "x", "size": SIZE, "steps": 1, "seed": 3, "vae": vae});
         assert_eq!(ok(openai(&p.d, body))["vramd"]["vae"], vae);
     }
-    let calibration = std::fs::read_to_string(p.d.dir.path().join("state/calibration.json")).unwrap();
+    // The arbiter saves what the tiled decode taught it once it has the request's release,
+    // which may come a moment after the answer.
+    let path = p.d.dir.path().join("state/calibration.json");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let calibration = loop {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if text.contains("vae_tiled") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "no tiled decode calibrated: {text}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
     let bytes = p.d.model_status("chat")["bytes"].clone();
     let e = ok(p.d.get(&format!("/v1/estimate?model={MODEL}&width=288&height=288")));
     assert_eq!(e["calibrated"], true, "{e}");
@@ -98,13 +109,26 @@ fn ladder_budget(p: &Probe) -> u64 {
     budget
 }
 
-/// Chat loaded, then an image that does not fit: chat drops its KV cache (soft unload),
-/// the VAE is decoded in tiles rather than unloading chat, both requests succeed, and once the
-/// arbiter is quiet chat's context comes back by itself.
+/// A budget where the image needs both steps: with chat's context it does not fit even in
+/// tiles, without it it fits only in tiles. (The planner takes no step that buys nothing, so
+/// with more room tiling alone would be the plan.)
+fn soft_and_tiled_budget(p: &Probe) -> u64 {
+    let tiled = p.chat_weights + p.image_tiled_total;
+    let budget = tiled + p.chat_context.min(p.image_total - p.image_tiled_total) - 1;
+    assert!(tiled + p.chat_context > budget, "tiling alone must not be enough");
+    assert!(tiled <= budget, "the soft unload and tiling must be enough");
+    assert!(p.chat_weights + p.image_total > budget, "the whole decode must not fit");
+    budget
+}
+
+/// Chat loaded, then an image that does not fit even in tiles: chat drops its KV cache (soft
+/// unload) and the VAE is decoded in tiles rather than unloading chat; both requests succeed,
+/// and once the image model gives its memory back and the arbiter is quiet, chat's context
+/// comes back by itself.
 #[test]
 fn a_real_chat_then_an_image_soft_unloads_tiles_and_restores_afterwards() {
     let Some(p) = probe() else { return };
-    let budget = ladder_budget(&p);
+    let budget = soft_and_tiled_budget(&p);
     let Some(t) = start_with(Options {
         budget: Some(budget),
         policy: "restore_after = \"300ms\"\n",
@@ -119,6 +143,10 @@ fn a_real_chat_then_an_image_soft_unloads_tiles_and_restores_afterwards() {
     assert_eq!(v["vramd"]["vae"], "tiled");
     assert!(v["data"][0]["b64_json"].as_str().unwrap().starts_with("iVBOR"));
     assert_eq!(t.d.model_status(MODEL)["reserved_bytes"], 0);
+    // The image model still holds what its tiled decode took: chat's context fits again
+    // only once it is gone.
+    assert_eq!(t.d.model_status("chat")["state"], "soft_unloaded");
+    ok(t.d.post_json(&format!("/v1/models/{MODEL}/unload"), r#"{"mode":"hard"}"#));
 
     let deadline = Instant::now() + Duration::from_secs(60);
     while t.d.model_status("chat")["state"] != "loaded" {
@@ -136,18 +164,19 @@ fn a_real_chat_then_an_image_soft_unloads_tiles_and_restores_afterwards() {
             "vae_tiled zimage",
             "model_loading zimage",
             "model_loaded zimage",
+            "model_unloaded zimage",
             "model_restored chat",
         ]
     );
-    let soft = &all[3];
+    let soft = all.iter().find(|e| e["type"] == "model_soft_unloaded").unwrap();
     assert_eq!(soft["freed_bytes"], p.chat_context, "{soft}");
-    let restored = all.last().unwrap();
+    let restored = all.iter().rfind(|e| e["type"] == "model_restored").unwrap();
     assert_eq!(restored["bytes"], p.chat_context, "the same context again: {restored}");
     let status = t.d.get("/v1/status").json();
     assert!(status["memory"]["used_bytes"].as_u64().unwrap() <= budget, "{status}");
     // The next chat needs nothing: no eviction, no restore, no event.
     chat(&t.d);
-    assert_eq!(events(&t.d).len(), all.len());
+    assert_eq!(kinds(&events(&t.d)), kinds(&all));
 }
 
 /// The same budget with chat idle for ten minutes (the daemon's clock moved, not slept): the
@@ -168,9 +197,10 @@ fn a_real_llm_idle_for_ten_minutes_is_unloaded_instead_of_tiling() {
     chat(&t.d);
     std::fs::write(clock.path(), "601").unwrap();
     let v = image(&t.d);
-    assert_eq!(actions(&v), ["soft_unload", "hard_unload"], "{}", v["vramd"]);
+    // The hard unload alone makes the room: a soft unload before it would buy nothing.
+    assert_eq!(actions(&v), ["hard_unload"], "{}", v["vramd"]);
     assert!(
-        v["vramd"]["actions"][1]["reason"]
+        v["vramd"]["actions"][0]["reason"]
             .as_str()
             .unwrap()
             .contains("an idle LLM goes first"),
@@ -185,7 +215,6 @@ fn a_real_llm_idle_for_ten_minutes_is_unloaded_instead_of_tiling() {
             "model_loading chat",
             "model_loaded chat",
             "memory_pressure zimage",
-            "model_soft_unloaded chat",
             "model_unloaded chat",
             "model_loading zimage",
             "model_loaded zimage",

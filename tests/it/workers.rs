@@ -75,7 +75,7 @@ fn loads_on_demand_reports_bytes_and_unloads_soft_then_hard() {
     assert_eq!(m["state"], "loaded");
     assert_eq!(
         m["bytes"],
-        json!({"weights": 3, "context": 1000, "compute": 500, "total": 1503})
+        json!({"weights": 3, "context": 1000, "compute": 500, "total": 1503, "host": 0})
     );
     assert!(m["last_used"].is_u64());
     let pid = m["pid"].as_u64().unwrap();

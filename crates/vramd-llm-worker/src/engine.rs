@@ -285,10 +285,12 @@ impl<'a> Loaded<'a> {
                     reply,
                 } => {
                     // Clearing the KV cache frees nothing: the context itself must go. Its KV
-                    // goes to host memory first, within the budget.
+                    // goes to host memory first, within the budget, reported as host bytes
+                    // until a recreated context takes it back (`set_bytes` clears them).
                     let kept = ctx.as_ref().map_or(0, |c| cache.keep(c, self.settings.kv_ram));
                     ctx = None;
-                    self.status.set_bytes(self.weights, 0, 0);
+                    self.status
+                        .update(|h| h.bytes = Bytes::new(self.weights, 0, 0).with_host(kept));
                     let h = self.status.set_state(WorkerState::SoftUnloaded);
                     tracing::info!(kept_kv_bytes = kept, "soft unload: context freed, weights kept");
                     let _ = reply.send(h);

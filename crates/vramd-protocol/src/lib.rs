@@ -49,26 +49,43 @@ pub const GENERATE: &str = "/internal/generate";
 pub const IMAGES: &str = "/internal/images";
 pub const EMBED: &str = "/internal/embed";
 
-/// Bytes a model holds, by part.
+/// Bytes a model holds, by part: `weights`, `context` and `compute` add up to `total`, the
+/// figure the daemon counts against the device (or the budget); `host` is apart from them.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Bytes {
     /// Model weights (on the device for offloaded layers, in mapped host memory otherwise).
     pub weights: u64,
     /// KV cache (LLM) or other per-context state.
     pub context: u64,
-    /// Compute buffers, as the library reports them.
+    /// Compute buffers on the device, as the library reports them.
     pub compute: u64,
+    /// `weights + context + compute`: what counts against the device.
     pub total: u64,
+    /// Host RAM held for parts that vramd placed on the CPU: a VAE (or TAESD) placed there,
+    /// its decode buffer; for an LLM, the sequence's KV kept in RAM across a soft unload.
+    /// Not part of `total` and never counted against the device or the budget: a placement
+    /// on the CPU is logical, so on a CPU-only build (the budget backend), where the
+    /// "device" is the CPU too, such a part is host memory all the same. Absent from an
+    /// older worker's report: 0.
+    #[serde(default)]
+    pub host: u64,
 }
 
 impl Bytes {
+    /// Device bytes only; [`Bytes::with_host`] adds the host part.
     pub fn new(weights: u64, context: u64, compute: u64) -> Bytes {
         Bytes {
             weights,
             context,
             compute,
             total: weights + context + compute,
+            host: 0,
         }
+    }
+
+    /// The same device bytes, with `host` bytes in host RAM beside them.
+    pub fn with_host(self, host: u64) -> Bytes {
+        Bytes { host, ..self }
     }
 }
 
@@ -127,9 +144,11 @@ pub struct ComponentBytes {
 pub struct GenerationPeaks {
     pub width: u32,
     pub height: u32,
-    /// Text encoders and diffusion sampling.
+    /// Text encoders and diffusion sampling, on the device only (a buffer in host RAM, such
+    /// as that of a text encoder the library kept on the CPU, is left out): the arbiter
+    /// calibrates device estimates with it.
     pub sampling_bytes: u64,
-    /// VAE (or TAESD) decode.
+    /// VAE (or TAESD) decode, wherever it ran (`vae`): with `cpu`, host memory.
     pub vae_decode_bytes: u64,
     pub vae: VaePlacement,
     pub sampling_ms: u64,
@@ -397,7 +416,7 @@ pub enum ErrorCode {
 
 /// Where an image's VAE decode runs. `tiled` decodes in tiles on the same device, without
 /// reloading; `cpu` needs the context re-created with the VAE on the CPU (from the page cache).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VaePlacement {
     #[default]
@@ -531,5 +550,13 @@ mod tests {
     #[test]
     fn bytes_total_is_the_sum() {
         assert_eq!(Bytes::new(1, 2, 3).total, 6);
+    }
+
+    #[test]
+    fn host_bytes_stay_out_of_the_total_and_default_to_zero() {
+        let b = Bytes::new(1, 2, 3).with_host(40);
+        assert_eq!((b.total, b.host), (6, 40));
+        let old: Bytes = serde_json::from_str(r#"{"weights":1,"context":2,"compute":3,"total":6}"#).unwrap();
+        assert_eq!(old, Bytes::new(1, 2, 3));
     }
 }

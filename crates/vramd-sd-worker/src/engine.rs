@@ -14,6 +14,11 @@
 //! asks otherwise. (The placement is what the context was created with, on a CPU-only build
 //! too, where both run on the CPU: the behaviour does not depend on the hardware.)
 //!
+//! Health splits what the model holds into device bytes and host bytes ([`Bytes::host`]) by
+//! the same logic: a VAE placed on the CPU, with its decode buffer, is host memory on a
+//! CPU-only build too, so that the daemon's budget backend, which stands in for a GPU,
+//! counts what a GPU would hold (see [`split`]).
+//!
 //! There is no cancel in stable-diffusion.cpp: a client that leaves mid-generation does not
 //! stop it; its results are dropped (the daemon cancels by killing the process).
 
@@ -27,7 +32,7 @@ use vramd_protocol::{
 };
 use vramd_worker_kit::{error, HealthWriter};
 
-use crate::logcap::{self, GenFacts};
+use crate::logcap::{self, GenFacts, PhasePeak};
 use crate::sd::{self, ContextParams, RgbImage, SdContext};
 
 /// Largest width or height accepted.
@@ -74,7 +79,7 @@ impl HealthWriterExt for HealthWriter {
         self.update(|h| {
             h.state = state;
             h.model = Some(m.name.clone());
-            h.bytes = Bytes::new(m.weights(), 0, m.compute);
+            h.bytes = split(&m.components, m.vae, &m.peaks);
             h.device = m.device();
             h.image = Some(ImageHealth {
                 components: m.components.clone(),
@@ -93,28 +98,75 @@ struct Model {
     components: Vec<ComponentBytes>,
     /// Where the context's VAE runs: `Cpu`, or `Gpu` (the device, whatever it is).
     vae: VaePlacement,
-    /// Compute bytes of the last generation, on the device of the weights.
-    compute: u64,
+    /// Compute peaks of the last generation, by phase and memory (see [`split`]).
+    peaks: Peaks,
     last: Option<GenerationPeaks>,
 }
 
 impl Model {
-    fn weights(&self) -> u64 {
-        self.components.iter().map(|c| c.bytes).sum()
-    }
-
     /// `cuda:0` when the diffusion model's weights are on a GPU, else `cpu`.
     fn device(&self) -> String {
-        let on_gpu = self
-            .components
-            .iter()
-            .any(|c| c.name == "diffusion_model" && c.device == "gpu");
-        if on_gpu {
+        if weights_on_gpu(&self.components) {
             sd::gpu_device().unwrap_or_else(|| "gpu".into())
         } else {
             "cpu".into()
         }
     }
+}
+
+/// The compute peaks of one generation, per phase.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Peaks {
+    sampling: PhasePeak,
+    decode: PhasePeak,
+}
+
+/// Whether the diffusion model's weights are on a GPU: where they are is "the device".
+fn weights_on_gpu(components: &[ComponentBytes]) -> bool {
+    components
+        .iter()
+        .any(|c| c.name == "diffusion_model" && c.device == "gpu")
+}
+
+/// A phase's peak split into (device, host) bytes. `on_cpu`: vramd placed the phase's
+/// runner on the CPU, so all of it is host memory whatever the build; otherwise a buffer is
+/// host memory when it is not in the memory of the diffusion model's weights.
+fn split_phase(peak: PhasePeak, weights_in_ram: bool, on_cpu: bool) -> (u64, u64) {
+    if on_cpu {
+        (0, peak.largest())
+    } else {
+        (peak.on(weights_in_ram), peak.on(!weights_in_ram))
+    }
+}
+
+/// What a context holds on the device and in host RAM ([`Bytes::host`]), from its
+/// components and the compute peaks of its last generation.
+///
+/// Where a part counts is logical, not physical: the VAE (or TAESD) of a context whose VAE
+/// vramd placed on the CPU (`vae`), and the decode's buffers, are host memory even on a
+/// CPU-only build, where "the device" is the CPU too (the daemon's budget backend stands in
+/// for a GPU there, and a GPU would not hold them); any other component or buffer is host
+/// memory when it is not where the diffusion model's weights are. `weights` are the
+/// components on the device; `compute` the larger device-side phase peak (a phase's buffers
+/// are freed before the next one's); `host` the host-side components plus the larger
+/// host-side phase peak.
+fn split(components: &[ComponentBytes], vae: VaePlacement, peaks: &Peaks) -> Bytes {
+    let on_gpu = weights_on_gpu(components);
+    let vae_on_cpu = vae == VaePlacement::Cpu;
+    let host_part = |c: &ComponentBytes| {
+        let is_vae = matches!(c.name.as_str(), "vae" | "taesd");
+        (is_vae && vae_on_cpu) || (c.device == "gpu") != on_gpu
+    };
+    let (host_w, device_w) = components.iter().fold((0, 0), |(h, d), c| {
+        if host_part(c) {
+            (h + c.bytes, d)
+        } else {
+            (h, d + c.bytes)
+        }
+    });
+    let (sampling_d, sampling_h) = split_phase(peaks.sampling, !on_gpu, false);
+    let (decode_d, decode_h) = split_phase(peaks.decode, !on_gpu, vae_on_cpu);
+    Bytes::new(device_w, 0, sampling_d.max(decode_d)).with_host(host_w + sampling_h.max(decode_h))
 }
 
 fn run(calls: std_mpsc::Receiver<EngineCall>, status: HealthWriter) {
@@ -179,7 +231,7 @@ fn load(
         params,
         ctx,
         components,
-        compute: 0,
+        peaks: Peaks::default(),
         last: None,
     });
     let health = status.show(model, WorkerState::Loaded);
@@ -405,7 +457,7 @@ fn switch_placement(slot: &mut Option<Model>, req: &ImageRequest, status: &Healt
                 vae: placement_of(&params),
                 params,
                 name: m.name,
-                compute: m.compute,
+                peaks: m.peaks,
                 last: m.last,
             });
             Ok(ms(t.elapsed()).max(1))
@@ -449,11 +501,12 @@ fn run_generation(model: &mut Model, req: &ImageRequest, seed: i64, out: &mpsc::
     let facts = logcap::end_generation();
 
     let decode_started = facts.decode_started.unwrap_or(ended).clamp(started, ended);
+    let (sampling_on_device, _) = split_phase(facts.sampling, !weights_on_gpu(&model.components), false);
     let peaks = GenerationPeaks {
         width: req.width,
         height: req.height,
-        sampling_bytes: facts.sampling.bytes,
-        vae_decode_bytes: facts.decode.bytes,
+        sampling_bytes: sampling_on_device,
+        vae_decode_bytes: facts.decode.largest(),
         vae: req.vae,
         sampling_ms: ms(decode_started - started),
         vae_decode_ms: ms(ended - decode_started),
@@ -462,16 +515,14 @@ fn run_generation(model: &mut Model, req: &ImageRequest, seed: i64, out: &mpsc::
 }
 
 /// Keeps what a generation measured, failed or not (the arbiter's estimates learn from
-/// both): the compute bytes on the weights' device, which health counts as held, and the
-/// peaks. Publishes the model `loaded` again and returns that health.
+/// both): the compute peaks, which health splits into device and host bytes ([`split`]),
+/// and the peaks reported to the arbiter. Publishes the model `loaded` again and returns
+/// that health.
 fn record(model: &mut Model, generated: &Generated, status: &HealthWriter) -> Health {
-    let weights_on_host = model.device() == "cpu";
-    model.compute = [generated.facts.sampling, generated.facts.decode]
-        .iter()
-        .filter(|b| b.host == weights_on_host)
-        .map(|b| b.bytes)
-        .max()
-        .unwrap_or(0);
+    model.peaks = Peaks {
+        sampling: generated.facts.sampling,
+        decode: generated.facts.decode,
+    };
     model.last = Some(generated.peaks.clone());
     status.show(model, WorkerState::Loaded)
 }
@@ -658,5 +709,71 @@ pub(crate) mod tests {
             let s = random_seed();
             assert!((0..1 << 31).contains(&s));
         }
+    }
+
+    /// Text encoders 50, diffusion model 100, VAE 30, each on `gpu`/`cpu` as given.
+    fn components(te: &str, dm: &str, vae: &str) -> Vec<ComponentBytes> {
+        [
+            ("text_encoders", 50, te),
+            ("diffusion_model", 100, dm),
+            ("vae", 30, vae),
+        ]
+        .map(|(name, bytes, device)| ComponentBytes {
+            name: name.into(),
+            bytes,
+            device: device.into(),
+        })
+        .to_vec()
+    }
+
+    fn peaks(sampling: (u64, u64), decode: (u64, u64)) -> Peaks {
+        let peak = |(ram, vram)| PhasePeak { ram, vram };
+        Peaks {
+            sampling: peak(sampling),
+            decode: peak(decode),
+        }
+    }
+
+    #[test]
+    fn a_vae_placed_on_the_cpu_of_a_cpu_build_is_host_memory_with_its_decode() {
+        let cpu = components("cpu", "cpu", "cpu");
+        let b = split(&cpu, VaePlacement::Cpu, &peaks((10, 0), (40, 0)));
+        assert_eq!(b, Bytes::new(150, 0, 10).with_host(30 + 40));
+        // The same build with the VAE on "the device": everything counts, as on a GPU.
+        let b = split(&cpu, VaePlacement::Gpu, &peaks((10, 0), (40, 0)));
+        assert_eq!(b, Bytes::new(180, 0, 40));
+    }
+
+    #[test]
+    fn a_gpu_build_counts_on_the_device_what_is_there() {
+        let all = split(
+            &components("gpu", "gpu", "gpu"),
+            VaePlacement::Gpu,
+            &peaks((0, 10), (0, 40)),
+        );
+        assert_eq!(all, Bytes::new(180, 0, 40));
+        let vae_on_cpu = split(
+            &components("gpu", "gpu", "cpu"),
+            VaePlacement::Cpu,
+            &peaks((0, 10), (40, 0)),
+        );
+        assert_eq!(vae_on_cpu, Bytes::new(150, 0, 10).with_host(70));
+        // A text encoder the library kept in RAM, with its buffer, is host memory too.
+        let te_in_ram = split(
+            &components("cpu", "gpu", "gpu"),
+            VaePlacement::Gpu,
+            &peaks((60, 10), (0, 40)),
+        );
+        assert_eq!(te_in_ram, Bytes::new(130, 0, 40).with_host(50 + 60));
+    }
+
+    #[test]
+    fn taesd_placed_on_the_cpu_counts_like_a_vae_and_no_generation_holds_no_compute() {
+        let mut c = components("cpu", "cpu", "cpu");
+        c[2].name = "taesd".into();
+        assert_eq!(
+            split(&c, VaePlacement::Cpu, &Peaks::default()),
+            Bytes::new(150, 0, 0).with_host(30)
+        );
     }
 }

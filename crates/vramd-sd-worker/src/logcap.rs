@@ -14,8 +14,9 @@
 //!   goes: `generating image: i/N - seed S` (image i is sampled), `sampling completed`,
 //!   `decoding N latents` (the VAE decode starts), and `loading N/M tensors from …` …
 //!   `loading tensors completed` (weights read lazily, at first use); and the compute buffers
-//!   (`<runner> compute buffer size: X MB(RAM|VRAM)`), whose largest per phase is the phase's
-//!   peak: before the decode (text encoders, diffusion) it is sampling, after it the VAE.
+//!   (`<runner> compute buffer size: X MB(RAM|VRAM)`), whose largest per phase and per memory
+//!   (RAM, VRAM) is the phase's peak there: before the decode (text encoders, diffusion) it is
+//!   sampling, after it the VAE.
 //!
 //! [`on_progress`] is called for sampling steps, but also for VAE tiles and for tensors
 //! loaded; only the calls made while an image is being sampled, outside a tensor load, become
@@ -50,10 +51,10 @@ pub struct LoadFacts {
 /// What a generation logged.
 #[derive(Debug, Default, Clone)]
 pub struct GenFacts {
-    /// Largest compute buffer while encoding text and sampling, and where it was.
-    pub sampling: Buffer,
-    /// Largest compute buffer while decoding with the VAE.
-    pub decode: Buffer,
+    /// Largest compute buffers while encoding text and sampling.
+    pub sampling: PhasePeak,
+    /// Largest compute buffers while decoding with the VAE.
+    pub decode: PhasePeak,
     /// When `decoding N latents` was logged: the end of sampling, the start of the decode.
     pub decode_started: Option<Instant>,
     pub errors: Vec<String>,
@@ -64,6 +65,38 @@ pub struct GenFacts {
 pub struct Buffer {
     pub bytes: u64,
     pub host: bool,
+}
+
+/// The largest compute buffers of one phase, by the memory the library put them in: a text
+/// encoder or a VAE may run on the CPU while the diffusion model is on a GPU, and only the
+/// engine knows which of the two counts as the device (see `engine::split`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PhasePeak {
+    /// In host RAM (`MB(RAM)`): every buffer of a CPU-only build.
+    pub ram: u64,
+    /// In device memory (`MB(VRAM)`).
+    pub vram: u64,
+}
+
+impl PhasePeak {
+    /// The phase's peak wherever it was.
+    pub fn largest(&self) -> u64 {
+        self.ram.max(self.vram)
+    }
+
+    /// The peak in host RAM (`true`) or in device memory.
+    pub fn on(&self, host: bool) -> u64 {
+        if host {
+            self.ram
+        } else {
+            self.vram
+        }
+    }
+
+    fn add(&mut self, b: Buffer) {
+        let peak = if b.host { &mut self.ram } else { &mut self.vram };
+        *peak = (*peak).max(b.bytes);
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -234,9 +267,7 @@ fn observe(s: &mut State, message: &str, problem: bool, now: Instant) {
         } else {
             &mut g.facts.sampling
         };
-        if buffer.bytes > peak.bytes {
-            *peak = buffer;
-        }
+        peak.add(buffer);
     } else if let Some(index) = parse_image_start(message) {
         g.phase = Phase::Sampling { index };
     } else if message.starts_with("sampling completed") {
@@ -369,6 +400,26 @@ mod tests {
     }
 
     #[test]
+    fn a_phase_keeps_its_ram_and_vram_peaks_apart() {
+        let mut p = PhasePeak::default();
+        for line in [
+            "clip compute buffer size: 3.00 MB(RAM)",
+            "unet compute buffer size: 2.00 MB(VRAM)",
+            "unet compute buffer size: 1.00 MB(VRAM)",
+        ] {
+            p.add(parse_compute_line(line).unwrap());
+        }
+        assert_eq!(
+            p,
+            PhasePeak {
+                ram: 3 << 20,
+                vram: 2 << 20
+            }
+        );
+        assert_eq!((p.largest(), p.on(true), p.on(false)), (3 << 20, 3 << 20, 2 << 20));
+    }
+
+    #[test]
     fn phases_split_the_peaks_and_tae_renames_the_vae() {
         let mut s = State::default();
         let t = Instant::now();
@@ -397,8 +448,8 @@ mod tests {
             observe(&mut s, l, false, t);
         }
         let g = s.generation.as_ref().unwrap();
-        assert_eq!(g.facts.sampling.bytes, 3 << 20);
-        assert_eq!(g.facts.decode.bytes, 1 << 20);
+        assert_eq!(g.facts.sampling, PhasePeak { ram: 3 << 20, vram: 0 });
+        assert_eq!(g.facts.decode.largest(), 1 << 20);
         assert!(g.facts.decode_started.is_some());
         assert_eq!(g.phase, Phase::Decode);
         assert!(!g.loading);

@@ -232,10 +232,26 @@ fn vae_placements_switch_the_context(w: &Worker, req: &ImageRequest, h: &Health,
     assert_eq!(cpu.peaks.vae, VaePlacement::Cpu);
     let tae = cpu_image.components.iter().find(|c| c.name == "taesd").unwrap();
     assert_eq!(tae.device, "cpu");
+    // The TAESD and its decode buffer were placed on the CPU: host bytes, out of the total,
+    // on a CPU-only build too (where "the device" is the CPU as well).
+    let b = cpu.health.bytes;
+    assert_eq!(
+        (b.weights, b.compute),
+        (h.bytes.weights - tae.bytes, cpu.peaks.sampling_bytes)
+    );
+    assert!(
+        b.host >= tae.bytes + cpu.peaks.vae_decode_bytes,
+        "{b:?} {:?}",
+        cpu.peaks
+    );
     assert_eq!(generate(w, &cpu_req).switch_ms, 0, "the CPU-VAE context is kept");
     let back = generate(w, req);
     assert!(back.switch_ms > 0, "gpu after cpu switches back");
     assert_eq!(back.health.image.unwrap().vae_backend, VaePlacement::Gpu);
+    assert_eq!(
+        (back.health.bytes.weights, back.health.bytes.host),
+        (h.bytes.weights, 0)
+    );
 }
 
 /// A client that leaves mid-generation: there is no cancel in stable-diffusion.cpp, so it

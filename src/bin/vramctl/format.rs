@@ -66,7 +66,8 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-/// The memory line of `status`.
+/// The memory line of `status`; what models hold in host RAM (parts placed on the CPU)
+/// follows it, never in the bar or the used figure, which are the device's.
 pub fn memory_line(memory: &Value) -> String {
     let (total, used, free, reserve) = (
         u(&memory["total_bytes"]),
@@ -75,14 +76,29 @@ pub fn memory_line(memory: &Value) -> String {
         u(&memory["reserve_bytes"]),
     );
     format!(
-        "memory {} {} used of {} · {} free · {} reserved ({})",
+        "memory {} {} used of {} · {} free · {} reserved ({}){}",
         bar(used + reserve, total, BAR),
         size(used),
         size(total),
         size(free),
         size(reserve),
         s(&memory["backend"]),
+        in_ram(u(&memory["host_bytes"])),
     )
+}
+
+/// ` + 480.2 MiB in RAM` for bytes held in host RAM, nothing when there are none.
+fn in_ram(host: u64) -> String {
+    if host == 0 {
+        String::new()
+    } else {
+        format!(" + {} in RAM", size(host))
+    }
+}
+
+/// What a model holds: its device bytes, then what it holds in host RAM, apart.
+fn held(m: &Value) -> String {
+    size(u(&m["bytes"]["total"])) + &in_ram(u(&m["bytes"]["host"]))
 }
 
 fn page_cache(m: &Value) -> String {
@@ -115,7 +131,7 @@ pub fn status(v: &Value) -> String {
                 s(&m["name"]).to_owned(),
                 s(&m["kind"]).to_owned(),
                 state,
-                size(u(&m["bytes"]["total"])),
+                held(m),
                 size(u(&m["peak_bytes"])),
                 page_cache(m),
                 ago(m["last_used"].as_u64(), now),
@@ -160,7 +176,7 @@ pub fn ps(v: &Value) -> String {
                 s(&m["name"]).to_owned(),
                 s(&m["kind"]).to_owned(),
                 s(&m["state"]).to_owned(),
-                size(u(&m["bytes"]["total"])),
+                held(m),
                 m["pid"].as_u64().map_or("-".into(), |p| p.to_string()),
                 s(&m["device"]).to_owned(),
                 u(&m["in_flight"]).to_string(),
@@ -259,6 +275,7 @@ pub fn event(e: &Value) -> String {
         ),
         "request_queued" => format!("{m}: request queued{}", why(e)),
         "request_rejected" => format!("{m}: request rejected with {}{}", u(&e["status"]), why(e)),
+        "request_finished" => finished(e),
         "worker_crashed" => format!("{m}: worker crashed{}", why(e)),
         "worker_restarted" => format!("{m}: worker restarted (pid {})", u(&e["pid"])),
         "memory_pressure" => format!(
@@ -269,6 +286,32 @@ pub fn event(e: &Value) -> String {
         ),
         other => format!("{other}: {e}"),
     }
+}
+
+/// A `request_finished` event: how the request ended and what was done for it.
+fn finished(e: &Value) -> String {
+    let mut line = format!("{}: {} request {}", s(&e["model"]), s(&e["kind"]), s(&e["outcome"]));
+    if let Some(error) = e["error"].as_str() {
+        line.push_str(&format!(" ({error})"));
+    }
+    if e["queued"] == true {
+        line.push_str(&format!(", waited {:.1} s", u(&e["waited_ms"]) as f64 / 1000.0));
+    }
+    for f in e["freed"].as_array().into_iter().flatten() {
+        let mode = if f["mode"] == "soft" {
+            "soft-unloaded"
+        } else {
+            "unloaded"
+        };
+        line.push_str(&format!(", {} {mode} ({})", s(&f["model"]), size(u(&f["bytes"]))));
+    }
+    if let Some(vae) = e["vae"].as_str().filter(|v| *v != "gpu") {
+        line.push_str(&format!(", VAE decode {vae}"));
+        if let Some(ms) = e["slower_ms"].as_u64() {
+            line.push_str(&format!(" (+{:.1} s)", ms as f64 / 1000.0));
+        }
+    }
+    line
 }
 
 /// `HH:MM:SS` in local time, for event lines.
@@ -370,6 +413,29 @@ mod tests {
     }
 
     #[test]
+    fn host_memory_is_shown_apart_from_the_device() {
+        let mut v = snapshot();
+        v["memory"]["used_bytes"] = json!(1u64 << 30);
+        v["memory"]["host_bytes"] = json!(480u64 << 20);
+        v["models"][1]["state"] = json!("loaded");
+        v["models"][1]["bytes"] = json!({"total": 1u64 << 30, "host": 480u64 << 20});
+        let out = status(&v);
+        let lines: Vec<&str> = out.lines().collect();
+        assert!(
+            lines[1].starts_with("memory [██████████░░░░░░░░░░░░░░░░░░░░] 1.0 GiB used of 3.0 GiB"),
+            "{}",
+            lines[1]
+        );
+        assert!(lines[1].ends_with("(budget) + 480.0 MiB in RAM"), "{}", lines[1]);
+        assert!(
+            lines[5].starts_with("sd     image  loaded           1.0 GiB + 480.0 MiB in RAM  "),
+            "{out}"
+        );
+        assert!(!lines[4].contains("RAM"), "no host bytes, nothing added: {out}");
+        assert!(ps(&v).contains("1.0 GiB + 480.0 MiB in RAM"), "{}", ps(&v));
+    }
+
+    #[test]
     fn estimates() {
         let e = json!({"model": "sd", "kind": "image", "width": 1024, "height": 768, "total": 3u64 << 30,
             "parts": {"weights": 1u64 << 30, "sampling": 1u64 << 29, "vae_decode": {"gpu": 2u64 << 30, "tiled": 1u64 << 28, "cpu": 0}},
@@ -408,6 +474,18 @@ mod tests {
             (
                 json!({"type": "worker_restarted", "model": "chat", "pid": 7}),
                 "chat: worker restarted (pid 7)",
+            ),
+            (
+                json!({"type": "request_finished", "model": "sd", "kind": "image", "outcome": "done",
+                       "error": null, "queued": true, "waited_ms": 1500, "vae": "cpu", "vae_ms": 30000,
+                       "slower_ms": 28000, "freed": [{"model": "chat", "mode": "soft", "bytes": 1u64 << 29}]}),
+                "sd: image request done, waited 1.5 s, chat soft-unloaded (512.0 MiB), VAE decode cpu (+28.0 s)",
+            ),
+            (
+                json!({"type": "request_finished", "model": "chat", "kind": "text", "outcome": "failed",
+                       "error": "the worker crashed", "queued": false, "waited_ms": 0, "vae": null,
+                       "vae_ms": null, "slower_ms": null, "freed": []}),
+                "chat: text request failed (the worker crashed)",
             ),
         ];
         for (e, line) in cases {

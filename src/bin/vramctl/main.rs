@@ -5,10 +5,12 @@
 //! why, with the HTTP status and error code); 2 for a bad command line; 3 when vramd cannot
 //! be reached at all.
 
+mod bus_choice;
 mod client;
 mod format;
 mod notify;
 mod sentences;
+mod story;
 mod stream;
 
 use std::process::ExitCode;
@@ -17,13 +19,14 @@ use std::time::Duration;
 use clap::Parser;
 use serde_json::{json, Value};
 use vramd::cli::ctl::{Cli, Cmd};
+use vramd::config::BusKind;
 
 use client::{Client, ClientError};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Cmd::Notify { quiet_for, settle_ms } = &cli.command {
-        return notify_agent(quiet_for, *settle_ms);
+    if let Cmd::Notify { .. } = &cli.command {
+        return notify_agent(&cli.command);
     }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -37,11 +40,30 @@ fn main() -> ExitCode {
     }
 }
 
-fn notify_agent(quiet_for: &[String], settle_ms: u64) -> ExitCode {
+/// `vramctl notify`: runs until the session ends; exits 0 at once when there is nothing to
+/// do (vramd's D-Bus interface is off, or another agent runs in this session).
+fn notify_agent(cmd: &Cmd) -> ExitCode {
+    let Cmd::Notify {
+        bus,
+        config,
+        show_routine,
+        quiet_for,
+        wait_notice_ms,
+    } = cmd
+    else {
+        unreachable!("called for notify only")
+    };
     let opts = notify::Options {
-        quiet: sentences::Quiet::parse(quiet_for.iter().map(String::as_str)),
-        settle: Duration::from_millis(settle_ms),
-        max_burst: Duration::from_millis(settle_ms * 4),
+        settings: story::Settings {
+            quiet: sentences::Quiet::parse(quiet_for.iter().map(String::as_str)),
+            routine: *show_routine,
+            wait_notice_after: Duration::from_millis(*wait_notice_ms),
+        },
+        bus: bus.as_deref().map(|b| match b {
+            "session" => BusKind::Session,
+            _ => BusKind::System,
+        }),
+        config: config.clone(),
     };
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(r) => r,
@@ -50,13 +72,8 @@ fn notify_agent(quiet_for: &[String], settle_ms: u64) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(notify::run(opts)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("vramctl notify: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    runtime.block_on(notify::run(opts));
+    ExitCode::SUCCESS
 }
 
 fn print(json_out: bool, value: &Value, human: impl FnOnce(&Value) -> String) {
@@ -220,5 +237,10 @@ mod tests {
         assert!(cli.json);
         assert!(matches!(cli.command, Cmd::Unload { soft: true, .. }));
         assert!(Cli::try_parse_from(["vramctl", "unload", "chat", "--soft", "--hard"]).is_err());
+        let cli = Cli::try_parse_from(["vramctl", "notify", "--bus", "session", "--show-routine"]).unwrap();
+        assert!(
+            matches!(cli.command, Cmd::Notify { show_routine: true, ref bus, .. } if bus.as_deref() == Some("session"))
+        );
+        assert!(Cli::try_parse_from(["vramctl", "notify", "--bus", "none"]).is_err());
     }
 }
