@@ -55,19 +55,7 @@ impl Calibration {
             return;
         }
         let ratio = (measured as f64 / raw as f64).clamp(0.05, 20.0);
-        let e = self
-            .models
-            .entry(model.to_owned())
-            .or_default()
-            .entry(phase)
-            .or_insert(Entry {
-                factor: ratio,
-                samples: 0,
-            });
-        if e.samples > 0 {
-            e.factor = ALPHA * ratio + (1.0 - ALPHA) * e.factor;
-        }
-        e.samples += 1;
+        fold(&mut self.models, model, phase, ratio);
     }
 
     /// Records that a VAE decode of `pixels` pixels at `placement` took `ms` milliseconds.
@@ -76,19 +64,7 @@ impl Calibration {
             return;
         }
         let rate = ms as f64 * 1e6 / pixels as f64;
-        let e = self
-            .decode_ms
-            .entry(model.to_owned())
-            .or_default()
-            .entry(placement)
-            .or_insert(Entry {
-                factor: rate,
-                samples: 0,
-            });
-        if e.samples > 0 {
-            e.factor = ALPHA * rate + (1.0 - ALPHA) * e.factor;
-        }
-        e.samples += 1;
+        fold(&mut self.decode_ms, model, placement, rate);
     }
 
     /// What a VAE decode of `pixels` pixels at `placement` takes, from the decodes measured;
@@ -116,6 +92,19 @@ impl Calibration {
         std::fs::write(&tmp, serde_json::to_vec_pretty(self).expect("calibration serialises"))?;
         std::fs::rename(tmp, path)
     }
+}
+
+/// Folds `value` into the moving average kept for `model` and `key` (the first value is
+/// taken as it is).
+fn fold<K: Ord>(table: &mut BTreeMap<String, BTreeMap<K, Entry>>, model: &str, key: K, value: f64) {
+    let e = table.entry(model.to_owned()).or_default().entry(key).or_insert(Entry {
+        factor: value,
+        samples: 0,
+    });
+    if e.samples > 0 {
+        e.factor = ALPHA * value + (1.0 - ALPHA) * e.factor;
+    }
+    e.samples += 1;
 }
 
 #[cfg(test)]
