@@ -110,8 +110,12 @@ async fn serve(
         arbiter.clone(),
         config.daemon.control_group.clone(),
     ));
-    let drain = config.daemon.shutdown_timeout.0.unwrap_or(Duration::from_secs(3600));
-    let served = server::run(sockets, app, activity, drain, shutdown).await?;
+    let limits = server::Limits {
+        drain: config.daemon.shutdown_timeout.0.unwrap_or(Duration::from_secs(3600)),
+        header_timeout: config.daemon.header_timeout.0.unwrap_or(Duration::from_secs(10)),
+        max_connections: config.daemon.max_connections as usize,
+    };
+    let served = server::run(sockets, app, activity, limits, shutdown).await?;
     if served.abandoned > 0 {
         tracing::warn!(connections = served.abandoned, "exited with connections still open");
     }

@@ -161,8 +161,24 @@ pub fn validate(
     if job.prompt.is_empty() {
         return Err(invalid("prompt", "`prompt` must not be empty"));
     }
+    for (text, param) in [(&job.prompt, "prompt"), (&job.negative_prompt, "negative_prompt")] {
+        if text.len() > MAX_PROMPT_BYTES {
+            return Err(invalid(
+                param,
+                format!(
+                    "`{param}` is {} bytes; at most {MAX_PROMPT_BYTES} are accepted",
+                    text.len()
+                ),
+            ));
+        }
+    }
     Ok(())
 }
+
+/// The longest prompt an image request may carry: far past anything a text encoder reads
+/// (CLIP takes 77 tokens per chunk), and well within what the worker's engine thread can
+/// parse (`vramd_worker_kit::ENGINE_STACK`).
+pub const MAX_PROMPT_BYTES: usize = 256 << 10;
 
 /// Maps a sampler name (sd.cpp's or A1111's) to sd.cpp's; `None` for the default.
 pub fn sampler(name: Option<&str>, param: &str) -> Result<String, ApiError> {

@@ -21,9 +21,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, Method, Uri};
+use axum::http::{HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::Router;
 use tracing::Instrument;
@@ -119,9 +119,29 @@ pub fn router(state: AppState) -> Router {
         .route("/api/blobs/{digest}", post(ollama::unsupported))
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(max_body))
+        .layer(middleware::from_fn(move |req, next| declared_body(max_body, req, next)))
         .layer(middleware::from_fn(error::json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), request_scope))
         .with_state(state)
+}
+
+/// Refuses at once (413, and the connection closed) a request whose declared body is larger
+/// than `max_body`, before a byte of it is read: waiting for it would hold the connection
+/// (`Content-Length: 10^15` with nothing sent), and with `Expect: 100-continue` the client
+/// would be told to send it. A body that is really larger is stopped by `DefaultBodyLimit`.
+async fn declared_body(max_body: usize, req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max_body as u64) {
+        let mut resp = StatusCode::PAYLOAD_TOO_LARGE.into_response();
+        resp.headers_mut()
+            .insert(axum::http::header::CONNECTION, HeaderValue::from_static("close"));
+        return resp;
+    }
+    next.run(req).await
 }
 
 async fn unknown_route(method: Method, uri: Uri) -> ApiError {

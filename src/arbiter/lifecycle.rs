@@ -311,6 +311,7 @@ impl Arbiter {
         // Requests that were running on it use nothing any more (they fail as it is gone),
         // and no longer keep the model busy.
         entry.reservations.worker_gone();
+        let serving = entry.in_flight > 0 || !entry.running.is_empty();
         entry.in_flight = 0;
         if exit.requested {
             entry.state = ModelState::Unloaded;
@@ -332,7 +333,7 @@ impl Arbiter {
                 model: model.to_owned(),
                 reason: reason.clone(),
             });
-            self.count_failure(model, reason);
+            self.crashed_after_load(model, reason, serving);
         }
         self.settle_unload(model);
     }
@@ -368,6 +369,22 @@ impl Arbiter {
                 reason: reason.clone(),
             });
         }
+    }
+
+    /// A worker that died after it had loaded its model: whatever it was serving failed
+    /// (each client is told the cause), but the model loads, so the next request starts a
+    /// new worker. Only failed starts count towards `failed` ([`Self::count_failure`]):
+    /// otherwise one client's requests crashing the worker would take the model from
+    /// everyone until root reloads it.
+    fn crashed_after_load(&mut self, model: &str, reason: String, serving: bool) {
+        self.rt(model).worker = None;
+        let entry = self.registry.get_mut(model).expect("entry");
+        entry.clear_worker();
+        entry.state = ModelState::Unloaded;
+        entry.error = Some(match serving {
+            true => format!("its worker stopped while serving a request: {reason}"),
+            false => format!("its worker stopped: {reason}"),
+        });
     }
 
     fn count_failure(&mut self, model: &str, reason: String) {

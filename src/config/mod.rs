@@ -87,6 +87,12 @@ pub struct DaemonConfig {
     pub log: String,
     /// Largest request body accepted.
     pub max_body: ByteSize,
+    /// How long a connection may take to send a request's headers, and so how long an idle
+    /// keep-alive connection stays open: a local process cannot hold connections for free.
+    pub header_timeout: Timeout,
+    /// Connections served at once over all listeners; more wait in the kernel's backlog
+    /// until one closes, so no client can run the daemon out of file descriptors.
+    pub max_connections: u32,
     /// How long in-flight requests may run on after a stop request.
     pub shutdown_timeout: Timeout,
     /// Persistent state (estimator calibration, ...).
@@ -362,6 +368,8 @@ impl Default for DaemonConfig {
             idle_exit: Timeout(Some(Duration::from_secs(300))),
             log: "info".into(),
             max_body: ByteSize(16 << 20),
+            header_timeout: Timeout(Some(Duration::from_secs(10))),
+            max_connections: 256,
             shutdown_timeout: Timeout(Some(Duration::from_secs(10))),
             state_dir: PathBuf::from("/var/lib/vramd"),
             worker_dir: None,

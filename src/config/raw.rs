@@ -61,6 +61,8 @@ struct DaemonSection {
     idle_exit: Option<Timeout>,
     log: Option<String>,
     max_body: Option<Spanned<ByteSize>>,
+    header_timeout: Option<Spanned<Timeout>>,
+    max_connections: Option<Spanned<u32>>,
     shutdown_timeout: Option<Timeout>,
     state_dir: Option<PathBuf>,
     worker_dir: Option<PathBuf>,
@@ -172,6 +174,30 @@ fn daemon_config(file: &Path, text: &str, base: &Path, d: DaemonSection) -> Resu
         Some(s) => s.into_inner(),
         None => defaults.max_body,
     };
+    let header_timeout = match d.header_timeout {
+        Some(t) if t.get_ref().0.is_none() => {
+            return Err(ConfigError::at_span(
+                file,
+                text,
+                Some(t.span()),
+                "header_timeout must be a duration: without one, idle connections are never closed",
+            ))
+        }
+        Some(t) => t.into_inner(),
+        None => defaults.header_timeout,
+    };
+    let max_connections = match d.max_connections {
+        Some(n) if *n.get_ref() < 8 => {
+            return Err(ConfigError::at_span(
+                file,
+                text,
+                Some(n.span()),
+                "max_connections must be at least 8",
+            ))
+        }
+        Some(n) => n.into_inner(),
+        None => defaults.max_connections,
+    };
     let control_group = match d.control_group {
         Some(g) if !valid_group_name(g.get_ref()) => {
             return Err(ConfigError::at_span(
@@ -189,6 +215,8 @@ fn daemon_config(file: &Path, text: &str, base: &Path, d: DaemonSection) -> Resu
         idle_exit: d.idle_exit.unwrap_or(defaults.idle_exit),
         log: d.log.unwrap_or(defaults.log),
         max_body,
+        header_timeout,
+        max_connections,
         shutdown_timeout: d.shutdown_timeout.unwrap_or(defaults.shutdown_timeout),
         state_dir: d.state_dir.map(|p| absolute(base, p)).unwrap_or(defaults.state_dir),
         worker_dir: d.worker_dir.map(|p| absolute(base, p)),

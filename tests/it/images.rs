@@ -457,3 +457,44 @@ fn a_corrupt_image_model_fails_with_its_reason_and_the_rest_keeps_working() {
         json!({"model": "zimage", "prompt": "x", "size": "32x32", "steps": 1}),
     ));
 }
+
+/// A long prompt is accepted as A1111 accepts one (issue 18's probe: 8 KiB of words overflowed
+/// the engine thread's stack and killed the worker, and three in a row left the model
+/// `failed` for everyone); a prompt past any use is a clear 400 naming the field.
+#[test]
+fn long_prompts_make_images_and_absurd_ones_are_refused() {
+    let Some(t) = start(None) else { return };
+    let words = |bytes: usize| "a red cube on a blue table, ".repeat(bytes / 28 + 1);
+    // SD1's CLIP reads a long prompt in chunks of 77 tokens, as A1111 does; Z-Image's LLM
+    // encoder reads it whole.
+    let cases = [
+        ("sd1", "64x64", words(8 << 10), words(8 << 10)),
+        ("sd1", "64x64", words(16 << 10), String::new()),
+        ("zimage", "32x32", words(8 << 10), String::new()),
+    ];
+    for (model, size, prompt, negative) in cases {
+        let r = openai(
+            &t.d,
+            json!({"model": model, "prompt": prompt, "negative_prompt": negative, "size": size, "steps": 1}),
+        );
+        let v = ok(r);
+        assert!(
+            v["data"][0]["b64_json"].as_str().unwrap().starts_with("iVBOR"),
+            "{model}"
+        );
+    }
+    let r = openai(
+        &t.d,
+        json!({"model": "zimage", "prompt": words(300 << 10), "size": "32x32", "steps": 1}),
+    );
+    assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(&r.body));
+    let e: Value = r.json();
+    assert_eq!(e["error"]["param"], "prompt", "{e}");
+    for model in ["sd1", "zimage"] {
+        assert_eq!(
+            t.d.model_status(model)["error"],
+            Value::Null,
+            "{model}'s worker never crashed"
+        );
+    }
+}

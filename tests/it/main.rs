@@ -14,6 +14,7 @@ mod device;
 mod grant;
 mod images;
 mod lifecycle;
+mod limits;
 mod llm;
 mod ollama;
 mod prompt_cache;

@@ -33,6 +33,12 @@ impl<C> Clone for Engine<C> {
     }
 }
 
+/// The engine thread's stack: the C++ engines recurse over their input (stable-diffusion.cpp
+/// parses a prompt with `std::regex`, about 300 bytes of stack per character), and a Rust
+/// thread's default 2 MiB overflowed on an 8 KiB prompt, killing the worker. This is address
+/// space, not memory: only the pages a deep recursion touches are ever backed.
+pub const ENGINE_STACK: usize = 1 << 30;
+
 impl<C: Send + 'static> Engine<C> {
     /// Starts the thread `name` running `run`. A worker whose engine thread panicked is
     /// useless, so the process then exits 70 (EX_SOFTWARE) and the daemon sees it.
@@ -44,7 +50,8 @@ impl<C: Send + 'static> Engine<C> {
         let (calls, rx) = mpsc::channel();
         let health = Arc::new(Mutex::new(empty_health()));
         let writer = HealthWriter(health.clone());
-        std::thread::Builder::new().name(name.into()).spawn(move || {
+        let thread = std::thread::Builder::new().name(name.into()).stack_size(ENGINE_STACK);
+        thread.spawn(move || {
             let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(rx, writer)));
             if ran.is_err() {
                 tracing::error!("{what} panicked; exiting");

@@ -32,7 +32,7 @@ pub mod ndjson;
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use engine::{Engine, HealthWriter};
+pub use engine::{Engine, HealthWriter, ENGINE_STACK};
 pub use http::{error, parse, status_of, with_fallbacks, ApiError};
 pub use lifetime::{bind, die_with_parent, exit_code, exit_on_stdin_eof, on_stdin_eof, serve, Cli};
 pub use logging::{init_logging, BoxedLayer};

@@ -10,14 +10,17 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use axum::Router;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tower::ServiceExt;
 
 use crate::activity::Activity;
+use idle::{Idle, Touching};
+
+mod idle;
 use crate::listeners::Listener;
 
 /// Who is on the other end of a connection; handlers that change state check it.
@@ -68,16 +71,29 @@ pub struct Served {
     pub abandoned: usize,
 }
 
+/// What bounds the serving: how connections are kept and how shutdown drains them.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// How long in-flight requests may run on after shutdown.
+    pub drain: Duration,
+    /// How long a connection may take to send a request's headers; an idle keep-alive
+    /// connection (and a slowloris) is closed after it.
+    pub header_timeout: Duration,
+    /// Connections served at once, over all listeners; further ones wait in the backlog.
+    pub max_connections: usize,
+}
+
 /// Serves `app` on every listener until `shutdown` resolves.
 pub async fn run(
     listeners: Vec<Listener>,
     app: Router,
     activity: Activity,
-    drain: Duration,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
 ) -> std::io::Result<Served> {
     let graceful = Arc::new(GracefulShutdown::new());
     let (stop_tx, stop_rx) = watch::channel(false);
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut tasks = Vec::new();
     let mut owned_paths = Vec::new();
     for l in listeners {
@@ -86,6 +102,8 @@ pub async fn run(
             activity: activity.clone(),
             graceful: graceful.clone(),
             stop: stop_rx.clone(),
+            slots: slots.clone(),
+            header_timeout: limits.header_timeout,
         };
         match l {
             Listener::Unix {
@@ -120,7 +138,7 @@ pub async fn run(
     if open > 0 {
         tracing::info!(connections = open, "waiting for in-flight requests");
     }
-    let abandoned = match tokio::time::timeout(drain, graceful.shutdown()).await {
+    let abandoned = match tokio::time::timeout(limits.drain, graceful.shutdown()).await {
         Ok(()) => 0,
         Err(_) => {
             let left = activity.connections();
@@ -139,11 +157,22 @@ struct Ctx {
     activity: Activity,
     graceful: Arc<GracefulShutdown>,
     stop: watch::Receiver<bool>,
+    /// One permit per open connection (`Limits::max_connections`).
+    slots: Arc<Semaphore>,
+    header_timeout: Duration,
 }
 
 impl Ctx {
+    /// A free connection slot, or `None` once shutdown began.
+    async fn slot(&mut self) -> Option<OwnedSemaphorePermit> {
+        tokio::select! {
+            _ = self.stop.changed() => None,
+            permit = self.slots.clone().acquire_owned() => permit.ok(),
+        }
+    }
+
     async fn accept_unix(mut self, listener: tokio::net::UnixListener) {
-        loop {
+        while let Some(slot) = self.slot().await {
             tokio::select! {
                 _ = self.stop.changed() => return,
                 r = listener.accept() => match r {
@@ -151,7 +180,7 @@ impl Ctx {
                         let groups = peer_groups(&stream);
                         let peer = stream.peer_cred().map(|c| Peer::Unix { uid: c.uid(), gid: c.gid(), pid: c.pid(), groups });
                         match peer {
-                            Ok(peer) => self.serve(stream, peer),
+                            Ok(peer) => self.serve(stream, peer, slot),
                             Err(e) => tracing::warn!("cannot read peer credentials: {e}"),
                         }
                     }
@@ -162,40 +191,63 @@ impl Ctx {
     }
 
     async fn accept_tcp(mut self, listener: tokio::net::TcpListener) {
-        loop {
+        while let Some(slot) = self.slot().await {
             tokio::select! {
                 _ = self.stop.changed() => return,
                 r = listener.accept() => match r {
-                    Ok((stream, addr)) => self.serve(stream, Peer::Tcp(addr)),
+                    Ok((stream, addr)) => self.serve(stream, Peer::Tcp(addr), slot),
                     Err(e) => accept_error(e).await,
                 },
             }
         }
     }
 
-    fn serve<S>(&self, stream: S, peer: Peer)
+    /// Serves one connection, holding `slot` until it closes.
+    fn serve<S>(&self, stream: S, peer: Peer, slot: OwnedSemaphorePermit)
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
         let guard = self.activity.connection();
-        let app = self
-            .app
-            .clone()
-            .map_request(move |mut req: Request<hyper::body::Incoming>| {
-                req.extensions_mut().insert(peer.clone());
-                req
-            });
+        let idle = Idle::new();
+        let (app, watched) = (self.app.clone(), idle.clone());
+        let app = tower::service_fn(move |mut req: Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(peer.clone());
+            // In flight until its response body is sent to the end.
+            let busy = watched.begin();
+            let app = app.clone();
+            async move {
+                let resp = app.oneshot(req).await;
+                resp.map(|r| r.map(|body| idle::held(body, busy)))
+            }
+        });
         let service = TowerToHyperService::new(app);
-        let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        // HTTP/1.1 only: every client vramd serves speaks it, and detecting HTTP/2 would read
+        // the first bytes with no timeout at all (an idle connection held forever).
+        let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+        // Without a timer hyper enforces no header timeout at all; with it, headers that
+        // stall (a slowloris) close the connection. One that sends nothing is `idle`'s.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout);
+        let stream = Touching {
+            inner: stream,
+            idle: idle.clone(),
+        };
         let conn = builder
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let conn = self.graceful.watch(conn);
+        let limit = self.header_timeout;
         tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!("connection ended with an error: {e}");
+            tokio::select! {
+                ended = conn => if let Err(e) = ended {
+                    tracing::debug!("connection ended with an error: {e}");
+                },
+                () = idle.expired(limit) => tracing::debug!("closing a connection idle for {limit:?}"),
             }
             drop(guard);
+            drop(slot);
         });
     }
 }
