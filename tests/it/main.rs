@@ -21,6 +21,7 @@ mod queue;
 mod scenarios;
 mod structure;
 mod systemd_units;
+mod top;
 mod ui;
 mod util;
 mod vramctl;
