@@ -86,6 +86,18 @@ pub mod ctl {
             #[arg(long, default_value_t = 0)]
             replay: usize,
         },
+        /// A live view: the memory bar, every model, the last decisions (`q` quits).
+        ///
+        /// Redraws in place on each event and every second; when stdout is not a terminal,
+        /// prints a frame of plain lines after each batch of events. `--json` does not apply.
+        Top {
+            /// Print one frame and exit (exit status 3 when vramd cannot be reached).
+            #[arg(long)]
+            once: bool,
+            /// Start the log with the last N decisions.
+            #[arg(long, default_value_t = 20)]
+            replay: usize,
+        },
         /// Chat with an LLM: each line you type is a turn; answers stream as they come.
         Chat {
             model: String,

@@ -12,6 +12,9 @@ use serde::Serialize;
 use tokio::sync::broadcast;
 use vramd_protocol::VaePlacement;
 
+mod describe;
+pub use describe::describe;
+
 /// Events kept for late subscribers.
 pub const REPLAY: usize = 256;
 
@@ -139,6 +142,9 @@ pub enum Cause {
         model: String,
         /// `None` for an explicit load.
         request_id: Option<String>,
+        /// What the request was (`None` for an explicit load), so that the sentence for this
+        /// unload can say "to make room for an image of sd".
+        request_kind: Option<RequestKind>,
         need_bytes: u64,
     },
     /// Its keep_alive ran out.
@@ -233,6 +239,9 @@ pub struct Event {
     pub at: f64,
     #[serde(flatten)]
     pub kind: EventKind,
+    /// The event in plain words ([`describe`]), so that every reader (the status page,
+    /// `vramctl events`, `vramctl top`) says the same thing.
+    pub text: String,
 }
 
 /// The publishing side, owned by the arbiter; [`EventFeed`] is the reading side.
@@ -274,6 +283,7 @@ impl EventBus {
         let event = Arc::new(Event {
             id: self.next_id,
             at,
+            text: describe(&kind),
             kind,
         });
         self.next_id += 1;

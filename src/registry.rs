@@ -10,6 +10,7 @@ use serde::Serialize;
 use crate::config::{Config, ModelConfig};
 use crate::memory::MemoryFigures;
 use crate::model::ModelKind;
+use crate::planner::{self, ModelView, Policy};
 use crate::units::Timeout;
 
 // Re-exported from the leaf modules that own them (`model`, `clock`), so that the planner
@@ -208,6 +209,21 @@ impl Registry {
     pub fn loaded_count(&self) -> usize {
         self.models.iter().filter(|m| m.state.holds_memory()).count()
     }
+
+    /// What vramd's workers hold on the device by their own account or NVML's, whichever is
+    /// larger, reservations aside: what [`MemoryFigures::with_other`] takes from the device's
+    /// use to find what something outside vramd holds.
+    pub fn worker_bytes(&self) -> u64 {
+        self.models
+            .iter()
+            .map(|m| m.bytes.total.max(m.device_bytes.unwrap_or(0)))
+            .sum()
+    }
+
+    /// The registry as the planner sees it.
+    pub fn planner_views(&self) -> Vec<ModelView> {
+        self.models.iter().map(ModelEntry::planner_view).collect()
+    }
 }
 
 impl ModelEntry {
@@ -259,6 +275,30 @@ impl ModelEntry {
         (self.bytes.total + self.reserved()).max(self.device_bytes.unwrap_or(0))
     }
 
+    /// This model as the planner sees it.
+    pub fn planner_view(&self) -> ModelView {
+        let llm = self.kind == ModelKind::Llm;
+        // NVML's excess over the worker's account (the CUDA context) goes with the weights.
+        let unaccounted = self.held() - self.bytes.total;
+        ModelView {
+            name: self.name.clone(),
+            kind: self.kind,
+            state: self.state,
+            weights: unaccounted + if llm { self.bytes.weights } else { self.bytes.total },
+            context: if llm {
+                self.bytes.context + self.bytes.compute
+            } else {
+                0
+            },
+            // A model a client is done with (`evict_first`) ranks below every other and as
+            // if never used, so each rung of the ladder takes it first.
+            last_used: if self.evict_first { None } else { self.last_used },
+            in_flight: self.in_flight,
+            pinned: self.pinned,
+            priority: if self.evict_first { i32::MIN } else { self.priority },
+        }
+    }
+
     /// What is reserved for work in progress beyond what the worker has reported.
     pub fn reserved(&self) -> u64 {
         self.reservations.total(self.bytes.total)
@@ -281,6 +321,10 @@ pub struct ModelStatus {
     #[serde(flatten)]
     pub entry: ModelEntry,
     pub reserved_bytes: u64,
+    /// Its place in the eviction order (1: the first to go when memory is needed), by the
+    /// planner's own rule ([`planner::eviction_ranks`]); `null` for a model no plan would
+    /// evict now (busy, pinned, or holding nothing).
+    pub eviction_rank: Option<u32>,
 }
 
 impl std::ops::Deref for ModelStatus {
@@ -301,16 +345,20 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn new(registry: &Registry, memory: MemoryFigures, now: SystemTime) -> Snapshot {
+    /// The registry's state at `now`, eviction ranks by `policy`.
+    pub fn new(registry: &Registry, memory: MemoryFigures, now: SystemTime, policy: &Policy) -> Snapshot {
+        let ranks = planner::eviction_ranks(&registry.planner_views(), unix_secs(now), policy);
         Snapshot {
             version: env!("CARGO_PKG_VERSION"),
             memory,
             models: registry
                 .models
                 .iter()
-                .map(|m| ModelStatus {
+                .zip(ranks)
+                .map(|(m, eviction_rank)| ModelStatus {
                     reserved_bytes: m.reserved(),
                     entry: m.clone(),
+                    eviction_rank,
                 })
                 .collect(),
             at: unix_secs(now),
@@ -362,6 +410,7 @@ mod tests {
             free_bytes: (8 << 30) - (512 << 20),
             device_free_bytes: None,
             host_bytes: 0,
+            other_bytes: None,
         }
     }
 
@@ -371,7 +420,7 @@ mod tests {
         assert_eq!(r.loaded_count(), 0);
         assert!(r.models().iter().all(|m| m.state == ModelState::Unloaded));
         r.get_mut("img").unwrap().fail("file not found".into());
-        let s = Snapshot::new(&r, figures(), SystemTime::UNIX_EPOCH);
+        let s = Snapshot::new(&r, figures(), SystemTime::UNIX_EPOCH, &Policy::default());
         assert_eq!(
             s.status_line(),
             "0 of 2 models loaded; memory 0 B used of 8.0 GiB (budget); 1 failed"
@@ -400,7 +449,12 @@ mod tests {
         img.report(&health);
         assert_eq!((img.bytes.total, img.bytes.host, img.held()), (320, 500, 320));
         assert_eq!((r.held_bytes(), r.host_bytes()), (320, 500));
-        let s = Snapshot::new(&r, figures().with_host(r.host_bytes()), SystemTime::UNIX_EPOCH);
+        let s = Snapshot::new(
+            &r,
+            figures().with_host(r.host_bytes()),
+            SystemTime::UNIX_EPOCH,
+            &Policy::default(),
+        );
         let json = serde_json::to_value(&s).unwrap();
         assert_eq!(json["models"][1]["bytes"]["host"], 500);
         assert_eq!(json["models"][1]["bytes"]["total"], 320);

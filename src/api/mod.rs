@@ -15,6 +15,7 @@ mod ollama;
 mod openai;
 mod privileged;
 mod sse;
+mod ui;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -77,6 +78,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/models/{name}/unpin", post(models::unpin))
         .route("/v1/estimate", get(models::estimate))
         .route("/v1/events", get(events::stream))
+        .route("/v1/me", get(privileged::me))
+        // The status page (ui/): read-only data for everyone, controls for who may use them.
+        .route("/ui", get(ui::index))
+        .route("/ui/", get(ui::index))
+        .route("/ui/ui.css", get(ui::css))
+        .route("/ui/ui.js", get(ui::js))
         .route("/v1/models/{name}/unload", post(models::unload))
         .route("/v1/chat/completions", post(completions::chat))
         .route("/v1/images/generations", post(images::openai))

@@ -6,6 +6,7 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
+use axum::{Extension, Json};
 
 use super::{ApiError, AppState};
 use crate::access::{self, Caller};
@@ -42,6 +43,17 @@ impl FromRequestParts<AppState> for MayChangeState {
             access::authorize(&caller, &state.config.daemon.control_group).is_ok(),
         ))
     }
+}
+
+/// `GET /v1/me`: whether this caller may change state, and over which transport, decided by
+/// the one access rule (`access::check`, through [`MayChangeState`]), so that the status page
+/// shows its controls only to callers for whom they work, never as buttons that fail.
+pub async fn me(MayChangeState(may): MayChangeState, peer: Option<Extension<Peer>>) -> Json<serde_json::Value> {
+    let transport = match peer.as_deref() {
+        Some(Peer::Unix { .. }) => "unix",
+        Some(Peer::Tcp(_)) | None => "tcp",
+    };
+    Json(serde_json::json!({"may_control": may, "transport": transport}))
 }
 
 /// The caller behind an HTTP connection: the Unix socket's peer as the kernel describes it,

@@ -13,7 +13,7 @@ use super::{ArbiterError, Work};
 use crate::config::ModelKind;
 use crate::estimate::{self, Shape};
 use crate::events::{Cause, Ending, EventKind, Freed, Rejection, RequestKind};
-use crate::planner::{self, Action, Memory, ModelView, Need, Outcome, Policy, Step, VaeNeed, VaePlacement};
+use crate::planner::{self, Action, Memory, ModelView, Need, Outcome, Step, VaeNeed, VaePlacement};
 use crate::registry::ModelState;
 
 impl Arbiter {
@@ -71,11 +71,7 @@ impl Arbiter {
     /// return `false` (drive again once it settles), a grant or a refusal `true`.
     fn serve_head(&mut self, model: String) -> bool {
         let need = self.need_for(&model, self.pending[0].work);
-        let policy = Policy {
-            ladder: self.config.policy.ladder.clone(),
-            llm_idle_first: self.config.policy.llm_idle_first.0.map_or(u64::MAX, |d| d.as_secs()),
-            retry_after: self.config.policy.retry_after.0.map_or(5, |d| d.as_secs().max(1)),
-        };
+        let policy = self.config.policy.planner();
         let memory = self.memory();
         let plan = planner::plan(&self.views(), memory, &need, crate::clock::now_unix(), &policy);
         match plan.outcome {
@@ -141,9 +137,11 @@ impl Arbiter {
                 });
             }
             self.pending[0].done.push(action.clone());
+            let request_id = self.pending[0].waiter.request_id();
             let cause = Cause::Room {
                 model,
-                request_id: self.pending[0].waiter.request_id(),
+                request_kind: request_id.is_some().then(|| kind_of(self.pending[0].work)),
+                request_id,
                 need_bytes: plan.need,
             };
             self.execute(action, cause);
@@ -346,28 +344,7 @@ impl Arbiter {
 
     /// The registry as the planner sees it.
     pub(super) fn views(&self) -> Vec<ModelView> {
-        self.registry
-            .models()
-            .iter()
-            .map(|e| {
-                let llm = e.kind == ModelKind::Llm;
-                // NVML's excess over the worker's account (the CUDA context) goes with the weights.
-                let unaccounted = e.held() - e.bytes.total;
-                ModelView {
-                    name: e.name.clone(),
-                    kind: e.kind,
-                    state: e.state,
-                    weights: unaccounted + if llm { e.bytes.weights } else { e.bytes.total },
-                    context: if llm { e.bytes.context + e.bytes.compute } else { 0 },
-                    // A model a client is done with (`evict_first`) ranks below every other
-                    // and as if never used, so each rung of the ladder takes it first.
-                    last_used: if e.evict_first { None } else { e.last_used },
-                    in_flight: e.in_flight,
-                    pinned: e.pinned,
-                    priority: if e.evict_first { i32::MIN } else { e.priority },
-                }
-            })
-            .collect()
+        self.registry.planner_views()
     }
 
     /// What `work` on `model` needs beyond what the model holds: measured figures when it

@@ -266,8 +266,14 @@ impl Arbiter {
 pub(super) fn take_snapshot(registry: &Registry, config: &Config, source: &mut dyn MemorySource) -> Arc<Snapshot> {
     let reading = source.read();
     let figures = MemoryFigures::compute(&config.memory, source.name(), reading, registry.held_bytes())
-        .with_host(registry.host_bytes());
-    Arc::new(Snapshot::new(registry, figures, SystemTime::now()))
+        .with_host(registry.host_bytes())
+        .with_other(registry.worker_bytes());
+    Arc::new(Snapshot::new(
+        registry,
+        figures,
+        SystemTime::now(),
+        &config.policy.planner(),
+    ))
 }
 
 #[cfg(test)]

@@ -349,6 +349,18 @@ pub struct PolicyConfig {
     pub restore_after: Timeout,
 }
 
+impl PolicyConfig {
+    /// The planner's policy: durations in whole seconds, `llm_idle_first = "0"` (never)
+    /// as never stale, a `retry_after` of at least one second.
+    pub fn planner(&self) -> crate::planner::Policy {
+        crate::planner::Policy {
+            ladder: self.ladder.clone(),
+            llm_idle_first: self.llm_idle_first.0.map_or(u64::MAX, |d| d.as_secs()),
+            retry_after: self.retry_after.0.map_or(5, |d| d.as_secs().max(1)),
+        }
+    }
+}
+
 impl Default for PolicyConfig {
     fn default() -> Self {
         PolicyConfig {

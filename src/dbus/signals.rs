@@ -204,6 +204,7 @@ fn unloaded(model: String, mode: &'static str, reason: String, freed_bytes: u64,
             model,
             request_id,
             need_bytes,
+            ..
         } => (model, request_id.unwrap_or_default(), need_bytes),
         _ => (String::new(), String::new(), 0),
     };
@@ -410,6 +411,7 @@ mod tests {
             cause: Cause::Room {
                 model: "sd".into(),
                 request_id: Some("r1".into()),
+                request_kind: Some(RequestKind::Image),
                 need_bytes: 300,
             },
         };

@@ -149,6 +149,10 @@ pub struct MemoryFigures {
     /// that a VAE decoded on the CPU is seen somewhere, but in neither `used_bytes` nor
     /// `free_bytes`, since it does not use the device.
     pub host_bytes: u64,
+    /// What something outside vramd holds on the device: the device's use (total minus its
+    /// free figure) minus what vramd's workers hold. `None` without a device (the budget
+    /// backend), where nothing outside vramd is counted.
+    pub other_bytes: Option<u64>,
 }
 
 impl MemoryFigures {
@@ -167,6 +171,17 @@ impl MemoryFigures {
             free_bytes: free,
             device_free_bytes: reading.map(|r| r.free),
             host_bytes: 0,
+            other_bytes: None,
+        }
+    }
+
+    /// The same figures, with what is used on the device beyond the `workers`' bytes
+    /// counted as held by something outside vramd (`other_bytes`).
+    pub fn with_other(self, workers: u64) -> Self {
+        let used = self.device_free_bytes.map(|free| self.total_bytes.saturating_sub(free));
+        MemoryFigures {
+            other_bytes: used.map(|u| u.saturating_sub(workers)),
+            ..self
         }
     }
 
@@ -234,6 +249,23 @@ mod tests {
         assert_eq!((f.total_bytes, f.used_bytes, f.free_bytes), (1000, 300, 600));
         let f = MemoryFigures::compute(&cfg(), BackendName::Budget, None, 5000);
         assert_eq!(f.free_bytes, 0);
+    }
+
+    #[test]
+    fn what_the_device_uses_beyond_the_workers_is_held_outside_vramd() {
+        let busy = DeviceReading { total: 2000, free: 500 };
+        let f = MemoryFigures::compute(&cfg(), BackendName::Nvml, Some(busy), 300).with_other(300);
+        assert_eq!(f.other_bytes, Some(1200));
+        // The device lags behind a fresh allocation: never below zero.
+        let lagging = DeviceReading {
+            total: 2000,
+            free: 2000,
+        };
+        let f = MemoryFigures::compute(&cfg(), BackendName::Nvml, Some(lagging), 300).with_other(300);
+        assert_eq!(f.other_bytes, Some(0));
+        // The budget backend has no device to ask.
+        let f = MemoryFigures::compute(&cfg(), BackendName::Budget, None, 300).with_other(300);
+        assert_eq!(f.other_bytes, None);
     }
 
     #[test]

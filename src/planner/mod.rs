@@ -268,9 +268,7 @@ struct Room<'a> {
 impl<'a> Room<'a> {
     fn survey(models: &'a [ModelView], memory: Memory, need: &'a Need, free: u64) -> Room<'a> {
         let cheapest = *need.placements().last().expect("at least one placement");
-        let evictable: Vec<&ModelView> = others(models, need)
-            .filter(|m| !m.busy() && !m.pinned && is_resident(m))
-            .collect();
+        let evictable: Vec<&ModelView> = others(models, need).filter(|m| evictable(m)).collect();
         Room {
             budget: memory.total.saturating_sub(memory.reserve),
             free,
@@ -671,6 +669,29 @@ fn rank(p: VaePlacement) -> u8 {
         VaePlacement::Tiled => 1,
         VaePlacement::Cpu => 2,
     }
+}
+
+/// Whether a plan may evict `m` at all: idle, unpinned and holding memory.
+fn evictable(m: &ModelView) -> bool {
+    !m.busy() && !m.pinned && is_resident(m)
+}
+
+/// Each model's place in the eviction order, 1 going first, computed with the ladder's own
+/// rule ([`order`], as the hard unloads take models): what `/v1/status` shows as
+/// `eviction_rank`, so that no reader (the status page, `vramctl`) restates the rule. Busy,
+/// pinned and unloaded models get `None`: no plan would evict them now. The order ignores
+/// which request asks (a request never evicts its own model), and a soft unload, which
+/// keeps the weights, takes idle LLMs in this order too, stale ones aside.
+pub fn eviction_ranks(models: &[ModelView], now: u64, policy: &Policy) -> Vec<Option<u32>> {
+    let candidates: Vec<&ModelView> = models.iter().filter(|m| evictable(m)).collect();
+    let ordered = order(&candidates, now, policy, true);
+    models
+        .iter()
+        .map(|m| {
+            let at = ordered.iter().position(|o| std::ptr::eq(*o, m))?;
+            Some(u32::try_from(at).unwrap_or(u32::MAX - 1) + 1)
+        })
+        .collect()
 }
 
 fn is_resident(m: &ModelView) -> bool {

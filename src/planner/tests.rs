@@ -727,3 +727,45 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn eviction_ranks_follow_the_ladders_own_order() {
+    let pinned = ModelView {
+        pinned: true,
+        ..llm("pinned", GIB, 0, 5000)
+    };
+    let busy = ModelView {
+        in_flight: 1,
+        ..llm("busy", GIB, 0, 5000)
+    };
+    let low = ModelView {
+        priority: -1,
+        ..llm("low", GIB, 0, 5)
+    };
+    let models = [
+        llm("recent", GIB, GIB, 10),
+        image_model("sd", GIB),
+        llm("old", GIB, GIB, 2000),
+        pinned,
+        busy,
+        unloaded_image("idle-image"),
+        low,
+    ];
+    let ranks = eviction_ranks(&models, NOW, &Policy::default());
+    // An LLM idle past `llm_idle_first` first, then lower priority, then least recently used;
+    // pinned, busy and unloaded models have no rank.
+    assert_eq!(ranks, [Some(4), Some(3), Some(1), None, None, None, Some(2)]);
+    // The rank is who the planner unloads first: with only hard unloads, rank 1 goes.
+    let policy = Policy {
+        ladder: vec![Rung::Hard],
+        ..Policy::default()
+    };
+    let need = Need {
+        model: "new".into(),
+        load: GIB,
+        work: 0,
+        vae: None,
+    };
+    let plan = plan(&models, mem(5 * GIB), &need, NOW, &policy);
+    assert_eq!(steps(&plan), ["hard old"], "{plan:?}");
+}

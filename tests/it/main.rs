@@ -22,6 +22,8 @@ mod queue;
 mod scenarios;
 mod structure;
 mod systemd_units;
+mod top;
+mod ui;
 mod util;
 mod vramctl;
 mod workers;

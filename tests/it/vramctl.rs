@@ -222,19 +222,19 @@ fn events_follow_the_stream() {
         .spawn()
         .unwrap();
     let rx = lines_of(&mut child);
-    // The replay first: "HH:MM:SS <what happened>".
-    let line = wait_line(&rx, |l| l.contains("chat loaded"));
+    // The replay first: "HH:MM:SS <the event's text>", the daemon's sentence.
+    let line = wait_line(&rx, |l| l.contains("Loaded chat"));
     let (clock, text) = line.split_once(' ').unwrap();
     assert_eq!(clock.len(), 8, "{line}");
     assert!(
-        text.starts_with("chat loaded: 2.0 GiB in ") && text.ends_with("s (from disk)") || text.contains("page cache"),
+        text.starts_with("Loaded chat (2 GiB) in ") && (text.ends_with(", from disk") || text.contains("page cache")),
         "{line}"
     );
     // Then live ones.
     ok(&d.socket, &["unload", "chat", "--soft"]);
-    let line = wait_line(&rx, |l| l.contains("soft-unloaded"));
+    let line = wait_line(&rx, |l| l.contains("Set aside"));
     assert!(
-        line.ends_with("chat soft-unloaded: 512.0 MiB freed, weights kept (requested)"),
+        line.ends_with("Set aside the working memory of chat (512 MiB), as asked"),
         "{line}"
     );
     child.kill().unwrap();

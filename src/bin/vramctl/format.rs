@@ -7,11 +7,13 @@ use vramd::units::format_size_human as size;
 /// Width of the memory and progress bars, in cells.
 const BAR: usize = 30;
 
-fn u(v: &Value) -> u64 {
+/// A JSON number as bytes or a count; absent or `null` is 0.
+pub fn u(v: &Value) -> u64 {
     v.as_u64().unwrap_or(0)
 }
 
-fn s(v: &Value) -> &str {
+/// A JSON string; absent or `null` is `-`.
+pub fn s(v: &Value) -> &str {
     v.as_str().unwrap_or("-")
 }
 
@@ -88,7 +90,7 @@ pub fn memory_line(memory: &Value) -> String {
 }
 
 /// ` + 480.2 MiB in RAM` for bytes held in host RAM, nothing when there are none.
-fn in_ram(host: u64) -> String {
+pub fn in_ram(host: u64) -> String {
     if host == 0 {
         String::new()
     } else {
@@ -101,7 +103,8 @@ fn held(m: &Value) -> String {
     size(u(&m["bytes"]["total"])) + &in_ram(u(&m["bytes"]["host"]))
 }
 
-fn page_cache(m: &Value) -> String {
+/// How much of a model's files the page cache holds: `512.0 MiB (50%)`, `-` for none.
+pub fn page_cache(m: &Value) -> String {
     let pc = &m["page_cache"];
     let (resident, file) = (u(&pc["resident_bytes"]), u(&pc["file_bytes"]));
     if file == 0 {

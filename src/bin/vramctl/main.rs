@@ -1,5 +1,6 @@
 //! `vramctl`: the command line for vramd. It talks HTTP to the daemon's socket (tables for
-//! people, `--json` for scripts), and `vramctl notify` is the desktop notification agent.
+//! people, `--json` for scripts); `vramctl top` is a live view in the terminal, and
+//! `vramctl notify` the desktop notification agent.
 //!
 //! Exit status: 0 on success; 1 when vramd refused or failed the request (the message says
 //! why, with the HTTP status and error code); 2 for a bad command line; 3 when vramd cannot
@@ -12,6 +13,7 @@ mod notify;
 mod sentences;
 mod story;
 mod stream;
+mod top;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -27,6 +29,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Notify { .. } = &cli.command {
         return notify_agent(&cli.command);
+    }
+    if let Cmd::Top { once, replay } = &cli.command {
+        let opts = top::Options {
+            once: *once,
+            replay: *replay,
+        };
+        return top::run(&cli.socket, &opts);
     }
     match run(&cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -128,7 +137,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             },
             j,
         )?,
-        Cmd::Notify { .. } => unreachable!("handled in main"),
+        Cmd::Notify { .. } | Cmd::Top { .. } => unreachable!("handled in main"),
     }
     Ok(())
 }
@@ -242,5 +251,7 @@ mod tests {
             matches!(cli.command, Cmd::Notify { show_routine: true, ref bus, .. } if bus.as_deref() == Some("session"))
         );
         assert!(Cli::try_parse_from(["vramctl", "notify", "--bus", "none"]).is_err());
+        let cli = Cli::try_parse_from(["vramctl", "top", "--once"]).unwrap();
+        assert!(matches!(cli.command, Cmd::Top { once: true, replay: 20 }));
     }
 }

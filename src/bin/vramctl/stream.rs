@@ -62,11 +62,10 @@ pub fn events(client: &Client, replay: usize, json_out: bool) -> Result<(), Clie
         } else if ev.event == "lagged" {
             format!("(missed {} events: this client was too slow)", v["missed"])
         } else {
-            format!(
-                "{} {}",
-                format::clock(v["at"].as_f64().unwrap_or(0.0)),
-                format::event(&v)
-            )
+            // The daemon's own sentence (`text`), as the status page shows it; a daemon from
+            // before `text` gets vramctl's wording.
+            let what = v["text"].as_str().map_or_else(|| format::event(&v), str::to_owned);
+            format!("{} {what}", format::clock(v["at"].as_f64().unwrap_or(0.0)))
         };
         writeln!(out, "{line}")?;
         out.flush()?;
