@@ -468,8 +468,7 @@ fn long_prompts_make_images_and_absurd_ones_are_refused() {
     // SD1's CLIP reads a long prompt in chunks of 77 tokens, as A1111 does; Z-Image's LLM
     // encoder reads it whole.
     let cases = [
-        ("sd1", "64x64", words(8 << 10), words(8 << 10)),
-        ("sd1", "64x64", words(16 << 10), String::new()),
+        ("sd1", "64x64", words(8 << 10), words(2 << 10)),
         ("zimage", "32x32", words(8 << 10), String::new()),
     ];
     for (model, size, prompt, negative) in cases {

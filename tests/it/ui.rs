@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::{json, Value};
 
 use crate::dbus_util::open_dir;
-use crate::util::{events, fake_two_models, free_port, ok, read_response, send_request, Daemon, Response};
+use crate::util::{events, fake_two_models, free_port, ok, read_response, send_request, Daemon, Response, BASE_CONFIG};
 
 /// `fake_two_models` (a chat then a 512² image soft-unloads chat), on the socket and TCP.
 struct Served {
@@ -257,4 +257,34 @@ fn the_page_in_chromium_follows_a_soft_unload_and_a_restart() {
     let v: Value = serde_json::from_str(&last).unwrap_or_else(|e| panic!("{e}: {last}"));
     assert_eq!(v["restarted"], true, "{v}");
     assert_eq!(v["escaped"]["shown"], "<script>alert(1)</script>");
+}
+
+/// With no model configured the page still comes up live, with no rows and the whole bar
+/// free.
+#[test]
+fn the_page_in_chromium_with_no_models() {
+    let Some(chromium) = chromium() else {
+        return;
+    };
+    let port = free_port();
+    let d = Daemon::start_with(BASE_CONFIG, |c| {
+        c.arg("--tcp").arg(format!("127.0.0.1:{port}"));
+    });
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/ui_chromium.py");
+    let out = Command::new("python3")
+        .arg(script)
+        .args([chromium, &format!("http://127.0.0.1:{port}")])
+        .arg(&d.socket)
+        .env("UI_TEST_EMPTY", "1")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "ui_chromium.py:\n{stdout}\n{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        d.log()
+    );
+    let v: Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    assert_eq!(v["empty"]["rows"], json!({}), "{v}");
 }

@@ -179,7 +179,9 @@ fn killed_worker_mid_stream_errors_the_client_and_restarts() {
 
     let m =
         s.d.wait_model("chat", Duration::from_secs(5), |m| m["state"] == "unloaded");
-    assert_eq!(m["failures"], 1);
+    // A worker that dies after its load is not a failed start: it never counts towards
+    // `failed`, which would take the model from everyone.
+    assert_eq!(m["failures"], 0);
     assert!(m["error"].as_str().unwrap().contains("killed by signal 9"), "{m}");
     assert_eq!(s.d.get("/health").status, 200, "the daemon stays up");
 
@@ -187,7 +189,6 @@ fn killed_worker_mid_stream_errors_the_client_and_restarts() {
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let m = s.d.model_status("chat");
     assert_ne!(m["pid"].as_u64().unwrap(), pid, "served by a restarted worker");
-    assert_eq!(m["failures"], 0, "a completed request resets the failure count");
 }
 
 #[test]

@@ -159,11 +159,24 @@ def escaping(b):
     })()""" % json.dumps(name))
 
 
+def empty(b, base):
+    """A daemon with no model configured: the page is live, has no rows, and the bar is all free."""
+    b.call("Page.navigate", url=base + "/ui")
+    seen = wait(b, "a live page with no models", lambda s: s["conn"] == "live" and s["rows"] == {})
+    assert bytes_of(seen, "free") > 0 and bytes_of(seen, "weights") == 0, seen
+    print(json.dumps({"empty": seen}), flush=True)
+
+
 def main():
     chromium, base, sock_path = sys.argv[1:4]
     shot = sys.argv[4] if len(sys.argv) > 4 and sys.argv[4] else None
     restart = os.environ.get("UI_TEST_RESTART") == "1"
     b = Browser(chromium)
+    if os.environ.get("UI_TEST_EMPTY") == "1":
+        try:
+            return empty(b, base)
+        finally:
+            b.close()
     try:
         b.call("Page.navigate", url=base + "/ui")
         first = wait(b, "both models and a live connection",
