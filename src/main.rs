@@ -113,6 +113,7 @@ async fn serve(
     let limits = server::Limits {
         drain: config.daemon.shutdown_timeout.0.unwrap_or(Duration::from_secs(3600)),
         header_timeout: config.daemon.header_timeout.0.unwrap_or(Duration::from_secs(10)),
+        idle_timeout: config.daemon.idle_timeout.0.unwrap_or(Duration::from_secs(75)),
         max_connections: config.daemon.max_connections as usize,
     };
     let served = server::run(sockets, app, activity, limits, shutdown).await?;

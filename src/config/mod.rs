@@ -87,9 +87,13 @@ pub struct DaemonConfig {
     pub log: String,
     /// Largest request body accepted.
     pub max_body: ByteSize,
-    /// How long a connection may take to send a request's headers, and so how long an idle
-    /// keep-alive connection stays open: a local process cannot hold connections for free.
+    /// How long a connection may take to send a request's headers (and a new connection its
+    /// first byte): a local process cannot hold connections for free.
     pub header_timeout: Timeout,
+    /// How long a keep-alive connection may wait for its next request: longer than HTTP
+    /// clients keep pooled connections (aiohttp 15 s, httpx 5 s), so that none sends a
+    /// request on a connection vramd is closing; as nginx's default.
+    pub idle_timeout: Timeout,
     /// Connections served at once over all listeners; more wait in the kernel's backlog
     /// until one closes, so no client can run the daemon out of file descriptors.
     pub max_connections: u32,
@@ -381,6 +385,7 @@ impl Default for DaemonConfig {
             log: "info".into(),
             max_body: ByteSize(16 << 20),
             header_timeout: Timeout(Some(Duration::from_secs(10))),
+            idle_timeout: Timeout(Some(Duration::from_secs(75))),
             max_connections: 256,
             shutdown_timeout: Timeout(Some(Duration::from_secs(10))),
             state_dir: PathBuf::from("/var/lib/vramd"),

@@ -62,6 +62,7 @@ struct DaemonSection {
     log: Option<String>,
     max_body: Option<Spanned<ByteSize>>,
     header_timeout: Option<Spanned<Timeout>>,
+    idle_timeout: Option<Spanned<Timeout>>,
     max_connections: Option<Spanned<u32>>,
     shutdown_timeout: Option<Timeout>,
     state_dir: Option<PathBuf>,
@@ -157,6 +158,25 @@ pub fn parse_main(file: &Path, text: &str) -> Result<RawMain, ConfigError> {
     })
 }
 
+/// A connection timeout (`header_timeout`, `idle_timeout`): a duration, never "0" (off),
+/// since without one a connection that sends nothing would be kept for ever.
+fn connection_timeout(
+    file: &Path,
+    text: &str,
+    name: &str,
+    value: Option<Spanned<Timeout>>,
+) -> Result<Option<Timeout>, ConfigError> {
+    match value {
+        Some(t) if t.get_ref().0.is_none() => Err(ConfigError::at_span(
+            file,
+            text,
+            Some(t.span()),
+            format!("{name} must be a duration: without one, idle connections are never closed"),
+        )),
+        other => Ok(other.map(Spanned::into_inner)),
+    }
+}
+
 /// `[daemon]`, relative paths taken from `base` (the main file's folder). Checks the values
 /// a slip makes harmful: a `max_body` too small for any request, a `control_group` that no
 /// group lookup could find (which would lock everyone out of changing state).
@@ -174,18 +194,9 @@ fn daemon_config(file: &Path, text: &str, base: &Path, d: DaemonSection) -> Resu
         Some(s) => s.into_inner(),
         None => defaults.max_body,
     };
-    let header_timeout = match d.header_timeout {
-        Some(t) if t.get_ref().0.is_none() => {
-            return Err(ConfigError::at_span(
-                file,
-                text,
-                Some(t.span()),
-                "header_timeout must be a duration: without one, idle connections are never closed",
-            ))
-        }
-        Some(t) => t.into_inner(),
-        None => defaults.header_timeout,
-    };
+    let header_timeout =
+        connection_timeout(file, text, "header_timeout", d.header_timeout)?.unwrap_or(defaults.header_timeout);
+    let idle_timeout = connection_timeout(file, text, "idle_timeout", d.idle_timeout)?.unwrap_or(defaults.idle_timeout);
     let max_connections = match d.max_connections {
         Some(n) if *n.get_ref() < 8 => {
             return Err(ConfigError::at_span(
@@ -216,6 +227,7 @@ fn daemon_config(file: &Path, text: &str, base: &Path, d: DaemonSection) -> Resu
         log: d.log.unwrap_or(defaults.log),
         max_body,
         header_timeout,
+        idle_timeout,
         max_connections,
         shutdown_timeout: d.shutdown_timeout.unwrap_or(defaults.shutdown_timeout),
         state_dir: d.state_dir.map(|p| absolute(base, p)).unwrap_or(defaults.state_dir),

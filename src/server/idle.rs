@@ -24,6 +24,8 @@ pub struct Idle {
     last_ms: AtomicU64,
     /// Requests whose response has not been sent to the end.
     busy: AtomicUsize,
+    /// Requests begun on this connection.
+    served: AtomicUsize,
 }
 
 impl Idle {
@@ -32,6 +34,7 @@ impl Idle {
             started: Instant::now(),
             last_ms: AtomicU64::new(0),
             busy: AtomicUsize::new(0),
+            served: AtomicUsize::new(0),
         })
     }
 
@@ -44,13 +47,22 @@ impl Idle {
     /// response body).
     pub fn begin(self: &Arc<Self>) -> Busy {
         self.busy.fetch_add(1, Ordering::Relaxed);
+        self.served.fetch_add(1, Ordering::Relaxed);
         self.touch();
         Busy(self.clone())
     }
 
-    /// Resolves once nothing was in flight and no byte moved for `limit`.
-    pub async fn expired(&self, limit: Duration) {
+    /// Resolves once nothing was in flight and no byte moved for `first` before the first
+    /// request (a client that connects and sends nothing), or for `between` after one (a
+    /// keep-alive connection waiting for the next: longer than clients keep pooled
+    /// connections, so that none sends a request on a connection being closed).
+    pub async fn expired(&self, first: Duration, between: Duration) {
         loop {
+            let limit = if self.served.load(Ordering::Relaxed) == 0 {
+                first
+            } else {
+                between
+            };
             let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
             let quiet = self.started.elapsed().saturating_sub(last);
             if self.busy.load(Ordering::Relaxed) == 0 && quiet >= limit {
@@ -139,20 +151,34 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn a_connection_that_never_sent_a_request_has_the_first_limit() {
+        let idle = Idle::new();
+        let (first, between) = (Duration::from_millis(100), Duration::from_secs(60));
+        let t = Instant::now();
+        idle.expired(first, between).await;
+        assert!(t.elapsed() < Duration::from_secs(5));
+        drop(idle.begin());
+        let waited = tokio::time::timeout(Duration::from_millis(500), idle.expired(first, between)).await;
+        assert!(waited.is_err(), "after a request, the keep-alive limit applies");
+    }
+
+    #[tokio::test]
     async fn idle_only_with_nothing_in_flight_for_the_limit() {
         let idle = Idle::new();
         let limit = Duration::from_millis(200);
         let busy = idle.begin();
         // In flight for longer than the limit: never idle.
-        assert!(tokio::time::timeout(3 * limit, idle.expired(limit)).await.is_err());
+        assert!(tokio::time::timeout(3 * limit, idle.expired(limit, limit))
+            .await
+            .is_err());
         drop(busy);
         let t = Instant::now();
-        idle.expired(limit).await;
+        idle.expired(limit, limit).await;
         assert!(t.elapsed() >= limit);
         // A byte moving starts the quiet time over.
         let t = Instant::now();
         idle.touch();
-        idle.expired(limit).await;
+        idle.expired(limit, limit).await;
         assert!(t.elapsed() >= limit);
     }
 }

@@ -79,6 +79,8 @@ pub struct Limits {
     /// How long a connection may take to send a request's headers; an idle keep-alive
     /// connection (and a slowloris) is closed after it.
     pub header_timeout: Duration,
+    /// How long a keep-alive connection may wait for its next request.
+    pub idle_timeout: Duration,
     /// Connections served at once, over all listeners; further ones wait in the backlog.
     pub max_connections: usize,
 }
@@ -104,6 +106,7 @@ pub async fn run(
             stop: stop_rx.clone(),
             slots: slots.clone(),
             header_timeout: limits.header_timeout,
+            idle_timeout: limits.idle_timeout,
         };
         match l {
             Listener::Unix {
@@ -160,6 +163,7 @@ struct Ctx {
     /// One permit per open connection (`Limits::max_connections`).
     slots: Arc<Semaphore>,
     header_timeout: Duration,
+    idle_timeout: Duration,
 }
 
 impl Ctx {
@@ -238,13 +242,13 @@ impl Ctx {
             .serve_connection_with_upgrades(TokioIo::new(stream), service)
             .into_owned();
         let conn = self.graceful.watch(conn);
-        let limit = self.header_timeout;
+        let (first, between) = (self.header_timeout, self.idle_timeout);
         tokio::spawn(async move {
             tokio::select! {
                 ended = conn => if let Err(e) = ended {
                     tracing::debug!("connection ended with an error: {e}");
                 },
-                () = idle.expired(limit) => tracing::debug!("closing a connection idle for {limit:?}"),
+                () = idle.expired(first, between) => tracing::debug!("closing an idle connection"),
             }
             drop(guard);
             drop(slot);

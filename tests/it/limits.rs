@@ -52,7 +52,10 @@ fn a_declared_body_over_max_body_is_refused_at_once_without_reading_it() {
 
 #[test]
 fn idle_and_slow_connections_are_closed_after_the_header_timeout() {
-    let d = Daemon::start(&BASE_CONFIG.replace("[daemon]\n", "[daemon]\nheader_timeout = \"1s\"\n"));
+    let d = Daemon::start(&BASE_CONFIG.replace(
+        "[daemon]\n",
+        "[daemon]\nheader_timeout = \"1s\"\nidle_timeout = \"2s\"\n",
+    ));
     // Idle: connected, nothing sent.
     let (answer, took) = read_until_closed(connect(&d));
     assert!(
