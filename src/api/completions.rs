@@ -6,11 +6,11 @@
 //! as a client is being answered; a client that disconnects drops the stream, which closes
 //! the worker connection, which cancels the generation.
 
-use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
 use std::time::{Duration, Instant, SystemTime};
 
+use axum::body::Bytes;
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -86,6 +86,7 @@ type Starting = Pin<Box<dyn Future<Output = Result<ChatRun, ApiError>> + Send>>;
 
 async fn respond(state: AppState, flavor: Flavor, job: ChatJob, sampling: &Sampling) -> Result<Response, ApiError> {
     let usage_chunk = sampling.stream_options.as_ref().is_some_and(|o| o.include_usage);
+    let stall = state.config.daemon.stall_timeout.0.unwrap_or(Duration::from_secs(30));
     let queued = Instant::now();
     let head = Head {
         flavor,
@@ -109,9 +110,9 @@ async fn respond(state: AppState, flavor: Flavor, job: ChatJob, sampling: &Sampl
         // Refusals that come at once keep their HTTP status (400, 404, 503, 507).
         Ok(started) => {
             let run = started?;
-            Ok(stream_chunks(Phase::first(head.meta(&run), run)))
+            Ok(stream_chunks(Phase::first(head.meta(&run), run), stall))
         }
-        Err(_) => Ok(stream_chunks(Phase::Waiting { head, starting })),
+        Err(_) => Ok(stream_chunks(Phase::Waiting { head, starting }, stall)),
     }
 }
 
@@ -333,14 +334,17 @@ impl Phase {
 /// Server-Sent Events in OpenAI's chunk format, ending with `data: [DONE]`. A failure after
 /// the stream started (or a refusal after the headers went out while the request waited)
 /// becomes an `error` event, what OpenAI clients raise on, and no DONE.
-fn stream_chunks(phase: Phase) -> Response {
-    let stream = futures_util::stream::unfold(phase, |phase| async move {
-        phase
-            .advance()
-            .await
-            .map(|(bytes, next)| (Ok::<_, Infallible>(bytes), next))
-    });
-    sse::response(stream)
+fn stream_chunks(phase: Phase, stall: Duration) -> Response {
+    let step = |phase: Phase| async move { phase.advance().await.map(|(bytes, next)| (Bytes::from(bytes), next)) };
+    sse::response(super::stall::driven(phase, step, stall))
+}
+
+impl super::stall::Stalled for Phase {
+    fn stalled(&mut self, why: &str) {
+        if let Phase::Running { run, .. } = self {
+            run.grant.fail(&why);
+        }
+    }
 }
 
 /// The SSE bytes of one chat event, and whether the stream is over.

@@ -15,6 +15,7 @@ mod ollama;
 mod openai;
 mod privileged;
 mod sse;
+mod stall;
 mod ui;
 
 use std::sync::atomic::{AtomicU64, Ordering};

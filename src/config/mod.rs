@@ -94,6 +94,9 @@ pub struct DaemonConfig {
     /// clients keep pooled connections (aiohttp 15 s, httpx 5 s), so that none sends a
     /// request on a connection vramd is closing; as nginx's default.
     pub idle_timeout: Timeout,
+    /// How long a streamed answer waits for its client to read on before the generation is
+    /// stopped: a client that stops reading must not hold its model from everyone.
+    pub stall_timeout: Timeout,
     /// Connections served at once over all listeners; more wait in the kernel's backlog
     /// until one closes, so no client can run the daemon out of file descriptors.
     pub max_connections: u32,
@@ -386,6 +389,7 @@ impl Default for DaemonConfig {
             max_body: ByteSize(16 << 20),
             header_timeout: Timeout(Some(Duration::from_secs(10))),
             idle_timeout: Timeout(Some(Duration::from_secs(75))),
+            stall_timeout: Timeout(Some(Duration::from_secs(30))),
             max_connections: 256,
             shutdown_timeout: Timeout(Some(Duration::from_secs(10))),
             state_dir: PathBuf::from("/var/lib/vramd"),

@@ -63,6 +63,7 @@ struct DaemonSection {
     max_body: Option<Spanned<ByteSize>>,
     header_timeout: Option<Spanned<Timeout>>,
     idle_timeout: Option<Spanned<Timeout>>,
+    stall_timeout: Option<Spanned<Timeout>>,
     max_connections: Option<Spanned<u32>>,
     shutdown_timeout: Option<Timeout>,
     state_dir: Option<PathBuf>,
@@ -158,8 +159,8 @@ pub fn parse_main(file: &Path, text: &str) -> Result<RawMain, ConfigError> {
     })
 }
 
-/// A connection timeout (`header_timeout`, `idle_timeout`): a duration, never "0" (off),
-/// since without one a connection that sends nothing would be kept for ever.
+/// A connection timeout (`header_timeout`, `idle_timeout`, `stall_timeout`): a duration,
+/// never "0" (off), since without one a client that does nothing would be kept for ever.
 fn connection_timeout(
     file: &Path,
     text: &str,
@@ -171,7 +172,7 @@ fn connection_timeout(
             file,
             text,
             Some(t.span()),
-            format!("{name} must be a duration: without one, idle connections are never closed"),
+            format!("{name} must be a duration: without one, a client that does nothing is kept for ever"),
         )),
         other => Ok(other.map(Spanned::into_inner)),
     }
@@ -197,6 +198,8 @@ fn daemon_config(file: &Path, text: &str, base: &Path, d: DaemonSection) -> Resu
     let header_timeout =
         connection_timeout(file, text, "header_timeout", d.header_timeout)?.unwrap_or(defaults.header_timeout);
     let idle_timeout = connection_timeout(file, text, "idle_timeout", d.idle_timeout)?.unwrap_or(defaults.idle_timeout);
+    let stall_timeout =
+        connection_timeout(file, text, "stall_timeout", d.stall_timeout)?.unwrap_or(defaults.stall_timeout);
     let max_connections = match d.max_connections {
         Some(n) if *n.get_ref() < 8 => {
             return Err(ConfigError::at_span(
@@ -228,6 +231,7 @@ fn daemon_config(file: &Path, text: &str, base: &Path, d: DaemonSection) -> Resu
         max_body,
         header_timeout,
         idle_timeout,
+        stall_timeout,
         max_connections,
         shutdown_timeout: d.shutdown_timeout.unwrap_or(defaults.shutdown_timeout),
         state_dir: d.state_dir.map(|p| absolute(base, p)).unwrap_or(defaults.state_dir),

@@ -126,3 +126,36 @@ fn a_worker_killed_while_serving_never_makes_the_model_failed_for_everyone() {
     let body = json!({"model": "sd", "prompt": "a cat", "size": "64x64", "steps": 2});
     ok(d.post_json("/v1/images/generations", &body.to_string()));
 }
+
+/// A streamed answer whose client stays connected but stops reading is stopped after
+/// `stall_timeout`: its request ends `failed` with that reason and the model serves others.
+#[test]
+fn a_client_that_stops_reading_its_stream_does_not_hold_the_model() {
+    let (config, _dirs) = fake_two_models(GIB / 8, "ok", "stall_timeout = \"2s\"\n");
+    let d = Daemon::start(&config);
+    let context = {
+        ok(d.post_json(
+            "/v1/completions",
+            &json!({"model": "chat", "prompt": "hi", "max_tokens": 1}).to_string(),
+        ));
+        d.model_status("chat")["context_length"].as_u64().unwrap()
+    };
+    // As many tokens as the context takes: far more than the socket's buffers hold.
+    let body = json!({"model": "chat", "prompt": "go", "max_tokens": context - 16, "stream": true});
+    let mut stream = crate::util::open_stream(&d, &body);
+    assert!(crate::util::next_data(&mut stream).is_some(), "the stream started");
+    // Not reading any more, still connected.
+    let m = d.wait_model("chat", Duration::from_secs(60), |m| m["in_flight"] == 0);
+    assert_eq!(m["state"], "loaded", "{m}");
+    let finished: Vec<_> = crate::util::events(&d)
+        .into_iter()
+        .filter(|e| e["type"] == "request_finished" && e["model"] == "chat")
+        .collect();
+    assert_eq!(finished.len(), 2, "{finished:?}");
+    assert_eq!(finished[1]["outcome"], "failed", "{finished:?}");
+    let error = finished[1]["error"].as_str().unwrap();
+    assert!(error.contains("stopped reading the stream for 2s"), "{error}");
+    let chat = json!({"model": "chat", "prompt": "hi", "max_tokens": 2});
+    ok(d.post_json("/v1/completions", &chat.to_string()));
+    drop(stream);
+}

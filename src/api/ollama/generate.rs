@@ -9,8 +9,7 @@
 //! `keep_alive: 0` has unloaded the model); it runs in its own task, so a client that
 //! leaves early does not cancel it.
 
-use std::convert::Infallible;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use axum::extract::{Extension, State};
 use axum::response::{IntoResponse, Response};
@@ -132,7 +131,8 @@ async fn respond(
         .map_err(|e| for_flavor(e, reply.flavor))?;
     reply.started = Instant::now();
     if stream {
-        return Ok(stream_lines(reply, run, after));
+        let stall = state.config.daemon.stall_timeout.0.unwrap_or(Duration::from_secs(30));
+        return Ok(stream_lines(reply, run, after, stall));
     }
     let body = collect(reply, run).await;
     after.apply().await;
@@ -238,26 +238,37 @@ enum Phase {
 /// NDJSON lines: one per piece of content or tool call, then the last with the metrics. A
 /// failure after the first line becomes an `{"error": …}` line, which Ollama's clients
 /// raise on.
-fn stream_lines(reply: Reply, run: ChatRun, after: After) -> Response {
-    let start = (reply, Phase::Running(Box::new(run), after));
-    let lines = futures_util::stream::unfold(start, |(mut reply, phase)| async move {
+fn stream_lines(reply: Reply, run: ChatRun, after: After, stall: Duration) -> Response {
+    let start = Lines(reply, Phase::Running(Box::new(run), after));
+    let step = |Lines(mut reply, phase): Lines| async move {
         match phase {
             Phase::Running(mut run, after) => {
                 let (line, over) = next_line(&mut reply, &mut run).await;
                 if !over {
-                    return Some((Ok::<_, Infallible>(line), (reply, Phase::Running(run, after))));
+                    return Some((line, Lines(reply, Phase::Running(run, after))));
                 }
                 drop(run); // the model is free before the wish (an unload) is applied
                 let wish = tokio::spawn(after.apply());
-                Some((Ok(line), (reply, Phase::Finishing(wish))))
+                Some((line, Lines(reply, Phase::Finishing(wish))))
             }
             Phase::Finishing(wish) => {
                 let _ = wish.await;
                 None
             }
         }
-    });
-    super::ndjson(lines)
+    };
+    super::ndjson(crate::api::stall::driven(start, step, stall))
+}
+
+/// A stream's state: the reply being built and where the stream is.
+struct Lines(Reply, Phase);
+
+impl crate::api::stall::Stalled for Lines {
+    fn stalled(&mut self, why: &str) {
+        if let Phase::Running(run, _) = &mut self.1 {
+            run.grant.fail(&why);
+        }
+    }
 }
 
 /// The next line, and whether it is the last.
