@@ -35,7 +35,14 @@ where
     let (tx, rx) = mpsc::channel::<Bytes>(BUFFER);
     tokio::spawn(async move {
         let mut state = state;
-        while let Some((bytes, next)) = step(state).await {
+        loop {
+            // A client that disconnects ends the stream at once, even mid-step (a request
+            // waiting in the queue leaves it).
+            let produced = tokio::select! {
+                produced = step(state) => produced,
+                () = tx.closed() => return,
+            };
+            let Some((bytes, next)) = produced else { return };
             state = next;
             match tx.send_timeout(bytes, stall).await {
                 Ok(()) => {}
