@@ -181,6 +181,35 @@ async fn images(State(s): State<Shared>, Json(req): Json<ImageRequest>) -> Respo
         (m.delay, m.path.clone())
     };
     note(&path, &format!("image {}x{} vae={:?}", req.width, req.height, req.vae));
+    if req.source.is_some() || req.hires.is_some() || !req.loras.is_empty() {
+        // What img2img, hires fix and LoRAs reached the worker as, for the tests to read.
+        let hires = req
+            .hires
+            .as_ref()
+            .map(|h| format!("{}@{}x{}+{}", h.upscaler, h.width, h.height, h.steps));
+        let source = req.source.as_ref().map(|s| {
+            let mask = s
+                .mask
+                .as_ref()
+                .map(|m| format!("{}x{}/{}", m.width, m.height, m.channels));
+            format!(
+                "{}x{}/{} mask={mask:?} strength={}",
+                s.image.width, s.image.height, s.image.channels, s.strength
+            )
+        });
+        let loras: Vec<String> = req
+            .loras
+            .iter()
+            .map(|l| format!("{}:{}", l.path.display(), l.multiplier))
+            .collect();
+        note(
+            &path,
+            &format!(
+                "extras prompt={:?} hires={hires:?} source={source:?} loras={loras:?}",
+                req.prompt
+            ),
+        );
+    }
     let (tx, rx) = stream_channel();
     tokio::spawn(async move {
         let send = |e: ImageEvent| tx.send(Out::Event(e));
@@ -189,6 +218,13 @@ async fn images(State(s): State<Shared>, Json(req): Json<ImageRequest>) -> Respo
             tokio::time::sleep(delay).await;
             if send(ImageEvent::Progress { step, steps: req.steps }).await.is_err() {
                 return;
+            }
+            if step == 1 {
+                let _ = send(ImageEvent::Preview {
+                    step,
+                    png_base64: PNG_1X1.into(),
+                })
+                .await;
             }
         }
         let seed = req.seed.unwrap_or(0);

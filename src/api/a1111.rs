@@ -5,8 +5,10 @@
 //! are in `images.rs`.
 //!
 //! Lists answer what vramd really has: an empty list where it has none of the thing (no
-//! LoRAs, no upscaler models, no latent upscaling until hires fix exists), never a made-up
-//! entry that would fail when chosen.
+//! upscaler models, no `sd-modules`), never a made-up entry that would fail when chosen.
+//! Upscalers and latent upscale modes are stable-diffusion.cpp's hires-fix upscalers, under
+//! A1111's names (which are the engine's own); LoRAs are the files in the image models'
+//! `lora_dir`.
 //!
 //! The options are A1111's settings dict: vramd acts on `sd_model_checkpoint` (the model A1111
 //! requests use) and keeps every other key as the client sent it, so a client that writes the
@@ -20,7 +22,7 @@ use axum::extract::State;
 use axum::Json;
 use serde_json::{json, Map, Value};
 
-use super::images::{SAMPLERS, SCHEDULERS};
+use super::images::{HIRES_UPSCALERS, SAMPLERS, SCHEDULERS};
 use super::{ApiError, ApiJson, AppState};
 use crate::config::{Config, ModelConfig, ModelSource};
 
@@ -162,7 +164,11 @@ pub async fn get_options(State(state): State<AppState>) -> Json<Value> {
 }
 
 /// `POST /sdapi/v1/options`: any part of the dict. `sd_model_checkpoint` must name an image
-/// model (400 otherwise, naming it and the models); every other key is kept as sent.
+/// model (400 otherwise, naming it and the models), which is loaded through the arbiter
+/// before the answer, as A1111 loads a checkpoint when it is chosen: a model that cannot
+/// fit is the same 507 as a load, and is not chosen. Every other key is kept as sent.
+/// Choosing is a generation right (a WebUI over TCP does it), unlike `POST
+/// /v1/models/{name}/load`: it only loads an image model the way its next image would.
 pub async fn post_options(
     State(state): State<AppState>,
     ApiJson(mut update): ApiJson<Map<String, Value>>,
@@ -180,6 +186,7 @@ pub async fn post_options(
             });
         };
         update.insert(CHECKPOINT.into(), Value::from(model.name.clone()));
+        state.arbiter.load(&model.name).await?;
     }
     state.a1111.merge(update);
     Ok(Json(Value::Bool(true)))
@@ -220,10 +227,43 @@ pub async fn schedulers() -> Json<Value> {
     Json(Value::Array(list))
 }
 
-/// `GET /sdapi/v1/upscalers`: only "None": vramd has no upscaler models, and A1111's
-/// "Latent" ones belong to hires fix, which vramd does not have yet.
+/// `GET /sdapi/v1/upscalers`: the pixel-space upscalers hires fix can use (`None`, which
+/// A1111 lists first, is refused by hires fix itself: it would make no larger image). No
+/// upscaler models (ESRGAN and the like) are configured in vramd.
 pub async fn upscalers() -> Json<Value> {
-    Json(json!([{"name": "None", "model_name": null, "model_path": null, "model_url": null, "scale": 4}]))
+    let list: Vec<Value> = std::iter::once("None")
+        .chain(HIRES_UPSCALERS.iter().copied().filter(|u| !u.starts_with("Latent")))
+        .map(|name| json!({"name": name, "model_name": null, "model_path": null, "model_url": null, "scale": 4}))
+        .collect();
+    Json(Value::Array(list))
+}
+
+/// `GET /sdapi/v1/latent-upscale-modes`: hires fix's latent upscalers.
+pub async fn latent_upscale_modes() -> Json<Value> {
+    let list: Vec<Value> = HIRES_UPSCALERS
+        .iter()
+        .filter(|u| u.starts_with("Latent"))
+        .map(|name| json!({"name": name}))
+        .collect();
+    Json(Value::Array(list))
+}
+
+/// `GET /sdapi/v1/loras`: the LoRA files of every image model's `lora_dir`, A1111's fields
+/// (`name` is what `<lora:name:weight>` takes).
+pub async fn loras(State(state): State<AppState>) -> Json<Value> {
+    let mut list: Vec<Value> = Vec::new();
+    let dirs = state
+        .config
+        .image_models()
+        .filter_map(|m| m.image_options.as_ref()?.lora_dir.as_deref());
+    for dir in dirs {
+        for (name, path) in super::images::lora::list(dir) {
+            if !list.iter().any(|e| e["name"] == name.as_str()) {
+                list.push(json!({"name": name, "alias": name, "path": path.display().to_string(), "metadata": {}}));
+            }
+        }
+    }
+    Json(Value::Array(list))
 }
 
 /// `GET /sdapi/v1/sd-vae`: the separate VAE and TAESD files of the image models.
@@ -244,8 +284,8 @@ pub async fn sd_vae(State(state): State<AppState>) -> Json<Value> {
     Json(Value::Array(list))
 }
 
-/// Lists of things vramd has none of: `latent-upscale-modes` (hires fix), `sd-modules`,
-/// `loras`.
+/// Lists of things vramd has none of: `sd-modules` (text encoders and VAEs chosen apart
+/// from the checkpoint).
 pub async fn empty_list() -> Json<Value> {
     Json(json!([]))
 }

@@ -47,6 +47,8 @@ pub struct AppState {
     pub templates: Arc<crate::chat::Templates>,
     /// AUTOMATIC1111's settings as clients set them (the current checkpoint among them).
     pub a1111: Arc<a1111::A1111Options>,
+    /// The latest preview of each image being made (A1111's `current_image`).
+    pub previews: Arc<images::Previews>,
 }
 
 impl AppState {
@@ -64,6 +66,7 @@ impl AppState {
             activity,
             templates,
             a1111,
+            previews: Arc::default(),
         }
     }
 }
@@ -89,6 +92,9 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(completions::chat))
         .route("/v1/images/generations", post(images::openai))
         .route("/sdapi/v1/txt2img", post(images::txt2img))
+        .route("/sdapi/v1/img2img", post(images::edit::img2img))
+        .route("/v1/images/edits", post(images::edit::openai_edits))
+        .route("/v1/images/files/{name}", get(images::files::serve))
         .route("/sdapi/v1/sd-models", get(a1111::sd_models))
         .route("/sdapi/v1/progress", get(images::progress))
         // Interrupt and skip are generation rights, open to TCP clients; skip stops the
@@ -99,10 +105,10 @@ pub fn router(state: AppState) -> Router {
         .route("/sdapi/v1/samplers", get(a1111::samplers))
         .route("/sdapi/v1/schedulers", get(a1111::schedulers))
         .route("/sdapi/v1/upscalers", get(a1111::upscalers))
-        .route("/sdapi/v1/latent-upscale-modes", get(a1111::empty_list))
+        .route("/sdapi/v1/latent-upscale-modes", get(a1111::latent_upscale_modes))
         .route("/sdapi/v1/sd-vae", get(a1111::sd_vae))
         .route("/sdapi/v1/sd-modules", get(a1111::empty_list))
-        .route("/sdapi/v1/loras", get(a1111::empty_list))
+        .route("/sdapi/v1/loras", get(a1111::loras))
         .route("/sdapi/v1/embeddings", get(a1111::embeddings))
         .route("/sdapi/v1/refresh-checkpoints", post(a1111::refresh_checkpoints))
         .route("/sdapi/v1/memory", get(a1111::memory))

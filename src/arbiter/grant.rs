@@ -222,6 +222,7 @@ impl Grant {
 impl Drop for Grant {
     fn drop(&mut self) {
         let end = (!self.resent).then(|| self.ending());
+        let abandoned = !self.resent && self.images > self.images_done && matches!(end, Some((Ending::Cancelled, _)));
         let _ = self.internal.send(Internal::Release(Released {
             model: std::mem::take(&mut self.model),
             seq: self.seq,
@@ -230,6 +231,7 @@ impl Drop for Grant {
             report: self.report.take(),
             ended: crate::clock::now_unix(),
             end,
+            abandoned,
         }));
     }
 }

@@ -177,6 +177,9 @@ pub(crate) struct Released {
     pub ended: u64,
     /// How it ended and why it failed; `None` when it is sent again to a new worker.
     pub end: Option<(crate::events::Ending, Option<String>)>,
+    /// An image was still being made for it when it was dropped: its client left (or its
+    /// handler gave up) mid-generation, and the worker would go on for nobody.
+    pub abandoned: bool,
 }
 
 pub(crate) enum Internal {

@@ -156,6 +156,7 @@ impl Arbiter {
             report,
             ended,
             end,
+            abandoned,
         } = released;
         let model = model.as_str();
         self.last_activity = std::time::Instant::now();
@@ -177,6 +178,14 @@ impl Arbiter {
         entry.in_flight = entry.in_flight.saturating_sub(1);
         if entry.in_flight == 0 && entry.state == ModelState::Busy {
             entry.state = ModelState::Loaded;
+        }
+        if abandoned && entry.running.is_empty() {
+            // stable-diffusion.cpp cannot cancel: stopping the worker is the only way to stop
+            // an image nobody waits for, so the next request does not wait behind it (it
+            // reloads from the page cache). With other requests on the worker it finishes.
+            tracing::info!(model, "the client left mid-generation; stopping its image");
+            self.evict_hard(model, "the client left mid-generation".into(), Cause::Interrupted);
+            return;
         }
         let Some(report) = report else { return };
         entry.report(&report.health);

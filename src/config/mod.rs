@@ -271,6 +271,9 @@ pub struct ImageOptions {
     pub max_size: u32,
     /// Most images per request (`n`, `batch_size` × `n_iter`).
     pub max_batch: u32,
+    /// The folder of this model's LoRAs (`<lora:name:weight>` in a prompt names a file in
+    /// it, without its extension); none: LoRAs are refused.
+    pub lora_dir: Option<std::path::PathBuf>,
 }
 
 impl Default for ImageOptions {
@@ -279,6 +282,7 @@ impl Default for ImageOptions {
             size_multiple: 8,
             max_size: 2048,
             max_batch: 8,
+            lora_dir: None,
         }
     }
 }

@@ -111,6 +111,7 @@ struct ModelTable {
     size_multiple: Option<u32>,
     max_size: Option<u32>,
     max_batch: Option<u32>,
+    lora_dir: Option<PathBuf>,
 }
 
 /// The parsed main file.
@@ -338,7 +339,7 @@ fn convert_models(file: &Path, text: &str, tables: Vec<Spanned<ModelTable>>) -> 
 fn convert_model(t: ModelTable, base: &Path, origin: String) -> Result<ModelConfig, String> {
     check_model_name(&t.name)?;
     let source = model_source(&t, base)?;
-    let image = image_options(&t)?;
+    let image = image_options(&t, base)?;
     let llm = llm_options(&t)?;
     Ok(ModelConfig {
         name: t.name,
@@ -399,11 +400,12 @@ fn model_source(t: &ModelTable, base: &Path) -> Result<ModelSource, String> {
 
 /// The image options, defaults filled in: refused on an LLM (a misplaced key is a mistake,
 /// never silently ignored), and checked so that some image size is always acceptable.
-fn image_options(t: &ModelTable) -> Result<ImageOptions, String> {
+fn image_options(t: &ModelTable, base: &Path) -> Result<ImageOptions, String> {
     let image_only = [
         ("size_multiple", t.size_multiple.is_some()),
         ("max_size", t.max_size.is_some()),
         ("max_batch", t.max_batch.is_some()),
+        ("lora_dir", t.lora_dir.is_some()),
     ];
     if let Some((key, _)) = image_only.iter().find(|(_, set)| *set && t.kind != ModelKind::Image) {
         return Err(format!("model {:?}: `{key}` applies to image models only", t.name));
@@ -413,6 +415,7 @@ fn image_options(t: &ModelTable) -> Result<ImageOptions, String> {
         size_multiple: t.size_multiple.unwrap_or(di.size_multiple),
         max_size: t.max_size.unwrap_or(di.max_size),
         max_batch: t.max_batch.unwrap_or(di.max_batch),
+        lora_dir: t.lora_dir.clone().map(|p| absolute(base, p)),
     };
     if image.size_multiple == 0 || image.size_multiple % 8 != 0 {
         return Err(format!("model {:?}: `size_multiple` must be a multiple of 8", t.name));

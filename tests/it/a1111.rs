@@ -15,17 +15,40 @@ use serde_json::{json, Value};
 use crate::util::ok;
 use crate::util::{fake_two_models, http, read_response, send_request, Daemon, Response, GIB};
 
-struct Served {
-    d: Daemon,
-    port: u16,
+pub(crate) struct Served {
+    pub d: Daemon,
+    pub port: u16,
     _dirs: Vec<tempfile::TempDir>,
 }
 
 /// `chat`, `sd` and `sd2` (the same fake file) with `extra` in `[daemon]`, on the socket and TCP.
-fn serve(extra: &str) -> Served {
+pub(crate) fn serve(extra: &str) -> Served {
+    serve_models(extra, "", "")
+}
+
+/// [`serve`] with `lines` in both image models' tables (`lora_dir = …`).
+pub(crate) fn serve_with_image_line(lines: &str) -> Served {
+    serve_models("", lines, "")
+}
+
+/// [`serve`] with a third image model, `huge`, larger than the whole 3 GiB budget.
+pub(crate) fn serve_with_huge() -> Served {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = crate::util::model_file(dir.path(), "huge", "ok", 4 * GIB);
+    let table = format!(
+        "[[models]]\nname = \"huge\"\nkind = \"image\"\npath = \"{}\"\n",
+        huge.display()
+    );
+    let mut s = serve_models("", "", &table);
+    s._dirs.push(dir);
+    s
+}
+
+fn serve_models(extra: &str, image_lines: &str, more: &str) -> Served {
     let (config, dirs) = fake_two_models(GIB, "ok delay_ms=1", extra);
     let sd_path = config.lines().last().unwrap().to_owned();
-    let config = format!("{config}[[models]]\nname = \"sd2\"\nkind = \"image\"\n{sd_path}\n");
+    let config =
+        format!("{config}{image_lines}[[models]]\nname = \"sd2\"\nkind = \"image\"\n{sd_path}\n{image_lines}{more}");
     let port = crate::util::free_port();
     let d = Daemon::start_with(&config, |c| {
         c.arg("--tcp").arg(format!("127.0.0.1:{port}"));
@@ -35,7 +58,7 @@ fn serve(extra: &str) -> Served {
 
 impl Served {
     /// One request, over TCP or the Unix socket.
-    fn call(&self, tcp: bool, method: &str, path: &str, body: Option<&Value>) -> Response {
+    pub fn call(&self, tcp: bool, method: &str, path: &str, body: Option<&Value>) -> Response {
         let body = body.map(Value::to_string).unwrap_or_default();
         let headers: &[(&str, &str)] = if method == "POST" {
             &[("Content-Type", "application/json")]
@@ -51,17 +74,27 @@ impl Served {
         read_response(&mut s)
     }
 
-    fn get(&self, tcp: bool, path: &str) -> Value {
+    /// What the fake image worker was asked (see `examples/fake-worker.rs`).
+    pub fn worker_log(&self) -> String {
+        std::fs::read_to_string(self._dirs[1].path().join("sd.bin.log")).unwrap_or_default()
+    }
+
+    pub fn get(&self, tcp: bool, path: &str) -> Value {
         ok(self.call(tcp, "GET", path, None))
     }
 
-    fn post(&self, tcp: bool, path: &str, body: &Value) -> Value {
+    pub fn post(&self, tcp: bool, path: &str, body: &Value) -> Value {
         ok(self.call(tcp, "POST", path, Some(body)))
     }
 }
 
+/// The `info` of an A1111 answer, a JSON string.
+pub(crate) fn check_info(v: &Value) -> Value {
+    serde_json::from_str(v["info"].as_str().expect("info is a JSON string")).unwrap()
+}
+
 /// Checks that an image is a base64 PNG (the fake worker's are 1×1, without text chunks).
-fn is_png(b64: &str) {
+pub(crate) fn is_png(b64: &str) {
     let png = base64::engine::general_purpose::STANDARD.decode(b64).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
 }
@@ -224,10 +257,29 @@ fn sillytavern_connect(s: &Served) {
     );
     assert_eq!(schedulers[2]["label"], "Karras");
     assert_eq!(schedulers[2]["default_rho"], 7.0);
-    let upscalers = s.get(true, "/sdapi/v1/upscalers");
-    assert_eq!(upscalers.as_array().unwrap().len(), 1);
-    assert_eq!(upscalers[0]["name"], "None");
-    assert_eq!(s.get(true, "/sdapi/v1/latent-upscale-modes"), json!([]));
+    // Its hires menu: "None" first (it relies on that), then the latent modes, then the rest.
+    let names = |v: Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["name"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(
+        names(s.get(true, "/sdapi/v1/upscalers")),
+        ["None", "Lanczos", "Nearest"]
+    );
+    assert_eq!(
+        names(s.get(true, "/sdapi/v1/latent-upscale-modes")),
+        [
+            "Latent",
+            "Latent (antialiased)",
+            "Latent (bicubic)",
+            "Latent (bicubic antialiased)",
+            "Latent (nearest)",
+            "Latent (nearest-exact)"
+        ]
+    );
     assert_eq!(
         s.get(true, "/sdapi/v1/sd-vae"),
         json!([]),
@@ -283,14 +335,64 @@ fn sillytavern_connects_generates_with_normal_and_interrupts_over_tcp() {
     let info = check_txt2img(&v, "sd2", 1, 256);
     assert_eq!(info["scheduler"], "discrete");
     assert_eq!(info["sampler_name"], "dpm++2m");
-    // Hires fix is not there yet: a 400 naming it, not an image at the base size.
-    let r = s.call(
-        true,
-        "POST",
-        "/sdapi/v1/txt2img",
-        Some(&sillytavern_body("a cat", 2, true)),
+    // Hires fix on: the answer is at twice the size, and the worker was asked for the
+    // second pass ("None" is a plain resize: the engine's Lanczos).
+    let v = s.post(true, "/sdapi/v1/txt2img", &sillytavern_body("a hires cat", 2, true));
+    let info = check_info(&v);
+    assert_eq!(
+        (info["width"].as_u64(), info["height"].as_u64()),
+        (Some(512), Some(512))
     );
-    assert_eq!(r.error(400)["param"], "enable_hr");
+    assert_eq!(
+        (&v["parameters"]["width"], &v["parameters"]["enable_hr"]),
+        (&json!(256), &json!(true))
+    );
+    assert!(
+        info["infotexts"][0]
+            .as_str()
+            .unwrap()
+            .contains("Hires upscaler: Lanczos"),
+        "{info}"
+    );
+    let log = s.worker_log();
+    assert!(
+        log.contains(r#"extras prompt="a hires cat" hires=Some("Lanczos@512x512+0")"#),
+        "{log}"
+    );
+    let mut body = sillytavern_body("a latent cat", 2, true);
+    body["hr_upscaler"] = json!("Latent (nearest)");
+    body["hr_scale"] = json!(1.5);
+    body["hr_second_pass_steps"] = json!(3);
+    assert_eq!(check_info(&s.post(true, "/sdapi/v1/txt2img", &body))["width"], 384);
+    assert!(s.worker_log().contains(r#"hires=Some("Latent (nearest)@384x384+3")"#));
+    // Only one side given: the other keeps the proportions.
+    let mut body = sillytavern_body("wide", 1, true);
+    body["width"] = json!(256);
+    body["height"] = json!(128);
+    body["hr_resize_x"] = json!(512);
+    let info = check_info(&s.post(true, "/sdapi/v1/txt2img", &body));
+    assert_eq!(
+        (info["width"].as_u64(), info["height"].as_u64()),
+        (Some(512), Some(256))
+    );
+    // An upscaler model vramd does not have, a second pass past the model's limit: 400s
+    // naming the field.
+    body["hr_upscaler"] = json!("R-ESRGAN 4x+");
+    let r = s.call(true, "POST", "/sdapi/v1/txt2img", Some(&body));
+    let e = r.error(400);
+    assert_eq!(e["param"], "hr_upscaler");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("Latent (nearest-exact), Lanczos"),
+        "{e}"
+    );
+    let mut body = sillytavern_body("huge", 1, true);
+    body["hr_scale"] = json!(4);
+    body["width"] = json!(1024);
+    let r = s.call(true, "POST", "/sdapi/v1/txt2img", Some(&body));
+    assert_eq!(r.error(400)["param"], "hr_resize_x");
 
     // Stop: its interrupt over TCP is not refused, and stops the generation.
     let port = s.port;

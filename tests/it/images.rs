@@ -94,6 +94,8 @@ pub struct Options<'a> {
     pub env: Vec<(&'static str, PathBuf)>,
     /// The estimator's calibration to start from (`calibration.json` of another daemon).
     pub calibration: Option<String>,
+    /// `sd1`'s LoRA folder.
+    pub lora_dir: Option<PathBuf>,
 }
 
 /// A daemon with `zimage` (components), `sd1` (one checkpoint with its full VAE), a tiny
@@ -118,13 +120,14 @@ pub fn start_with(o: Options) -> Option<Images> {
     let config = format!(
         "{}[policy]\n{policy}\
          [[models]]\nname = \"zimage\"\nkind = \"image\"\ndiffusion_model = \"{dit}\"\nllm = \"{llm}\"\ntaesd = \"{tae}\"\nsize_multiple = 16\n\
-         [[models]]\nname = \"sd1\"\nkind = \"image\"\npath = \"{}\"\n\
+         [[models]]\nname = \"sd1\"\nkind = \"image\"\npath = \"{}\"\n{}\
          [[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"{}\"\ncontext_length = 256\n\
          [[models]]\nname = \"broken\"\nkind = \"image\"\ndiffusion_model = \"{}\"\nllm = \"{llm}\"\ntaesd = \"{tae}\"\n",
         BASE_CONFIG
             .replace("[daemon]\n", &format!("[daemon]\nworker_dir = \"{}\"\nworker_start_timeout = \"60s\"\n", workers.display()))
             .replace("budget = \"8GiB\"\n", &o.budget.map_or("budget = \"8GiB\"\n".into(), |b| format!("budget = {b}\nreserve = 0\n"))),
         file("sd1.gguf"),
+        o.lora_dir.as_ref().map_or(String::new(), |d| format!("lora_dir = \"{}\"\n", d.display())),
         file("chat.gguf"),
         file("broken.gguf"),
     );
@@ -500,4 +503,124 @@ fn long_prompts_make_images_and_absurd_ones_are_refused() {
         Value::Null,
         "the worker never crashed"
     );
+}
+
+/// The PNG of an A1111 answer's first image: its size, and the pixels' bytes as base64
+/// (for sameness; the PNG's text chunk differs with the parameters).
+fn first_image(v: &Value) -> (u32, u32, String) {
+    let b64 = v["images"][0].as_str().unwrap().to_owned();
+    let (w, h, _) = png_info(&b64);
+    (w, h, b64)
+}
+
+#[test]
+fn img2img_inpainting_and_hires_fix_run_in_the_engine() {
+    let Some(t) = start(None) else { return };
+    let post = |path: &str, body: Value| ok(t.d.post_json(path, &body.to_string()));
+    for model in ["zimage", "sd1"] {
+        let base = post(
+            "/sdapi/v1/txt2img",
+            json!({"model": model, "prompt": "a house", "width": 64, "height": 64, "steps": 2, "seed": 1}),
+        );
+        let (_, _, picture) = first_image(&base);
+        // img2img at another size (the picture is stretched): that size, deterministic.
+        // (SD1's sizes are multiples of 64 in stable-diffusion.cpp.)
+        let body = json!({"model": model, "prompt": "a house at night", "init_images": [picture], "denoising_strength": 0.6,
+                          "width": 64, "height": 128, "steps": 2, "seed": 9});
+        let a = first_image(&post("/sdapi/v1/img2img", body.clone()));
+        assert_eq!((a.0, a.1), (64, 128), "{model}");
+        assert_eq!(
+            first_image(&post("/sdapi/v1/img2img", body.clone())).2,
+            a.2,
+            "{model}: same seed, same image"
+        );
+        let mut weaker = body.clone();
+        weaker["denoising_strength"] = json!(0.3);
+        assert_ne!(
+            first_image(&post("/sdapi/v1/img2img", weaker)).2,
+            a.2,
+            "{model}: the strength is used"
+        );
+
+        // Inpainting: the left half repainted.
+        let mask = {
+            let img = image::GrayImage::from_fn(64, 64, |x, _| image::Luma([if x < 32 { 255 } else { 0 }]));
+            let mut out = std::io::Cursor::new(Vec::new());
+            image::DynamicImage::ImageLuma8(img)
+                .write_to(&mut out, image::ImageFormat::Png)
+                .unwrap();
+            base64::Engine::encode(&base64::engine::general_purpose::STANDARD, out.into_inner())
+        };
+        let body = json!({"model": model, "prompt": "a tree", "init_images": [picture], "mask": mask, "inpainting_fill": 1,
+                          "inpaint_full_res": false, "width": 64, "height": 64, "steps": 2, "seed": 4});
+        let inpainted = first_image(&post("/sdapi/v1/img2img", body.clone()));
+        assert_eq!((inpainted.0, inpainted.1), (64, 64));
+        assert_eq!(
+            first_image(&post("/sdapi/v1/img2img", body)).2,
+            inpainted.2,
+            "{model}: same seed, same image"
+        );
+
+        // Hires fix: the second pass at twice the size, latent and pixel upscalers.
+        for upscaler in ["Latent", "Lanczos"] {
+            let v = post(
+                "/sdapi/v1/txt2img",
+                json!({"model": model, "prompt": "a house", "width": 64, "height": 64, "steps": 1, "seed": 1,
+                       "enable_hr": true, "hr_scale": 2, "hr_upscaler": upscaler, "hr_second_pass_steps": 1,
+                       "denoising_strength": 0.5}),
+            );
+            let (w, h, _) = first_image(&v);
+            assert_eq!((w, h), (128, 128), "{model} {upscaler}");
+            let info: Value = serde_json::from_str(v["info"].as_str().unwrap()).unwrap();
+            assert_eq!(
+                (info["width"].as_u64(), info["height"].as_u64()),
+                (Some(128), Some(128))
+            );
+        }
+    }
+}
+
+/// A LoRA for `sd1`'s first attention query (rank 4, kohya's `lora_up`/`lora_down` names on
+/// the checkpoint's own tensor name), random, strong enough to change the picture.
+fn write_lora(dir: &Path) {
+    let target = "model.diffusion_model.input_blocks.1.1.transformer_blocks.0.attn1.to_q";
+    let manifest = json!({
+        format!("{target}.lora_down.weight"): [32, 4],
+        format!("{target}.lora_up.weight"): [4, 32],
+    })
+    .to_string();
+    let options = ManifestOptions {
+        linear_type: vramd_gguf::types::GgmlType::F32,
+        std: 0.5,
+        ..ManifestOptions::default()
+    };
+    write_from_manifest(dir.join("sharp.gguf"), &manifest, &options).unwrap();
+}
+
+#[test]
+fn a_lora_from_the_prompt_changes_the_picture_and_only_for_that_request() {
+    let loras = tempfile::tempdir().unwrap();
+    write_lora(loras.path());
+    let Some(t) = start_with(Options {
+        lora_dir: Some(loras.path().to_owned()),
+        ..Default::default()
+    }) else {
+        return;
+    };
+    let listed = ok(t.d.get("/sdapi/v1/loras"));
+    assert_eq!(listed[0]["name"], "sharp");
+    // Pixels, not PNG bytes: the PNG's `parameters` chunk holds the prompt, tag and all.
+    let image = |prompt: &str| {
+        let body = json!({"model": "sd1", "prompt": prompt, "width": 64, "height": 64, "steps": 2, "seed": 3});
+        let b64 = first_image(&ok(t.d.post_json("/sdapi/v1/txt2img", &body.to_string()))).2;
+        let png = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, b64).unwrap();
+        image::load_from_memory(&png).unwrap().to_rgb8().into_raw()
+    };
+    let plain = image("a cat");
+    let with_lora = image("a cat <lora:sharp:1>");
+    assert_ne!(with_lora, plain, "the LoRA changed the picture");
+    assert_eq!(image("a cat <lora:sharp:1>"), with_lora, "deterministic");
+    // The tag is not part of the text the encoder sees, and the LoRA is gone afterwards.
+    assert_eq!(image("a cat"), plain, "without the tag, the plain picture again");
+    assert_ne!(image("a cat <lora:sharp:0.2>"), with_lora, "the weight is used");
 }

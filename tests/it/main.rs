@@ -11,6 +11,7 @@ mod dbus;
 mod dbus_util;
 mod desktop_notify;
 mod device;
+mod edits;
 mod grant;
 mod images;
 mod lifecycle;

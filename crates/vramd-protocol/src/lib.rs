@@ -478,6 +478,59 @@ pub struct ImageRequest {
     pub vae: VaePlacement,
     /// Text chunks to write into each PNG (A1111 puts the parameters under `parameters`).
     pub png_text: Vec<(String, String)>,
+    /// img2img: the picture the generation starts from (and for inpainting, its mask).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<SourceImage>,
+    /// Hires fix: a second pass at a larger size from the first pass's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hires: Option<Hires>,
+    /// LoRAs applied to this generation only.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loras: Vec<Lora>,
+}
+
+/// Raw 8-bit pixels, rows top to bottom, base64-encoded: the daemon decodes and resizes
+/// what clients send (PNG, JPEG, WebP), so a worker gets exactly `width·height·channels`
+/// bytes and never parses an image format.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Pixels {
+    pub width: u32,
+    pub height: u32,
+    /// 3 (RGB) for a picture, 1 for a mask.
+    pub channels: u8,
+    pub base64: String,
+}
+
+/// img2img's starting point, at the request's own width and height.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SourceImage {
+    pub image: Pixels,
+    /// Inpainting: one channel, 255 where the picture is painted again, 0 where it is kept.
+    pub mask: Option<Pixels>,
+    /// How much of the picture is noised away (A1111's `denoising_strength`): 0 keeps it,
+    /// 1 replaces it.
+    pub strength: f32,
+}
+
+/// A1111's hires fix: the first pass at the request's size, then the result upscaled to
+/// `width`×`height` and sampled again for `steps` (0: as many as the first pass) at
+/// `denoising_strength`. Where the request's VAE decode runs applies to the final size.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Hires {
+    /// stable-diffusion.cpp's upscaler name, which is A1111's: `Latent`, `Latent (nearest)`,
+    /// `Lanczos`, `Nearest`, …
+    pub upscaler: String,
+    pub width: u32,
+    pub height: u32,
+    pub steps: u32,
+    pub denoising_strength: f32,
+}
+
+/// One LoRA file, checked by the daemon to lie in the model's LoRA folder.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Lora {
+    pub path: std::path::PathBuf,
+    pub multiplier: f32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -492,6 +545,12 @@ pub enum ImageEvent {
     Progress {
         step: u32,
         steps: u32,
+    },
+    /// A preview of the image being sampled (a cheap projection of the latent, at the
+    /// latent's size), for A1111's `current_image`; at most a few per second.
+    Preview {
+        step: u32,
+        png_base64: String,
     },
     /// One finished image: a PNG, base64-encoded, and the seed that made it.
     Image {

@@ -170,7 +170,7 @@ fn split(components: &[ComponentBytes], vae: VaePlacement, peaks: &Peaks) -> Byt
 }
 
 fn run(calls: std_mpsc::Receiver<EngineCall>, status: HealthWriter) {
-    sd::set_callbacks(logcap::on_log, logcap::on_progress);
+    sd::set_callbacks(logcap::on_log, logcap::on_progress, logcap::on_preview);
     let mut model: Option<Model> = None;
     while let Ok(call) = calls.recv() {
         match call {
@@ -337,12 +337,61 @@ pub fn validate(req: &ImageRequest) -> Result<(), WorkerError> {
             return bad(format!("seed must not be negative, not {seed}"));
         }
     }
+    validate_extras(req)?;
     for (keyword, text) in &req.png_text {
         if let Err(e) = crate::png::check_keyword(keyword) {
             return bad(format!("png_text: {e}"));
         }
         if text.contains('\0') {
             return bad(format!("png_text: the text of {keyword:?} contains a NUL byte"));
+        }
+    }
+    Ok(())
+}
+
+/// img2img's source and mask (at the request's size, whole), hires fix (a known upscaler, a
+/// size the engine takes) and LoRAs (files that exist).
+fn validate_extras(req: &ImageRequest) -> Result<(), WorkerError> {
+    let bad = |msg: String| Err(error(ErrorCode::InvalidRequest, msg));
+    if let Some(source) = &req.source {
+        let images =
+            std::iter::once((&source.image, "source image", 3)).chain(source.mask.as_ref().map(|m| (m, "mask", 1)));
+        for (p, what, channels) in images {
+            if (p.width, p.height, p.channels) != (req.width, req.height, channels) {
+                return bad(format!(
+                    "{what}: {}x{} with {} channels, not {}x{} with {channels}",
+                    p.width, p.height, p.channels, req.width, req.height
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&source.strength) {
+            return bad(format!("strength must be 0 to 1, not {}", source.strength));
+        }
+    }
+    if let Some(h) = &req.hires {
+        if sd::hires_upscaler(&h.upscaler).is_none() {
+            return bad(format!("hires: unknown upscaler {:?}", h.upscaler));
+        }
+        for (name, v) in [("hires width", h.width), ("hires height", h.height)] {
+            if v == 0 || v % 8 != 0 || v > MAX_SIDE {
+                return bad(format!(
+                    "{name} must be a positive multiple of 8 up to {MAX_SIDE}, not {v}"
+                ));
+            }
+        }
+        if h.steps > MAX_STEPS || !(0.0..=1.0).contains(&h.denoising_strength) {
+            return bad(format!(
+                "hires: steps must be 0 to {MAX_STEPS} and denoising_strength 0 to 1, not {} and {}",
+                h.steps, h.denoising_strength
+            ));
+        }
+    }
+    for lora in &req.loras {
+        if !lora.path.is_file() {
+            return bad(format!("lora: {} is not a file", lora.path.display()));
+        }
+        if !lora.multiplier.is_finite() {
+            return bad("lora: the weight must be a finite number".into());
         }
     }
     Ok(())
@@ -502,9 +551,14 @@ fn run_generation(model: &mut Model, req: &ImageRequest, seed: i64, out: &mpsc::
 
     let decode_started = facts.decode_started.unwrap_or(ended).clamp(started, ended);
     let (sampling_on_device, _) = split_phase(facts.sampling, !weights_on_gpu(&model.components), false);
+    // With hires fix the images (and the decode that matters) are at the second pass's size.
+    let (width, height) = req
+        .hires
+        .as_ref()
+        .map_or((req.width, req.height), |h| (h.width, h.height));
     let peaks = GenerationPeaks {
-        width: req.width,
-        height: req.height,
+        width,
+        height,
         sampling_bytes: sampling_on_device,
         vae_decode_bytes: facts.decode.largest(),
         vae: req.vae,
@@ -572,16 +626,25 @@ fn stream_images(images: &[RgbImage], req: &ImageRequest, seed: i64, out: &mpsc:
     true
 }
 
+/// The size of the images a request makes: with hires fix, the second pass's (which is also
+/// where the decode that matters runs).
+fn final_size(req: &ImageRequest) -> (u32, u32) {
+    req.hires
+        .as_ref()
+        .map_or((req.width, req.height), |h| (h.width, h.height))
+}
+
 /// Image `index` of the batch as its PNG, with the request's text chunks; an `error` event
 /// when the library made another size than was asked, or the PNG cannot be written.
 fn image_event(img: &RgbImage, index: usize, req: &ImageRequest, seed: i64) -> ImageEvent {
     let internal = |message: String| ImageEvent::Error {
         error: error(ErrorCode::Internal, message),
     };
-    if (img.width, img.height) != (req.width, req.height) {
+    let asked = final_size(req);
+    if (img.width, img.height) != asked {
         return internal(format!(
             "stable-diffusion.cpp made a {}×{} image, {}×{} was asked",
-            img.width, img.height, req.width, req.height
+            img.width, img.height, asked.0, asked.1
         ));
     }
     match crate::png::encode(img, &req.png_text) {
@@ -627,6 +690,9 @@ pub(crate) mod tests {
             batch_count: 1,
             vae: VaePlacement::Gpu,
             png_text: vec![("parameters".into(), "a cat".into())],
+            source: None,
+            hires: None,
+            loras: Vec::new(),
         }
     }
 

@@ -119,6 +119,8 @@ struct Generation {
     batch: u32,
     /// The last step sent, over the whole batch.
     last_step: u32,
+    /// When the last preview was sent.
+    last_preview: Option<Instant>,
     sink: Option<mpsc::Sender<Out<ImageEvent>>>,
     facts: GenFacts,
 }
@@ -174,6 +176,7 @@ pub fn begin_generation(sink: Option<mpsc::Sender<Out<ImageEvent>>>, batch: u32)
             loading: false,
             batch: batch.max(1),
             last_step: 0,
+            last_preview: None,
             sink,
             facts: GenFacts::default(),
         });
@@ -217,6 +220,58 @@ pub extern "C" fn on_progress(step: i32, steps: i32, _time: f32, _data: *mut c_v
         // A client that left makes this fail; the generation goes on (there is no cancel).
         let _ = sink.blocking_send(Out::Event(event));
     }
+}
+
+/// Least time between two previews: each is a PNG on the stream, and a WebUI polls
+/// `progress` about once a second.
+const PREVIEW_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
+/// The preview callback: the latent of the image being sampled, projected to RGB by
+/// stable-diffusion.cpp (`PREVIEW_PROJ`, no VAE run), becomes a `preview` event: the first
+/// of each generation, then at most one per [`PREVIEW_EVERY`]; dropped when the stream is
+/// full rather than slowing the sampling down.
+///
+/// # Safety
+/// Called by stable-diffusion.cpp with `frame_count` images of `width·height·channel` bytes,
+/// alive for the call.
+pub unsafe extern "C" fn on_preview(
+    step: i32,
+    frame_count: i32,
+    frames: *mut diffusion_rs_sys::sd_image_t,
+    _is_noisy: bool,
+    _data: *mut c_void,
+) {
+    if frames.is_null() || frame_count < 1 {
+        return;
+    }
+    let Some(sink) = with_state(|s| preview_due(s, Instant::now())) else {
+        return;
+    };
+    // SAFETY: the caller's contract; the first frame is copied before the call returns.
+    let Some(img) = (unsafe { crate::sd::RgbImage::copy_from(&*frames) }) else {
+        return;
+    };
+    if let Ok(png) = crate::png::encode(&img, &[]) {
+        let event = ImageEvent::Preview {
+            step: u32::try_from(step.max(0)).unwrap_or(0),
+            png_base64: crate::png::base64(&png),
+        };
+        let _ = sink.try_send(Out::Event(event));
+    }
+}
+
+/// Where a preview goes now, if one is due (sampling, outside a tensor load, the first or
+/// [`PREVIEW_EVERY`] after the last).
+fn preview_due(s: &mut State, now: Instant) -> Option<mpsc::Sender<Out<ImageEvent>>> {
+    let g = s.generation.as_mut()?;
+    if !matches!(g.phase, Phase::Sampling { .. }) || g.loading {
+        return None;
+    }
+    if g.last_preview.is_some_and(|t| now.duration_since(t) < PREVIEW_EVERY) {
+        return None;
+    }
+    g.last_preview = Some(now);
+    g.sink.clone()
 }
 
 /// The progress event a callback makes, and where it goes: only sampling steps, outside a
@@ -431,6 +486,7 @@ mod tests {
             loading: false,
             batch: 1,
             last_step: 0,
+            last_preview: None,
             sink: None,
             facts: GenFacts::default(),
         });
@@ -461,6 +517,31 @@ mod tests {
     }
 
     #[test]
+    fn previews_go_out_while_sampling_at_most_every_quarter_second() {
+        let (tx, _rx) = mpsc::channel(8);
+        let mut s = State {
+            generation: Some(Generation {
+                phase: Phase::Prepare,
+                loading: false,
+                batch: 1,
+                last_step: 0,
+                last_preview: None,
+                sink: Some(tx),
+                facts: GenFacts::default(),
+            }),
+            ..State::default()
+        };
+        let t = Instant::now();
+        assert!(preview_due(&mut s, t).is_none(), "not sampling yet");
+        s.generation.as_mut().unwrap().phase = Phase::Sampling { index: 0 };
+        assert!(preview_due(&mut s, t).is_some(), "the first");
+        assert!(preview_due(&mut s, t + PREVIEW_EVERY / 2).is_none());
+        assert!(preview_due(&mut s, t + PREVIEW_EVERY).is_some());
+        s.generation.as_mut().unwrap().loading = true;
+        assert!(preview_due(&mut s, t + PREVIEW_EVERY * 3).is_none(), "not while tensors load");
+    }
+
+    #[test]
     fn only_sampling_steps_become_progress() {
         let (tx, _rx) = mpsc::channel(8);
         let mut s = State {
@@ -469,6 +550,7 @@ mod tests {
                 loading: false,
                 batch: 2,
                 last_step: 0,
+                last_preview: None,
                 sink: Some(tx),
                 facts: GenFacts::default(),
             }),

@@ -91,16 +91,101 @@ impl SdContext {
     /// Generates `req.batch_count` images, the first from `seed` (the library counts the
     /// next ones up); `None` when stable-diffusion.cpp returns NULL (it logged why).
     pub fn generate(&mut self, req: &ImageRequest, seed: i64) -> Result<Option<Vec<RgbImage>>, String> {
-        let prompt = CString::new(req.prompt.as_str()).map_err(|_| "prompt contains a NUL byte")?;
-        let negative = CString::new(req.negative_prompt.as_str()).map_err(|_| "negative_prompt contains a NUL byte")?;
-        let params = img_gen_params(req, seed, &prompt, &negative)?;
-        // SAFETY: the context is live and owned by this thread; the strings outlive the call.
+        let mut inputs = Inputs::new(req)?;
+        let params = img_gen_params(req, seed, &mut inputs)?;
+        // SAFETY: the context is live and owned by this thread; everything the parameters
+        // point to is owned by `inputs`, which outlives the call.
         let images = unsafe { sys::generate_image(self.ctx.as_ptr(), &params) };
         if images.is_null() {
             return Ok(None);
         }
         // SAFETY: a non-NULL result of generate_image for `batch_count` images, not freed yet.
         unsafe { take_images(images, params.batch_count) }.map(Some)
+    }
+}
+
+/// What one call's C parameters point to besides plain numbers: the prompts, the pixels of
+/// an img2img source and its mask, the LoRA paths. Owned here, for the length of the call.
+pub struct Inputs {
+    prompt: CString,
+    negative: CString,
+    image: Option<(Vec<u8>, u32, u32, u32)>,
+    mask: Option<(Vec<u8>, u32, u32, u32)>,
+    /// Kept alive for `loras`, which points into them.
+    _lora_paths: Vec<CString>,
+    loras: Vec<sys::sd_lora_t>,
+}
+
+impl Inputs {
+    pub fn new(req: &ImageRequest) -> Result<Inputs, String> {
+        let prompt = CString::new(req.prompt.as_str()).map_err(|_| "prompt contains a NUL byte")?;
+        let negative = CString::new(req.negative_prompt.as_str()).map_err(|_| "negative_prompt contains a NUL byte")?;
+        let source = req.source.as_ref();
+        let image = source.map(|s| pixels(&s.image, "source image")).transpose()?;
+        let mask = source
+            .and_then(|s| s.mask.as_ref())
+            .map(|m| pixels(m, "mask"))
+            .transpose()?;
+        let lora_paths = req
+            .loras
+            .iter()
+            .map(|l| c_path(&l.path))
+            .collect::<Result<Vec<_>, _>>()?;
+        let loras = req
+            .loras
+            .iter()
+            .zip(&lora_paths)
+            .map(|(l, p)| sys::sd_lora_t {
+                is_high_noise: false,
+                multiplier: l.multiplier,
+                path: p.as_ptr(),
+            })
+            .collect();
+        Ok(Inputs {
+            prompt,
+            negative,
+            image,
+            mask,
+            _lora_paths: lora_paths,
+            loras,
+        })
+    }
+}
+
+/// Decoded pixels with their size and channel count, checked to be whole.
+fn pixels(p: &vramd_protocol::Pixels, what: &str) -> Result<(Vec<u8>, u32, u32, u32), String> {
+    use base64::Engine as _;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&p.base64)
+        .map_err(|e| format!("{what}: bad base64: {e}"))?;
+    let want = p.width as usize * p.height as usize * usize::from(p.channels);
+    if bytes.len() != want || !(p.channels == 1 || p.channels == 3) {
+        return Err(format!(
+            "{what}: {} bytes for {}x{} with {} channels",
+            bytes.len(),
+            p.width,
+            p.height,
+            p.channels
+        ));
+    }
+    Ok((bytes, p.width, p.height, u32::from(p.channels)))
+}
+
+/// An `sd_image_t` over owned pixels (the library only reads them).
+fn image_of(p: &mut Option<(Vec<u8>, u32, u32, u32)>) -> sys::sd_image_t {
+    match p {
+        Some((data, width, height, channel)) => sys::sd_image_t {
+            width: *width,
+            height: *height,
+            channel: *channel,
+            data: data.as_mut_ptr(),
+        },
+        None => sys::sd_image_t {
+            width: 0,
+            height: 0,
+            channel: 0,
+            data: std::ptr::null_mut(),
+        },
     }
 }
 
@@ -112,14 +197,9 @@ impl Drop for SdContext {
 }
 
 /// `req` as the parameters of one `generate_image` call: the protocol's request meets the C
-/// API here, sampler and scheduler names included (parsed by the library). The result points
-/// into `prompt` and `negative`, which must outlive the call it is for.
-fn img_gen_params(
-    req: &ImageRequest,
-    seed: i64,
-    prompt: &CStr,
-    negative: &CStr,
-) -> Result<sys::sd_img_gen_params_t, String> {
+/// API here, sampler, scheduler and upscaler names included (parsed by the library). The
+/// result points into `inputs`, which must outlive the call it is for.
+fn img_gen_params(req: &ImageRequest, seed: i64, inputs: &mut Inputs) -> Result<sys::sd_img_gen_params_t, String> {
     let int = |v: u32, what: &str| i32::try_from(v).map_err(|_| format!("{what} is too large"));
     let sampler = sample_method(&req.sampler).ok_or_else(|| format!("unknown sampler {:?}", req.sampler))?;
     let scheduler = scheduler(&req.scheduler).ok_or_else(|| format!("unknown scheduler {:?}", req.scheduler))?;
@@ -129,8 +209,26 @@ fn img_gen_params(
         sys::sd_img_gen_params_init(params.as_mut_ptr());
         params.assume_init()
     };
-    params.prompt = prompt.as_ptr();
-    params.negative_prompt = negative.as_ptr();
+    params.prompt = inputs.prompt.as_ptr();
+    params.negative_prompt = inputs.negative.as_ptr();
+    if let Some(source) = &req.source {
+        params.init_image = image_of(&mut inputs.image);
+        params.mask_image = image_of(&mut inputs.mask);
+        params.strength = source.strength;
+    }
+    if let Some(h) = &req.hires {
+        params.hires.enabled = true;
+        params.hires.upscaler =
+            hires_upscaler(&h.upscaler).ok_or_else(|| format!("unknown hires upscaler {:?}", h.upscaler))?;
+        params.hires.target_width = int(h.width, "hires width")?;
+        params.hires.target_height = int(h.height, "hires height")?;
+        params.hires.steps = int(h.steps, "hires steps")?;
+        params.hires.denoising_strength = h.denoising_strength;
+    }
+    if !inputs.loras.is_empty() {
+        params.loras = inputs.loras.as_ptr();
+        params.lora_count = u32::try_from(inputs.loras.len()).map_err(|_| "too many LoRAs")?;
+    }
     params.width = int(req.width, "width")?;
     params.height = int(req.height, "height")?;
     params.seed = seed;
@@ -183,7 +281,7 @@ impl RgbImage {
     ///
     /// # Safety
     /// `img.data` is NULL or points to `width·height·channel` readable bytes.
-    unsafe fn copy_from(img: &sys::sd_image_t) -> Option<RgbImage> {
+    pub(crate) unsafe fn copy_from(img: &sys::sd_image_t) -> Option<RgbImage> {
         if img.data.is_null() || img.width == 0 || img.height == 0 || !(1..=4).contains(&img.channel) {
             return None;
         }
@@ -220,6 +318,20 @@ pub fn scheduler(name: &str) -> Option<sys::scheduler_t> {
     by_name(name, sys::scheduler_t::SCHEDULER_COUNT, sys::str_to_scheduler)
 }
 
+/// A hires-fix upscaler by its stable-diffusion.cpp name, which is A1111's (`Latent`,
+/// `Latent (nearest)`, `Lanczos`, `Nearest`, …; `Model` needs an upscaler model vramd does
+/// not configure, and `None` turns hires off, so neither is accepted). `None` when unknown.
+pub fn hires_upscaler(name: &str) -> Option<sys::sd_hires_upscaler_t> {
+    if name.is_empty() || name == "None" || name == "Model" {
+        return None;
+    }
+    by_name(
+        name,
+        sys::sd_hires_upscaler_t::SD_HIRES_UPSCALER_COUNT,
+        sys::str_to_sd_hires_upscaler,
+    )
+}
+
 /// A C enum by name through the library's own `str_to_*`, which answers `count` (the enum's
 /// last value, which also stands for "the default") for a name it does not know.
 fn by_name<T: Copy + PartialEq>(name: &str, count: T, parse: unsafe extern "C" fn(*const c_char) -> T) -> Option<T> {
@@ -247,15 +359,29 @@ pub fn gpu_device() -> Option<String> {
     Some(device_label(&name[..name.len() - index.len()], &name))
 }
 
-/// Installs the process-wide log and progress callbacks (the engine thread does, once).
+/// The preview callback's type.
+pub type PreviewCallback = unsafe extern "C" fn(i32, i32, *mut sys::sd_image_t, bool, *mut std::ffi::c_void);
+
+/// Installs the process-wide log, progress and preview callbacks (the engine thread does,
+/// once). Previews are the latent projected to RGB (`PREVIEW_PROJ`: no VAE run, so no
+/// memory beyond a latent-sized picture), of the denoised latent, every step.
 pub fn set_callbacks(
     log: unsafe extern "C" fn(sys::sd_log_level_t, *const c_char, *mut std::ffi::c_void),
     progress: unsafe extern "C" fn(i32, i32, f32, *mut std::ffi::c_void),
+    preview: PreviewCallback,
 ) {
-    // SAFETY: both are plain functions that never unwind into C and need no user data.
+    // SAFETY: all are plain functions that never unwind into C and need no user data.
     unsafe {
         sys::sd_set_log_callback(Some(log), std::ptr::null_mut());
         sys::sd_set_progress_callback(Some(progress), std::ptr::null_mut());
+        sys::sd_set_preview_callback(
+            Some(preview),
+            sys::preview_t::PREVIEW_PROJ,
+            1,
+            true,
+            false,
+            std::ptr::null_mut(),
+        );
     }
 }
 
@@ -315,18 +441,20 @@ mod tests {
 
     #[test]
     fn requests_become_c_params_at_the_edge() {
-        let (prompt, negative) = (c"a cat", c"");
-        let p = img_gen_params(&request(), 7, prompt, negative).unwrap();
+        let params = |req: &ImageRequest| img_gen_params(req, 7, &mut Inputs::new(req).unwrap());
+        let mut inputs = Inputs::new(&request()).unwrap();
+        let p = img_gen_params(&request(), 7, &mut inputs).unwrap();
         assert_eq!((p.width, p.height, p.seed, p.batch_count), (64, 32, 7, 2));
-        assert_eq!(p.prompt, prompt.as_ptr());
-        assert_eq!(p.negative_prompt, negative.as_ptr());
+        assert_eq!(p.prompt, inputs.prompt.as_ptr());
+        assert_eq!(p.negative_prompt, inputs.negative.as_ptr());
+        assert!(p.init_image.data.is_null() && !p.hires.enabled && p.lora_count == 0);
         let s = &p.sample_params;
         assert_eq!((s.sample_steps, s.guidance.txt_cfg), (3, 2.5));
         assert_eq!(s.sample_method, sys::sample_method_t::EULER_A_SAMPLE_METHOD);
         assert_eq!(s.scheduler, sys::scheduler_t::KARRAS_SCHEDULER);
         assert!(p.vae_tiling_params.enabled, "tiled decode");
         for vae in [VaePlacement::Gpu, VaePlacement::Cpu] {
-            let p = img_gen_params(&ImageRequest { vae, ..request() }, 7, prompt, negative).unwrap();
+            let p = params(&ImageRequest { vae, ..request() }).unwrap();
             assert!(!p.vae_tiling_params.enabled, "{vae:?}");
         }
         let defaults = ImageRequest {
@@ -334,24 +462,97 @@ mod tests {
             scheduler: String::new(),
             ..request()
         };
-        let p = img_gen_params(&defaults, 7, prompt, negative).unwrap();
+        let p = params(&defaults).unwrap();
         assert_eq!(p.sample_params.sample_method, sys::sample_method_t::SAMPLE_METHOD_COUNT);
         assert_eq!(p.sample_params.scheduler, sys::scheduler_t::SCHEDULER_COUNT);
         let unknown = ImageRequest {
             sampler: "euler-ish".into(),
             ..request()
         };
-        assert!(img_gen_params(&unknown, 7, prompt, negative)
-            .unwrap_err()
-            .contains("sampler"));
+        assert!(params(&unknown).unwrap_err().contains("sampler"));
         let huge = ImageRequest {
             width: u32::MAX,
             ..request()
         };
+        assert_eq!(params(&huge).unwrap_err(), "width is too large");
+    }
+
+    #[test]
+    fn sources_hires_and_loras_become_c_params() {
+        use base64::Engine as _;
+        use vramd_protocol::{Hires, Lora, Pixels, SourceImage};
+        let b64 = |n: usize| base64::engine::general_purpose::STANDARD.encode(vec![7u8; n]);
+        let req = ImageRequest {
+            source: Some(SourceImage {
+                image: Pixels {
+                    width: 64,
+                    height: 32,
+                    channels: 3,
+                    base64: b64(64 * 32 * 3),
+                },
+                mask: Some(Pixels {
+                    width: 64,
+                    height: 32,
+                    channels: 1,
+                    base64: b64(64 * 32),
+                }),
+                strength: 0.6,
+            }),
+            hires: Some(Hires {
+                upscaler: "Latent (nearest)".into(),
+                width: 128,
+                height: 64,
+                steps: 3,
+                denoising_strength: 0.5,
+            }),
+            loras: vec![Lora {
+                path: "/l/a.safetensors".into(),
+                multiplier: 0.8,
+            }],
+            ..request()
+        };
+        let mut inputs = Inputs::new(&req).unwrap();
+        let p = img_gen_params(&req, 7, &mut inputs).unwrap();
         assert_eq!(
-            img_gen_params(&huge, 7, prompt, negative).unwrap_err(),
-            "width is too large"
+            (p.init_image.width, p.init_image.height, p.init_image.channel),
+            (64, 32, 3)
         );
+        assert_eq!((p.mask_image.width, p.mask_image.channel), (64, 1));
+        assert_eq!(p.strength, 0.6);
+        assert!(p.hires.enabled);
+        assert_eq!(
+            p.hires.upscaler,
+            sys::sd_hires_upscaler_t::SD_HIRES_UPSCALER_LATENT_NEAREST
+        );
+        assert_eq!(
+            (p.hires.target_width, p.hires.target_height, p.hires.steps),
+            (128, 64, 3)
+        );
+        assert_eq!(p.lora_count, 1);
+        // SAFETY: one sd_lora_t whose path is a NUL-terminated string owned by `inputs`.
+        let path = unsafe { CStr::from_ptr((*p.loras).path) };
+        assert_eq!(path.to_str().unwrap(), "/l/a.safetensors");
+        for name in ["Lanczos", "Nearest", "Latent", "Latent (bicubic antialiased)"] {
+            assert!(hires_upscaler(name).is_some(), "{name}");
+        }
+        for name in ["", "None", "Model", "ESRGAN_4x", "latent"] {
+            assert!(hires_upscaler(name).is_none(), "{name}");
+        }
+        // Pixels that do not fill their size are refused before the call.
+        let short = ImageRequest {
+            source: Some(SourceImage {
+                image: Pixels {
+                    width: 64,
+                    height: 32,
+                    channels: 3,
+                    base64: b64(10),
+                },
+                mask: None,
+                strength: 0.5,
+            }),
+            ..request()
+        };
+        assert!(Inputs::new(&short).err().unwrap().contains("source image"));
     }
 
     #[test]

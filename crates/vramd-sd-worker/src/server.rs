@@ -19,8 +19,9 @@ use crate::engine::{Engine, EngineCall};
 /// images are sent one at a time).
 const STREAM_BUFFER: usize = 64;
 
-/// Largest request body accepted.
-const MAX_BODY: usize = 16 << 20;
+/// Largest request body accepted: an img2img source and its mask at 2048×2048 are 16 MiB of
+/// pixels, a third more in base64.
+const MAX_BODY: usize = 64 << 20;
 
 pub fn router(engine: Engine) -> Router {
     with_fallbacks(

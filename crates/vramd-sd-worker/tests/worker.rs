@@ -19,6 +19,8 @@ struct Run {
     progress: Vec<(u32, u32)>,
     /// (index, seed, PNG bytes)
     images: Vec<(u32, i64, Vec<u8>)>,
+    /// (step, PNG bytes) of each `preview`.
+    previews: Vec<(u32, Vec<u8>)>,
     health: Health,
     peaks: GenerationPeaks,
     secs: f64,
@@ -38,7 +40,7 @@ fn generate(w: &Worker, req: &ImageRequest) -> Run {
     let Some(ImageEvent::Done { health, peaks }) = events.last().cloned() else {
         panic!("last event is not done: {events:?}\n{}", w.log());
     };
-    let (mut progress, mut images) = (Vec::new(), Vec::new());
+    let (mut progress, mut images, mut previews) = (Vec::new(), Vec::new(), Vec::new());
     for e in &events[1..events.len() - 1] {
         match e {
             ImageEvent::Progress { step, steps } => {
@@ -50,6 +52,10 @@ fn generate(w: &Worker, req: &ImageRequest) -> Run {
                 seed,
                 png_base64,
             } => images.push((*index, *seed, unbase64(png_base64))),
+            ImageEvent::Preview { step, png_base64 } => {
+                assert!(images.is_empty(), "preview after an image: {events:?}");
+                previews.push((*step, unbase64(png_base64)));
+            }
             other => panic!("unexpected event in the middle: {other:?}"),
         }
     }
@@ -57,6 +63,7 @@ fn generate(w: &Worker, req: &ImageRequest) -> Run {
         switch_ms,
         progress,
         images,
+        previews,
         health,
         peaks,
         secs,
@@ -139,6 +146,14 @@ fn first_image_is_measured(w: &Worker, req: &ImageRequest, h: &Health) -> Vec<u8
     assert_eq!(a.switch_ms, 0);
     assert_eq!(a.progress, [(1, 2), (2, 2)]);
     let png_a = check_one_image(&a, req);
+    // A preview of the sampling: the latent projected to RGB, at the latent's size.
+    let (_, preview) = a.previews.first().expect("a preview");
+    let facts = png_facts(preview);
+    assert_eq!(
+        (facts.width, facts.height),
+        (req.width / 8, req.height / 8),
+        "{facts:?}"
+    );
     let p = &a.peaks;
     assert_eq!((p.width, p.height, p.vae), (64, 64, VaePlacement::Gpu));
     assert!(p.sampling_bytes > 0 && p.vae_decode_bytes > 0, "{p:?}");

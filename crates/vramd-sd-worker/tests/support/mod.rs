@@ -116,6 +116,9 @@ pub fn image_request(vae: VaePlacement) -> ImageRequest {
             "parameters".into(),
             "a red cube on a table\nSteps: 2, Sampler: euler, Seed: 42, Size: 64x64".into(),
         )],
+        source: None,
+        hires: None,
+        loras: Vec::new(),
     }
 }
 

@@ -1,24 +1,34 @@
-//! Image generation: OpenAI's `POST /v1/images/generations` and the AUTOMATIC1111 API that
-//! WebUIs speak (`/sdapi/v1/txt2img`, `sd-models`, `progress`, `interrupt`).
+//! Image generation: OpenAI's `POST /v1/images/generations` and `/v1/images/edits`
+//! ([`openai`], [`edit`]) and the AUTOMATIC1111 API that WebUIs speak ([`txt2img`]:
+//! `txt2img`, `progress`, `interrupt`; [`edit`]: `img2img`).
 //!
-//! Both front ends become one [`Images`] (the worker protocol's [`ImageRequest`] with the
-//! model, the count and the caller's VAE wish), validated against the model's limits,
-//! granted by the arbiter (which decides the VAE placement and follows the progress) and
-//! run one image at a time on the worker, so each PNG carries its own seed in the
-//! `parameters` text chunk, as A1111 writes it.
+//! Every front end becomes one [`Images`] (the worker protocol's [`ImageRequest`] with the
+//! model, the count and the caller's VAE wish), validated against the model's limits, its
+//! prompt's `<lora:…>` tags resolved in the model's LoRA folder ([`lora`]), its pictures
+//! decoded and fitted here ([`pixels`]), granted by the arbiter (which decides the VAE
+//! placement for the largest size the request reaches, the hires pass's included, and
+//! follows the progress) and run one image at a time on the worker, so each PNG carries its
+//! own seed in the `parameters` text chunk, as A1111 writes it.
 
 use std::time::Instant;
 
-use axum::extract::{Extension, State};
-use axum::Json;
-use serde::Deserialize;
 use serde_json::{json, Value};
 use vramd_protocol::{ImageEvent, ImageRequest, VaePlacement};
 
-use super::{ApiError, ApiJson, AppState, RequestId};
+use super::{ApiError, AppState};
 use crate::arbiter::{Grant, Work};
 use crate::config::{ImageOptions, ModelKind};
 use crate::worker::client::CallError;
+
+pub mod edit;
+pub mod files;
+pub mod lora;
+pub mod openai;
+pub mod pixels;
+pub mod txt2img;
+
+pub use openai::openai;
+pub use txt2img::{interrupt, progress, txt2img};
 
 /// stable-diffusion.cpp's samplers, and the A1111 names that map to them.
 pub const SAMPLERS: &[(&str, &[&str])] = &[
@@ -85,17 +95,84 @@ pub const SCHEDULERS: &[Scheduler] = &[
 
 pub const MAX_STEPS: u32 = 150;
 
+/// Hires fix's upscalers: stable-diffusion.cpp's, which are named as A1111 names them (its
+/// `Model` upscaler needs an upscaler model file, which vramd does not configure).
+pub const HIRES_UPSCALERS: &[&str] = &[
+    "Latent",
+    "Latent (antialiased)",
+    "Latent (bicubic)",
+    "Latent (bicubic antialiased)",
+    "Latent (nearest)",
+    "Latent (nearest-exact)",
+    "Lanczos",
+    "Nearest",
+];
+
+/// An upscaler name as A1111 spells it (any case) as stable-diffusion.cpp's; absent or empty
+/// is A1111's default, `Latent`.
+pub fn hires_upscaler(name: Option<&str>) -> Result<String, ApiError> {
+    let Some(name) = name.filter(|n| !n.is_empty()) else {
+        return Ok("Latent".into());
+    };
+    // A1111's "None" upscaler is a plain resize of the first pass's picture before the
+    // second: the engine's Lanczos.
+    if name.eq_ignore_ascii_case("none") {
+        return Ok("Lanczos".into());
+    }
+    HIRES_UPSCALERS
+        .iter()
+        .find(|u| u.eq_ignore_ascii_case(name))
+        .map(|u| (*u).to_owned())
+        .ok_or_else(|| {
+            invalid(
+                "hr_upscaler",
+                format!(
+                    "hires upscaler {name:?} is not available; available: {}",
+                    HIRES_UPSCALERS.join(", ")
+                ),
+            )
+        })
+}
+
 /// One image request, whichever API it came from: what the worker is sent for each image
 /// (`seed` is the first image's, `vae` is set by the grant), and what only the daemon uses.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Images {
     pub model: String,
+    /// The request for the worker: its prompt without `<lora:…>` tags (see [`Images::loras`]).
     pub request: ImageRequest,
+    /// The prompt as the client wrote it, tags included: what `parameters` shows, as A1111.
+    pub prompt: String,
     /// vramd's extension: force the VAE placement (`gpu`, `tiled`, `cpu`) instead of `auto`.
     pub vae: Option<VaePlacement>,
 }
 
 impl Images {
+    /// A request for `model`; the prompt's LoRA tags are resolved by [`Images::loras`].
+    pub fn new(model: String, request: ImageRequest, vae: Option<VaePlacement>) -> Images {
+        Images {
+            model,
+            prompt: request.prompt.clone(),
+            request,
+            vae,
+        }
+    }
+
+    /// Takes the prompt's `<lora:name:weight>` tags out of the text the encoder sees and
+    /// resolves them in the model's `lora_dir`.
+    pub fn loras(&mut self, limits: &ImageOptions) -> Result<(), ApiError> {
+        let (text, tags) = lora::parse(&self.prompt)?;
+        self.request.loras = lora::resolve(&self.model, limits.lora_dir.as_deref(), &tags)?;
+        self.request.prompt = text;
+        Ok(())
+    }
+
+    /// The largest picture the request makes: the hires pass's, else its own size.
+    pub fn size(&self) -> (u32, u32) {
+        let r = &self.request;
+        r.hires.as_ref().map_or((r.width, r.height), |h| (h.width, h.height))
+    }
+
     fn count(&self) -> u32 {
         self.request.batch_count
     }
@@ -105,7 +182,7 @@ impl Images {
     }
 }
 
-fn invalid(param: &str, message: impl Into<String>) -> ApiError {
+pub(super) fn invalid(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::InvalidRequest {
         message: message.into(),
         param: Some(param.to_owned()),
@@ -120,7 +197,14 @@ pub fn validate(
     count_param: &str,
 ) -> Result<(), ApiError> {
     let (job, count) = (&images.request, images.count());
-    for (value, param) in [(job.width, size_param.0), (job.height, size_param.1)] {
+    let (hires_w, hires_h) = images.size();
+    let sizes = [
+        (job.width, size_param.0),
+        (job.height, size_param.1),
+        (hires_w, "hr_resize_x"),
+        (hires_h, "hr_resize_y"),
+    ];
+    for (value, param) in sizes {
         if value == 0 || value % limits.size_multiple != 0 {
             return Err(invalid(
                 param,
@@ -236,7 +320,7 @@ pub fn scheduler(name: Option<&str>) -> Result<String, ApiError> {
 /// A1111's `parameters` text for one image.
 pub fn parameters_text(images: &Images, seed: i64) -> String {
     let job = &images.request;
-    let mut s = job.prompt.clone();
+    let mut s = images.prompt.clone();
     if !job.negative_prompt.is_empty() {
         s.push_str(&format!("\nNegative prompt: {}", job.negative_prompt));
     }
@@ -246,6 +330,15 @@ pub fn parameters_text(images: &Images, seed: i64) -> String {
     ));
     if !job.scheduler.is_empty() {
         s.push_str(&format!(", Schedule type: {}", job.scheduler));
+    }
+    if let Some(source) = &job.source {
+        s.push_str(&format!(", Denoising strength: {}", source.strength));
+    }
+    if let Some(h) = &job.hires {
+        s.push_str(&format!(
+            ", Denoising strength: {}, Hires upscale: {}x{}, Hires steps: {}, Hires upscaler: {}",
+            h.denoising_strength, h.width, h.height, h.steps, h.upscaler
+        ));
     }
     s
 }
@@ -273,6 +366,41 @@ pub fn image_model<'a>(state: &'a AppState, model: &str) -> Result<&'a ImageOpti
     }
 }
 
+/// The latest preview of each image request being made, by request id: A1111's
+/// `current_image`. A request's entry is removed when it ends, however it ends.
+#[derive(Default)]
+pub struct Previews(std::sync::Mutex<std::collections::HashMap<String, String>>);
+
+impl Previews {
+    fn set(&self, request_id: &str, png_base64: String) {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(request_id.to_owned(), png_base64);
+    }
+
+    pub fn get(&self, request_id: &str) -> Option<String> {
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(request_id)
+            .cloned()
+    }
+
+    fn remove(&self, request_id: &str) {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).remove(request_id);
+    }
+}
+
+/// Removes a request's preview when dropped (its handler ended, or its client left).
+struct PreviewGuard<'a>(&'a Previews, &'a str);
+
+impl Drop for PreviewGuard<'_> {
+    fn drop(&mut self) {
+        self.0.remove(self.1);
+    }
+}
+
 /// What a finished request produced.
 pub struct Generated {
     pub images: Vec<(i64, String)>,
@@ -286,9 +414,10 @@ pub async fn run(state: &AppState, mut images: Images, request_id: &str) -> Resu
     }
     images.request.request_id = request_id.to_owned();
     let queued = Instant::now();
+    let (width, height) = images.size();
     let work = Work::Image {
-        width: images.request.width,
-        height: images.request.height,
+        width,
+        height,
         count: images.count(),
         vae: images.vae,
     };
@@ -297,7 +426,8 @@ pub async fn run(state: &AppState, mut images: Images, request_id: &str) -> Resu
         .images(&images.model, work, &one_image(&images, 0))
         .await?;
     let queued_ms = queued.elapsed().as_millis() as u64;
-    let result = generate_all(&images, &mut grant, first).await;
+    let _preview = PreviewGuard(&state.previews, request_id);
+    let result = generate_all(&images, &mut grant, first, &state.previews).await;
     let (made, switch_ms) = match result {
         Ok(r) => r,
         Err(_) if grant.interrupted() => return Err(ApiError::Interrupted),
@@ -333,6 +463,7 @@ async fn generate_all(
     images: &Images,
     grant: &mut Grant,
     first: crate::arbiter::ImageRun,
+    previews: &Previews,
 ) -> Result<(Vec<(i64, String)>, u64), ApiError> {
     let mut made = Vec::new();
     let mut switch_ms = 0;
@@ -345,6 +476,7 @@ async fn generate_all(
         loop {
             match run.next().await? {
                 Some(ImageEvent::Progress { .. } | ImageEvent::Started { .. }) => {}
+                Some(ImageEvent::Preview { png_base64, .. }) => previews.set(&images.request.request_id, png_base64),
                 Some(ImageEvent::Image { seed, png_base64, .. }) => made.push((seed, png_base64)),
                 Some(ImageEvent::Done { health, .. }) => {
                     grant.image_done(health);
@@ -358,265 +490,10 @@ async fn generate_all(
     Ok((made, switch_ms))
 }
 
-// ---- OpenAI ----
-
-#[derive(Deserialize)]
-pub struct OpenAiRequest {
-    /// Absent, or one of OpenAI's own [`OPENAI_ALIASES`]: the default image model.
-    model: Option<String>,
-    prompt: String,
-    #[serde(default)]
-    negative_prompt: String,
-    n: Option<u32>,
-    size: Option<String>,
-    response_format: Option<String>,
-    steps: Option<u32>,
-    cfg_scale: Option<f32>,
-    seed: Option<i64>,
-    sampler: Option<String>,
-    scheduler: Option<String>,
-    /// vramd's extension: `auto` (default), `gpu`, `tiled` or `cpu`.
-    vae: Option<String>,
-    /// `png` only: that is what the worker writes.
-    output_format: Option<String>,
-    // OpenAI's `quality`, `style`, `background`, `user`, `moderation` are accepted and
-    // ignored (unknown fields are): none has a stable-diffusion.cpp counterpart.
-}
-
-/// OpenAI's model names, which clients send when the user left the model empty (Open
-/// WebUI's OpenAI engine sends `dall-e-2`): the default image model serves them, unless a
-/// configured model has that name.
-pub const OPENAI_ALIASES: &[&str] = &["dall-e-2", "dall-e-3", "gpt-image-1"];
-
-/// The image model an OpenAI request gets: the one it names, else (absent, empty or an
-/// OpenAI alias) the default image model.
-fn openai_model(state: &AppState, model: Option<&str>) -> Result<String, ApiError> {
-    let named = model.filter(|m| !m.is_empty());
-    match named {
-        Some(m) if state.config.model(m).is_some() || !OPENAI_ALIASES.contains(&m) => Ok(m.to_owned()),
-        _ => state
-            .config
-            .default_image_model()
-            .map(|m| m.name.clone())
-            .ok_or_else(|| invalid("model", "no image model is configured")),
-    }
-}
-
-/// OpenAI's `size`: `WIDTHxHEIGHT`, or `auto` (absent too): 512×512.
-fn openai_size(size: Option<&str>) -> Result<(u32, u32), ApiError> {
-    match size {
-        None | Some("auto") => Ok((512, 512)),
-        Some(s) => s
-            .split_once('x')
-            .and_then(|(w, h)| Some((w.trim().parse().ok()?, h.trim().parse().ok()?)))
-            .ok_or_else(|| {
-                invalid(
-                    "size",
-                    format!("`size` must be \"WIDTHxHEIGHT\" or \"auto\", got {s:?}"),
-                )
-            }),
-    }
-}
-
-pub async fn openai(
-    State(state): State<AppState>,
-    Extension(id): Extension<RequestId>,
-    ApiJson(req): ApiJson<OpenAiRequest>,
-) -> Result<Json<Value>, ApiError> {
-    let model = openai_model(&state, req.model.as_deref())?;
-    let limits = image_model(&state, &model)?;
-    if let Some(f) = req.output_format.as_deref().filter(|f| !f.eq_ignore_ascii_case("png")) {
-        return Err(invalid(
-            "output_format",
-            format!("only \"png\" is supported, got {f:?}"),
-        ));
-    }
-    if let Some(f) = req.response_format.as_deref().filter(|f| *f != "b64_json") {
-        return Err(invalid(
-            "response_format",
-            format!("only \"b64_json\" is supported, got {f:?}"),
-        ));
-    }
-    let (width, height) = openai_size(req.size.as_deref())?;
-    let images = Images {
-        model,
-        request: ImageRequest {
-            request_id: id.0.clone(),
-            prompt: req.prompt,
-            negative_prompt: req.negative_prompt,
-            width,
-            height,
-            steps: req.steps.unwrap_or(20),
-            cfg_scale: req.cfg_scale.unwrap_or(7.0),
-            seed: req.seed,
-            sampler: sampler(req.sampler.as_deref(), "sampler")?,
-            scheduler: scheduler(req.scheduler.as_deref())?,
-            batch_count: req.n.unwrap_or(1),
-            vae: VaePlacement::default(),
-            png_text: Vec::new(),
-        },
-        vae: vae(req.vae.as_deref())?,
-    };
-    validate(&images, limits, ("size", "size"), "n")?;
-    let out = run(&state, images, &id.0).await?;
-    let data: Vec<Value> = out.images.iter().map(|(_, b64)| json!({"b64_json": b64})).collect();
-    Ok(Json(
-        json!({"created": crate::registry::unix_secs(std::time::SystemTime::now()), "data": data, "vramd": out.vramd}),
-    ))
-}
-
-// ---- AUTOMATIC1111 ----
-
-#[derive(Deserialize)]
-pub struct Txt2Img {
-    prompt: String,
-    #[serde(default)]
-    negative_prompt: String,
-    width: Option<u32>,
-    height: Option<u32>,
-    steps: Option<u32>,
-    cfg_scale: Option<f32>,
-    seed: Option<i64>,
-    sampler_name: Option<String>,
-    sampler_index: Option<String>,
-    scheduler: Option<String>,
-    /// vramd's extension: `auto` (default), `gpu`, `tiled` or `cpu`.
-    vae: Option<String>,
-    batch_size: Option<u32>,
-    n_iter: Option<u32>,
-    /// vramd's own: which image model (else `override_settings.sd_model_checkpoint`, else
-    /// the checkpoint chosen with `POST /sdapi/v1/options`, else the default image model).
-    model: Option<String>,
-    override_settings: Option<Value>,
-    /// Hires fix: not there yet, so `true` is a 400 rather than an image at the base size.
-    #[serde(default)]
-    enable_hr: bool,
-    // Everything else A1111 takes (`restore_faces`, `save_images`, `send_images`, `hr_*`
-    // with `enable_hr` off, `override_settings_restore_afterwards`, …) is accepted and ignored.
-}
-
-/// The A1111 request as an [`Images`]: the model as [`super::a1111::txt2img_model`] picks it.
-fn txt2img_images(state: &AppState, id: &str, req: Txt2Img) -> Result<Images, ApiError> {
-    if req.enable_hr {
-        return Err(invalid(
-            "enable_hr",
-            "hires fix (`enable_hr`) is not supported by vramd yet; turn it off",
-        ));
-    }
-    let checkpoint = req
-        .override_settings
-        .as_ref()
-        .and_then(|o| o.get("sd_model_checkpoint"))
-        .and_then(Value::as_str);
-    let model = super::a1111::txt2img_model(state, req.model.as_deref(), checkpoint)?;
-    Ok(Images {
-        model,
-        request: ImageRequest {
-            request_id: id.to_owned(),
-            prompt: req.prompt,
-            negative_prompt: req.negative_prompt,
-            width: req.width.unwrap_or(512),
-            height: req.height.unwrap_or(512),
-            steps: req.steps.unwrap_or(20),
-            cfg_scale: req.cfg_scale.unwrap_or(7.0),
-            seed: req.seed,
-            sampler: sampler(
-                req.sampler_name.as_deref().or(req.sampler_index.as_deref()),
-                "sampler_name",
-            )?,
-            scheduler: scheduler(req.scheduler.as_deref())?,
-            batch_count: req.batch_size.unwrap_or(1).saturating_mul(req.n_iter.unwrap_or(1)),
-            vae: VaePlacement::default(),
-            png_text: Vec::new(),
-        },
-        vae: vae(req.vae.as_deref())?,
-    })
-}
-
-pub async fn txt2img(
-    State(state): State<AppState>,
-    Extension(id): Extension<RequestId>,
-    ApiJson(req): ApiJson<Txt2Img>,
-) -> Result<Json<Value>, ApiError> {
-    let images = txt2img_images(&state, &id.0, req)?;
-    let limits = image_model(&state, &images.model)?;
-    validate(&images, limits, ("width", "height"), "batch_size")?;
-    let job = &images.request;
-    let parameters = json!({
-        "prompt": job.prompt, "negative_prompt": job.negative_prompt, "width": job.width, "height": job.height,
-        "steps": job.steps, "cfg_scale": job.cfg_scale, "seed": images.seed(), "sampler_name": job.sampler,
-        "batch_size": images.count(), "model": images.model,
-    });
-    let template = images.clone();
-    let out = run(&state, images, &id.0).await?;
-    let seeds: Vec<i64> = out.images.iter().map(|(s, _)| *s).collect();
-    let job = &template.request;
-    let n = seeds.len();
-    let info = json!({
-        "prompt": job.prompt, "negative_prompt": job.negative_prompt,
-        "all_prompts": vec![&job.prompt; n], "all_negative_prompts": vec![&job.negative_prompt; n],
-        "seed": seeds.first(), "all_seeds": seeds, "subseed": -1, "all_subseeds": vec![-1; n], "subseed_strength": 0,
-        "width": job.width, "height": job.height, "sampler_name": job.sampler, "scheduler": job.scheduler,
-        "cfg_scale": job.cfg_scale, "steps": job.steps, "batch_size": n, "n_iter": 1, "index_of_first_image": 0,
-        "restore_faces": false, "styles": [], "clip_skip": 1, "sd_model_name": template.model, "sd_model_hash": null,
-        "infotexts": seeds.iter().map(|s| parameters_text(&template, *s)).collect::<Vec<_>>(),
-        "vramd": out.vramd,
-    });
-    let images: Vec<&str> = out.images.iter().map(|(_, b)| b.as_str()).collect();
-    Ok(Json(
-        json!({"images": images, "parameters": parameters, "info": info.to_string()}),
-    ))
-}
-
-/// A1111's progress of the image running now, read from the arbiter's state as of this
-/// request (a client that just got its image must not see it still running).
-pub async fn progress(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    let snapshot = state.arbiter.current().await?;
-    let running = snapshot
-        .models
-        .iter()
-        .filter(|m| m.kind == ModelKind::Image)
-        .flat_map(|m| m.running.iter().map(move |r| (m.name.as_str(), r)))
-        .next();
-    let Some((model, r)) = running else {
-        return Ok(Json(
-            json!({"progress": 0.0, "eta_relative": 0.0, "state": {"job_count": 0, "job": "", "sampling_step": 0,
-            "sampling_steps": 0, "interrupted": false, "skipped": false}, "current_image": null, "textinfo": null}),
-        ));
-    };
-    let p = r.progress.unwrap_or_default();
-    let total = f64::from(p.images * p.steps.max(1));
-    let done = f64::from(p.image * p.steps.max(1) + p.step);
-    let fraction = if total > 0.0 { done / total } else { 0.0 };
-    let elapsed = crate::clock::wall_ms().saturating_sub(r.started_ms) as f64 / 1000.0;
-    let eta = if fraction > 0.0 {
-        elapsed / fraction - elapsed
-    } else {
-        0.0
-    };
-    Ok(Json(json!({
-        "progress": fraction, "eta_relative": eta,
-        "state": {"job_count": 1, "job": model, "job_no": p.image, "sampling_step": p.step, "sampling_steps": p.steps,
-                  "interrupted": r.interrupted, "skipped": false},
-        "current_image": null, "textinfo": null,
-    })))
-}
-
-/// Stops the running generation: stable-diffusion.cpp has no cancel call, so the worker is
-/// stopped; the next request starts a new one (weights from the page cache). Not privileged:
-/// stopping an image is part of generating (a WebUI's Stop button, over TCP), and all it
-/// costs others is that image; loading, unloading and pinning stay privileged. It stops the
-/// whole request (every image of the batch): `skip` is the same call.
-pub async fn interrupt(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
-    match state.arbiter.interrupt(None).await? {
-        Some(model) => Ok(Json(json!({"interrupted": true, "model": model}))),
-        None => Ok(Json(json!({"interrupted": false}))),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::images::openai::openai_size;
 
     fn request() -> ImageRequest {
         ImageRequest {
@@ -633,6 +510,9 @@ mod tests {
             batch_count: 1,
             vae: VaePlacement::default(),
             png_text: Vec::new(),
+            source: None,
+            hires: None,
+            loras: Vec::new(),
         }
     }
 
@@ -641,11 +521,7 @@ mod tests {
     }
 
     fn with(request: ImageRequest) -> Images {
-        Images {
-            model: "sd".into(),
-            request,
-            vae: None,
-        }
+        Images::new("sd".into(), request, None)
     }
 
     fn param(e: ApiError) -> String {
@@ -661,6 +537,7 @@ mod tests {
             size_multiple: 64,
             max_size: 1024,
             max_batch: 4,
+            lora_dir: None,
         };
         let v = |j: Images| validate(&j, &limits, ("width", "height"), "batch_size");
         let r = request;
@@ -742,6 +619,33 @@ mod tests {
         assert!(SCHEDULERS
             .iter()
             .all(|s| s.engine.is_empty() || engine.contains(&s.engine)));
+    }
+
+    #[test]
+    fn hires_upscalers_are_the_engine_s_under_a1111_s_names() {
+        assert_eq!(hires_upscaler(None).unwrap(), "Latent");
+        assert_eq!(hires_upscaler(Some("")).unwrap(), "Latent");
+        assert_eq!(
+            hires_upscaler(Some("latent (NEAREST-exact)")).unwrap(),
+            "Latent (nearest-exact)"
+        );
+        assert_eq!(hires_upscaler(Some("None")).unwrap(), "Lanczos");
+        assert_eq!(param(hires_upscaler(Some("ESRGAN_4x")).unwrap_err()), "hr_upscaler");
+        // A hires pass past the model's limit names the hires field.
+        let limits = ImageOptions::default();
+        let mut big = job();
+        big.request.hires = Some(vramd_protocol::Hires {
+            upscaler: "Latent".into(),
+            width: 4096,
+            height: 512,
+            steps: 0,
+            denoising_strength: 0.7,
+        });
+        assert_eq!(big.size(), (4096, 512));
+        assert_eq!(
+            param(validate(&big, &limits, ("width", "height"), "n").unwrap_err()),
+            "hr_resize_x"
+        );
     }
 
     #[test]
