@@ -388,6 +388,31 @@ fn sillytavern_connects_generates_with_normal_and_interrupts_over_tcp() {
             .contains("Latent (nearest-exact), Lanczos"),
         "{e}"
     );
+    // What changes the image and vramd cannot do is a 400 naming it; its "off" value (what
+    // SillyTavern sends) is fine.
+    for (field, value) in [
+        ("restore_faces", json!(true)),
+        ("tiling", json!(true)),
+        ("subseed_strength", json!(0.5)),
+        ("styles", json!(["Cinematic"])),
+        ("alwayson_scripts", json!({"ADetailer": {"args": [true]}})),
+        ("hr_prompt", json!("other")),
+    ] {
+        let mut body = sillytavern_body("x", 1, false);
+        body[field] = value;
+        let r = s.call(true, "POST", "/sdapi/v1/txt2img", Some(&body));
+        assert_eq!(r.error(400)["param"], field);
+    }
+    let mut body = sillytavern_body("off", 1, false);
+    for (field, value) in [
+        ("tiling", json!(false)),
+        ("styles", json!([])),
+        ("alwayson_scripts", json!({})),
+        ("subseed_strength", json!(0)),
+    ] {
+        body[field] = value;
+    }
+    check_info(&s.post(true, "/sdapi/v1/txt2img", &body));
     let mut body = sillytavern_body("huge", 1, true);
     body["hr_scale"] = json!(4);
     body["width"] = json!(1024);

@@ -538,7 +538,10 @@ mod tests {
         assert!(preview_due(&mut s, t + PREVIEW_EVERY / 2).is_none());
         assert!(preview_due(&mut s, t + PREVIEW_EVERY).is_some());
         s.generation.as_mut().unwrap().loading = true;
-        assert!(preview_due(&mut s, t + PREVIEW_EVERY * 3).is_none(), "not while tensors load");
+        assert!(
+            preview_due(&mut s, t + PREVIEW_EVERY * 3).is_none(),
+            "not while tensors load"
+        );
     }
 
     #[test]

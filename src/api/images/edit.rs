@@ -53,8 +53,10 @@ pub struct Img2Img {
     n_iter: Option<u32>,
     model: Option<String>,
     override_settings: Option<Value>,
-    // `mask_blur`, `include_init_images`, `send_images`, `save_images`, `styles`,
-    // `alwayson_scripts`, … are accepted and ignored.
+    #[serde(flatten)]
+    unsupported: super::txt2img::Unsupported,
+    // `mask_blur`, `include_init_images`, `send_images`, `save_images`, … are accepted and
+    // ignored.
 }
 
 /// The picture and mask of an A1111 request, fitted to `width`×`height`.
@@ -134,6 +136,7 @@ pub async fn img2img(
         .and_then(Value::as_str);
     let model = crate::api::a1111::txt2img_model(&state, req.model.as_deref(), checkpoint)?;
     let limits = image_model(&state, &model)?;
+    req.unsupported.check()?;
     let (width, height) = (req.width.unwrap_or(512), req.height.unwrap_or(512));
     let request = ImageRequest {
         request_id: id.0.clone(),

@@ -36,8 +36,75 @@ pub struct Txt2Img {
     override_settings: Option<Value>,
     #[serde(flatten)]
     hires: HiresFields,
-    // Everything else A1111 takes (`restore_faces`, `save_images`, `send_images`, `hr_*`
-    // with `enable_hr` off, `override_settings_restore_afterwards`, …) is accepted and ignored.
+    #[serde(flatten)]
+    unsupported: Unsupported,
+    // Everything else A1111 takes (`save_images`, `send_images`, `hr_*` with `enable_hr`
+    // off, `override_settings_restore_afterwards`, `do_not_save_grid`, …) does not change
+    // the image: accepted and ignored.
+}
+
+/// A1111 fields that change the image and that vramd cannot honour: each is accepted at
+/// its "off" value (what clients send by default) and a 400 naming it otherwise.
+#[derive(Deserialize, Default)]
+pub struct Unsupported {
+    #[serde(default)]
+    restore_faces: Option<bool>,
+    #[serde(default)]
+    tiling: Option<bool>,
+    #[serde(default)]
+    subseed_strength: Option<f32>,
+    #[serde(default)]
+    styles: Option<Vec<String>>,
+    #[serde(default)]
+    script_name: Option<String>,
+    #[serde(default)]
+    alwayson_scripts: Option<serde_json::Map<String, Value>>,
+    #[serde(default)]
+    hr_prompt: Option<String>,
+    #[serde(default)]
+    hr_negative_prompt: Option<String>,
+}
+
+impl Unsupported {
+    pub fn check(&self) -> Result<(), ApiError> {
+        let set = [
+            ("restore_faces", self.restore_faces == Some(true), "face restoration"),
+            ("tiling", self.tiling == Some(true), "tileable images"),
+            (
+                "subseed_strength",
+                self.subseed_strength.is_some_and(|s| s != 0.0),
+                "variation seeds",
+            ),
+            ("styles", self.styles.as_ref().is_some_and(|s| !s.is_empty()), "styles"),
+            (
+                "script_name",
+                self.script_name.as_ref().is_some_and(|s| !s.is_empty()),
+                "scripts",
+            ),
+            (
+                "alwayson_scripts",
+                self.alwayson_scripts.as_ref().is_some_and(|s| !s.is_empty()),
+                "scripts",
+            ),
+            (
+                "hr_prompt",
+                self.hr_prompt.as_ref().is_some_and(|s| !s.is_empty()),
+                "a second prompt for hires fix",
+            ),
+            (
+                "hr_negative_prompt",
+                self.hr_negative_prompt.as_ref().is_some_and(|s| !s.is_empty()),
+                "a second prompt for hires fix",
+            ),
+        ];
+        match set.iter().find(|(_, on, _)| *on) {
+            Some((field, _, what)) => Err(invalid(
+                field,
+                format!("`{field}`: {what} is not supported by vramd; leave it out"),
+            )),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Hires fix as A1111 takes it (its defaults: scale 2, the `Latent` upscaler, as many
@@ -110,6 +177,7 @@ fn txt2img_images<'s>(state: &'s AppState, id: &str, req: Txt2Img) -> Result<(Im
         .and_then(Value::as_str);
     let model = crate::api::a1111::txt2img_model(state, req.model.as_deref(), checkpoint)?;
     let limits = image_model(state, &model)?;
+    req.unsupported.check()?;
     let (width, height) = (req.width.unwrap_or(512), req.height.unwrap_or(512));
     let request = ImageRequest {
         request_id: id.to_owned(),
