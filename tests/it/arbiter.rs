@@ -362,7 +362,7 @@ fn bad_image_requests_name_the_field() {
         ),
         (
             "/v1/images/generations",
-            json!({"model": "sd", "prompt": "x", "response_format": "url"}),
+            json!({"model": "sd", "prompt": "x", "response_format": "jpeg_url"}),
             "response_format",
         ),
         (
