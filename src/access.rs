@@ -50,13 +50,17 @@ impl ControlGroup {
 pub enum Denied {
     #[error("changing vramd's state needs root or membership in the group {group:?} (caller uid {uid})")]
     NotInGroup { uid: u32, group: String },
-    #[error("changing vramd's state is not allowed over TCP; use the Unix socket as root or a member of {group:?}")]
+    #[error("changing vramd's state over TCP needs an API key with the `control` role; or use the Unix socket as root or a member of {group:?}")]
     Remote { group: String },
 }
 
 /// The rule for `caller` against `[daemon] control_group`, the group looked up now (see
-/// [`ControlGroup::resolve`]).
-pub fn authorize(caller: &Caller, control_group: &str) -> Result<(), Denied> {
+/// [`ControlGroup::resolve`]); a `control` API key (see `keys`) is the right to change
+/// state whoever presents it, on either listener.
+pub fn authorize(caller: &Caller, key: Option<crate::keys::Role>, control_group: &str) -> Result<(), Denied> {
+    if key == Some(crate::keys::Role::Control) {
+        return Ok(());
+    }
     check(caller, &ControlGroup::resolve(control_group))
 }
 
@@ -304,9 +308,10 @@ mod tests {
         assert_eq!(lookup_group("root"), Some(0));
         assert_eq!(lookup_group("no-such-group-vramd-test"), None);
         // `authorize` looks the group up by name, then applies the rule.
-        assert_eq!(authorize(&local(1000, &[1000, 0]), "root"), Ok(()));
-        assert!(authorize(&local(1000, &[1000]), "no-such-group-vramd-test").is_err());
-        assert_eq!(authorize(&local(0, &[]), "no-such-group-vramd-test"), Ok(()));
+        assert_eq!(authorize(&local(1000, &[1000, 0]), None, "root"), Ok(()));
+        assert!(authorize(&local(1000, &[1000]), None, "no-such-group-vramd-test").is_err());
+        assert_eq!(authorize(&local(0, &[]), None, "no-such-group-vramd-test"), Ok(()));
+
         // The group database: root is in group root; a uid without a user is in none.
         assert!(user_groups(0).contains(&0));
         assert_eq!(user_groups(4_000_000_000), Vec::<u32>::new());
@@ -335,5 +340,18 @@ mod tests {
         // uid 5 has no /proc entry here; its user's groups come from the database.
         assert_eq!(bus_caller(Some(5), None, None), local(5, &user_groups(5)));
         assert_eq!(bus_caller(None, Some(vec![0]), None), Caller::Remote);
+    }
+
+    #[test]
+    fn a_control_key_may_change_state_and_a_generate_key_may_not() {
+        // A control key is the right to change state, over TCP too; a generate key is not.
+        use crate::keys::Role;
+        assert_eq!(authorize(&Caller::Remote, Some(Role::Control), "vramd"), Ok(()));
+        assert!(authorize(&Caller::Remote, Some(Role::Generate), "vramd").is_err());
+        assert!(authorize(&local(1000, &[1000]), Some(Role::Generate), "no-such-group-vramd-test").is_err());
+        assert_eq!(
+            authorize(&local(1000, &[1000]), Some(Role::Control), "no-such-group-vramd-test"),
+            Ok(())
+        );
     }
 }

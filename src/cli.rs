@@ -148,6 +148,33 @@ pub mod ctl {
             #[arg(long, default_value_t = 2000, hide = true)]
             wait_notice_ms: u64,
         },
+        /// API keys for TCP clients (Open WebUI, SillyTavern…): make, list, revoke. Works on
+        /// the keys file directly (run it as root); vramd reads the file again when it
+        /// changes. Once the file lists a key, TCP requests need one.
+        Keys {
+            #[command(subcommand)]
+            action: KeysCmd,
+            /// The keys file (`[daemon] keys_file`).
+            #[arg(long, global = true, value_name = "PATH", default_value = "/etc/vramd/keys.toml")]
+            file: PathBuf,
+        },
+    }
+
+    #[derive(Subcommand, Debug)]
+    pub enum KeysCmd {
+        /// Make a key and print it (once: the file keeps only its SHA-256).
+        Create {
+            /// A name for the client that uses it (letters, digits, `-`, `_`, `.`).
+            name: String,
+            /// `generate`: use the models, choose the A1111 checkpoint, interrupt its images;
+            /// `control`: also load, unload and pin.
+            #[arg(long, value_parser = ["generate", "control"], default_value = "generate")]
+            role: String,
+        },
+        /// The keys' names, roles and when they were made.
+        List,
+        /// Remove a key: requests with it are refused from the next one on.
+        Revoke { name: String },
     }
 
     pub fn parse_size(s: &str) -> Result<(u32, u32), String> {

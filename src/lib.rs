@@ -15,6 +15,7 @@ pub mod config;
 pub mod dbus;
 pub mod estimate;
 pub mod events;
+pub mod keys;
 pub mod listeners;
 pub mod logging;
 pub mod memory;

@@ -75,6 +75,7 @@ async fn serve(
     sockets: Vec<listeners::Listener>,
     source: Box<dyn memory::MemorySource>,
 ) -> anyhow::Result<()> {
+    warn_about_open_tcp(&config, &sockets);
     let paths = worker::WorkerPaths::resolve(&config.daemon).context("preparing the worker runtime folder")?;
     tracing::info!(workers = %paths.dir.display(), sockets = %paths.runtime_dir.display(), "worker paths");
     let private_dir = paths.private.then(|| paths.runtime_dir.clone());
@@ -155,5 +156,23 @@ async fn idle(limit: Option<Duration>, arbiter: &ArbiterHandle, activity: &Activ
             Some(d) => tokio::time::sleep(d.min(Duration::from_secs(1))).await,
             None => tokio::time::sleep(limit.min(Duration::from_secs(1))).await,
         }
+    }
+}
+
+/// A TCP listener with no API keys lets any local user generate (the Unix socket's group does
+/// not apply there): said once at start, with what to do about it.
+fn warn_about_open_tcp(config: &Config, sockets: &[listeners::Listener]) {
+    let tcp = sockets.iter().any(|l| matches!(l, listeners::Listener::Tcp { .. }));
+    if !tcp {
+        return;
+    }
+    match vramd::keys::KeyStore::new(config.daemon.keys_file.clone()).current() {
+        vramd::keys::Loaded::Keys(k) if k.keys.is_empty() => tracing::warn!(
+            "no API keys in {}: any local user can generate over TCP; `vramctl keys create NAME` makes one, and TCP then needs it",
+            config.daemon.keys_file.display()
+        ),
+        vramd::keys::Loaded::Keys(k) => tracing::info!(keys = k.keys.len(), "TCP clients need an API key"),
+        // Logged by the store; TCP refuses every request until the file is fixed.
+        vramd::keys::Loaded::Broken(_) => {}
     }
 }

@@ -63,6 +63,9 @@ pub enum ApiError {
     /// the request was malformed.
     #[error("{0}")]
     NotSupported(String),
+    /// A TCP request without a valid API key while keys are configured (see `keys`): 401.
+    #[error("{0}")]
+    Unauthorized(String),
 }
 
 #[derive(Serialize)]
@@ -102,6 +105,7 @@ impl ApiError {
             ApiError::AccessDenied(_) => (StatusCode::FORBIDDEN, "permission_error", "access_denied"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found_error", "not_found"),
             ApiError::NotSupported(_) => (StatusCode::NOT_IMPLEMENTED, "invalid_request_error", "not_supported"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "authentication_error", "invalid_api_key"),
         }
     }
 }
@@ -177,6 +181,13 @@ impl IntoResponse for ApiError {
         if let ApiError::NoMemory { retry_after, .. } = self {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
+        }
+        if let ApiError::Unauthorized(_) = self {
+            // Bearer for API clients; Basic so that a browser (the status page) asks for it.
+            resp.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"vramd\", Basic realm=\"vramd\""),
+            );
         }
         resp
     }

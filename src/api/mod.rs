@@ -23,7 +23,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, Uri};
+use axum::http::{header, HeaderValue, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
@@ -33,6 +33,7 @@ use tracing::Instrument;
 use crate::activity::Activity;
 use crate::arbiter::ArbiterHandle;
 use crate::config::Config;
+use crate::server::Peer;
 
 pub use error::{ApiError, ApiJson};
 pub use privileged::Privileged;
@@ -49,6 +50,8 @@ pub struct AppState {
     pub a1111: Arc<a1111::A1111Options>,
     /// The latest preview of each image being made (A1111's `current_image`).
     pub previews: Arc<images::Previews>,
+    /// The API keys (`[daemon] keys_file`), read again when the file changes.
+    pub keys: Arc<crate::keys::KeyStore>,
 }
 
 impl AppState {
@@ -60,6 +63,7 @@ impl AppState {
         templates: Arc<crate::chat::Templates>,
     ) -> AppState {
         let a1111 = Arc::new(a1111::A1111Options::load(&config.daemon.state_dir));
+        let keys = Arc::new(crate::keys::KeyStore::new(config.daemon.keys_file.clone()));
         AppState {
             config,
             arbiter,
@@ -67,6 +71,7 @@ impl AppState {
             templates,
             a1111,
             previews: Arc::default(),
+            keys,
         }
     }
 }
@@ -134,6 +139,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(unknown_route)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(middleware::from_fn(move |req, next| declared_body(max_body, req, next)))
+        .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .layer(middleware::from_fn(error::json_errors))
         .layer(middleware::from_fn_with_state(state.clone(), request_scope))
         .with_state(state)
@@ -193,6 +199,48 @@ async fn request_scope(State(state): State<AppState>, mut req: Request, next: Ne
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
+}
+
+/// The role of the valid API key a request presented (see `keys`), for the access rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyRole(pub crate::keys::Role);
+
+/// API keys at the door: a request that presents a valid key gets its [`KeyRole`]. Once the
+/// keys file lists keys, a TCP request without a valid one is a 401 (`/health` excepted: it
+/// tells nothing and monitors probe it), and a broken keys file refuses TCP altogether
+/// (failing closed). The Unix socket's own permissions decide who reaches it, so a key that
+/// is wrong or missing there only means no key role. The key itself is never logged; its
+/// name is, at debug level.
+async fn authenticate(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
+    use crate::keys::{presented, Loaded};
+    let tcp = !matches!(req.extensions().get::<Peer>(), Some(Peer::Unix { .. }));
+    let presented = presented(req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()));
+    let needed = tcp && req.uri().path() != "/health";
+    match state.keys.current() {
+        Loaded::Keys(file) => {
+            let found = presented.as_deref().and_then(|k| file.find(k));
+            if let Some(entry) = found {
+                tracing::debug!(key = %entry.name, role = %entry.role, "API key");
+                req.extensions_mut().insert(KeyRole(entry.role));
+            } else if needed && !file.keys.is_empty() {
+                let what = if presented.is_some() {
+                    "this API key is not valid"
+                } else {
+                    "an API key is required over TCP"
+                };
+                return Err(ApiError::Unauthorized(format!(
+                    "{what}: send `Authorization: Bearer KEY`, or the key as the password of HTTP Basic auth (`vramctl keys create` makes one)"
+                )));
+            }
+        }
+        Loaded::Broken(_) if needed => {
+            return Err(ApiError::Unauthorized(
+                "vramd's API keys file cannot be read (see its log): TCP requests are refused until it is fixed".into(),
+            ))
+        }
+        Loaded::Broken(_) => {}
+    }
+    Ok(next.run(req).await)
 }
 
 /// The id of the request being served, for handlers that pass it on (to workers).

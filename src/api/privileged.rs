@@ -8,7 +8,7 @@ use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::{Extension, Json};
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, KeyRole};
 use crate::access::{self, Caller};
 use crate::server::Peer;
 
@@ -21,7 +21,8 @@ impl FromRequestParts<AppState> for Privileged {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let caller = peer_caller(parts.extensions.get::<Peer>());
-        access::authorize(&caller, &state.config.daemon.control_group).map_err(|e| {
+        let key = parts.extensions.get::<KeyRole>().map(|k| k.0);
+        access::authorize(&caller, key, &state.config.daemon.control_group).map_err(|e| {
             tracing::info!(?caller, "refused: {e}");
             ApiError::from(e)
         })?;
@@ -39,8 +40,9 @@ impl FromRequestParts<AppState> for MayChangeState {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
         let caller = peer_caller(parts.extensions.get::<Peer>());
+        let key = parts.extensions.get::<KeyRole>().map(|k| k.0);
         Ok(MayChangeState(
-            access::authorize(&caller, &state.config.daemon.control_group).is_ok(),
+            access::authorize(&caller, key, &state.config.daemon.control_group).is_ok(),
         ))
     }
 }

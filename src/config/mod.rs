@@ -117,6 +117,9 @@ pub struct DaemonConfig {
     /// The group whose members (and root) may change state: load, unload, pin, interrupt.
     /// Reading status and generating are open to anyone who can reach the socket.
     pub control_group: String,
+    /// The API keys file (see `keys`): TCP clients need a key from it once it lists any; a
+    /// `control` key also allows state changes, on either listener.
+    pub keys_file: PathBuf,
     /// The image model that requests naming none get (OpenAI's without `model` or with
     /// `dall-e-2`/`dall-e-3`/`gpt-image-1`; A1111's until a client picks a checkpoint); unset:
     /// the first image model configured. Checked in [`Config::assemble`], since the model
@@ -401,6 +404,7 @@ impl Default for DaemonConfig {
             runtime_dir: None,
             worker_start_timeout: Timeout(Some(Duration::from_secs(30))),
             control_group: "vramd".into(),
+            keys_file: PathBuf::from("/etc/vramd/keys.toml"),
             default_image_model: None,
         }
     }

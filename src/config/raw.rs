@@ -71,6 +71,7 @@ struct DaemonSection {
     runtime_dir: Option<PathBuf>,
     worker_start_timeout: Option<Timeout>,
     control_group: Option<Spanned<String>>,
+    keys_file: Option<PathBuf>,
     default_image_model: Option<Spanned<String>>,
 }
 
@@ -240,6 +241,7 @@ fn daemon_config(file: &Path, text: &str, base: &Path, d: DaemonSection) -> Resu
         runtime_dir: d.runtime_dir.map(|p| absolute(base, p)),
         worker_start_timeout: d.worker_start_timeout.unwrap_or(defaults.worker_start_timeout),
         control_group,
+        keys_file: d.keys_file.map(|p| absolute(base, p)).unwrap_or(defaults.keys_file),
         default_image_model: d.default_image_model.map(Spanned::into_inner),
     })
 }

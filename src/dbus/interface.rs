@@ -264,7 +264,7 @@ impl Vramd1 {
             creds.unix_group_ids().cloned(),
             creds.process_id(),
         );
-        authorize(&caller, &self.control_group).map_err(|e| {
+        authorize(&caller, None, &self.control_group).map_err(|e| {
             tracing::info!(%sender, ?caller, "D-Bus: refused: {e}");
             Error::from(e)
         })

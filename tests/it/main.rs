@@ -14,6 +14,7 @@ mod device;
 mod edits;
 mod grant;
 mod images;
+mod keys;
 mod lifecycle;
 mod limits;
 mod llm;

@@ -8,6 +8,7 @@
 //! stable hash of the path, size and modification time, in Ollama's 64-hex-digit form, so
 //! that it changes exactly when the file does.
 
+pub(super) use crate::clock::rfc3339;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, LazyLock, Mutex};
@@ -230,42 +231,6 @@ pub fn tagged(name: &str) -> String {
 /// "Never" as Go writes it: now plus the largest duration (`keep_alive: -1`), 292 years on.
 pub fn forever(now: SystemTime) -> SystemTime {
     now + Duration::from_nanos(i64::MAX as u64)
-}
-
-/// A time as Go's RFC 3339 with nanoseconds, in UTC (`2024-05-20T10:31:09.123456789Z`,
-/// trailing zeros of the fraction trimmed), which every Ollama client parses.
-pub fn rfc3339(t: SystemTime) -> String {
-    let d = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let (days, rest) = (d.as_secs() / 86_400, d.as_secs() % 86_400);
-    let (y, m, day) = civil_from_days(days as i64);
-    let mut s = format!(
-        "{y:04}-{m:02}-{day:02}T{:02}:{:02}:{:02}",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    );
-    if d.subsec_nanos() > 0 {
-        let frac = format!("{:09}", d.subsec_nanos());
-        s.push('.');
-        s.push_str(frac.trim_end_matches('0'));
-    }
-    s.push('Z');
-    s
-}
-
-/// The proleptic Gregorian date of a day count since 1970-01-01 (Howard Hinnant's
-/// `civil_from_days`).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    (year, month, day)
 }
 
 #[cfg(test)]

@@ -9,6 +9,7 @@
 mod bus_choice;
 mod client;
 mod format;
+mod keys;
 mod notify;
 mod sentences;
 mod story;
@@ -29,6 +30,9 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Cmd::Notify { .. } = &cli.command {
         return notify_agent(&cli.command);
+    }
+    if let Cmd::Keys { action, file } = &cli.command {
+        return keys::run(action, file, cli.json);
     }
     if let Cmd::Top { once, replay } = &cli.command {
         let opts = top::Options {
@@ -137,7 +141,7 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
             },
             j,
         )?,
-        Cmd::Notify { .. } | Cmd::Top { .. } => unreachable!("handled in main"),
+        Cmd::Notify { .. } | Cmd::Top { .. } | Cmd::Keys { .. } => unreachable!("handled in main"),
     }
     Ok(())
 }
