@@ -18,6 +18,7 @@ use zbus::object_server::SignalEmitter;
 use zbus::Connection;
 
 use super::error::Error;
+use super::polkit::{self, Verdict};
 use crate::access::{authorize, bus_caller};
 use crate::arbiter::{ArbiterHandle, UnloadMode};
 use crate::estimate::EstimateQuery;
@@ -264,10 +265,37 @@ impl Vramd1 {
             creds.unix_group_ids().cloned(),
             creds.process_id(),
         );
-        authorize(&caller, None, &self.control_group).map_err(|e| {
-            tracing::info!(%sender, ?caller, "D-Bus: refused: {e}");
-            Error::from(e)
-        })
+        let refused = match authorize(&caller, None, &self.control_group) {
+            Ok(()) => return Ok(()),
+            Err(e) => e,
+        };
+        // Not root nor in the group: polkit may still allow it (see `polkit.rs`).
+        let interactive = header
+            .primary()
+            .flags()
+            .contains(zbus::message::Flags::AllowInteractiveAuth);
+        match polkit::check(conn, sender.as_str(), interactive).await {
+            Verdict::Authorized => {
+                tracing::info!(%sender, ?caller, "D-Bus: allowed by polkit ({})", polkit::ACTION);
+                Ok(())
+            }
+            Verdict::NotAuthorized { challenge } => {
+                tracing::info!(%sender, ?caller, "D-Bus: refused by polkit: {refused}");
+                let hint = if challenge && !interactive {
+                    "; an administrator's password would allow it: call with interactive authorization (busctl --allow-interactive-authorization=yes)"
+                } else {
+                    ""
+                };
+                Err(Error::AccessDenied(format!(
+                    "{refused}; polkit did not allow {}{hint}",
+                    polkit::ACTION
+                )))
+            }
+            Verdict::Unavailable(why) => {
+                tracing::info!(%sender, ?caller, "D-Bus: refused: {refused} (polkit: {why})");
+                Err(Error::from(refused))
+            }
+        }
     }
 }
 

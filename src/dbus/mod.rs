@@ -13,6 +13,7 @@
 
 mod error;
 pub mod interface;
+pub mod polkit;
 pub mod proxy;
 pub mod signals;
 

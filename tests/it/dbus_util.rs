@@ -195,6 +195,12 @@ pub fn open_dir(path: &std::path::Path) {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
 
+/// Lets uid 65534 reach the daemon's socket (tempdirs are 0700, sockets 0755 by umask).
+pub fn open_socket(d: &Daemon) {
+    open_dir(d.dir.path());
+    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o777)).unwrap();
+}
+
 pub use crate::util::GIB;
 
 /// Fake workers and two models in a 3 GiB budget ([`crate::util::fake_two_models`]); an

@@ -19,6 +19,7 @@ mod lifecycle;
 mod limits;
 mod llm;
 mod ollama;
+mod polkit;
 mod prompt_cache;
 mod queue;
 mod scenarios;

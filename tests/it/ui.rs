@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use crate::dbus_util::open_dir;
+use crate::dbus_util::open_socket;
 use crate::util::{events, fake_two_models, free_port, ok, read_response, send_request, Daemon, Response, BASE_CONFIG};
 
 /// `fake_two_models` (a chat then a 512² image soft-unloads chat), on the socket and TCP.
@@ -104,12 +104,6 @@ fn me_as_nobody(socket: &Path) -> Value {
         .output()
         .expect("setpriv (util-linux) and curl");
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
-}
-
-fn open_socket(d: &Daemon) {
-    use std::os::unix::fs::PermissionsExt;
-    open_dir(d.dir.path());
-    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o777)).unwrap();
 }
 
 #[test]

@@ -3,7 +3,6 @@
 //! there, and the HTTP access rule seen by a caller of another uid.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
@@ -11,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::dbus_util::{open_dir, two_models, GIB};
+use crate::dbus_util::{open_socket, two_models, GIB};
 use crate::util::Daemon;
 
 const VRAMCTL: &str = env!("CARGO_BIN_EXE_vramctl");
@@ -421,12 +420,6 @@ fn vramctl_as_nobody(socket: &Path, gid: u32, args: &[&str]) -> Run {
         .stdin(Stdio::null())
         .output()
         .expect("setpriv (util-linux)"))
-}
-
-/// Lets uid 65534 reach the daemon's socket (tempdirs are 0700, sockets 0755 by umask).
-fn open_socket(d: &Daemon) {
-    open_dir(d.dir.path());
-    std::fs::set_permissions(&d.socket, std::fs::Permissions::from_mode(0o777)).unwrap();
 }
 
 #[test]

@@ -8,6 +8,7 @@
 
 mod bus_choice;
 mod client;
+mod escalate;
 mod format;
 mod keys;
 mod notify;
@@ -103,15 +104,28 @@ fn run(cli: &Cli) -> Result<(), ClientError> {
     match &cli.command {
         Cmd::Status => print(j, &c.get("/v1/status")?, format::status),
         Cmd::Ps => ps(&c, j)?,
-        Cmd::Load { model } => load(&c, model, j)?,
-        Cmd::Unload { model, soft, .. } => unload(&c, model, *soft, j)?,
+        Cmd::Load { model } => or_over_dbus(load(&c, model, j), "Load", &(model.as_str(),), || {
+            format!("{model} loaded")
+        })?,
+        Cmd::Unload { model, soft, .. } => {
+            let mode = if *soft { "soft" } else { "hard" };
+            or_over_dbus(unload(&c, model, *soft, j), "Unload", &(model.as_str(), mode), || {
+                format!("{model} unloaded ({mode})")
+            })?
+        }
         Cmd::Pin { model } => {
-            let v = c.post(&model_path(model, "pin"), &json!({}))?;
-            print(j, &v, |_| format!("{model} pinned: it is never evicted to make room\n"));
+            let done = c.post(&model_path(model, "pin"), &json!({})).map(|v| {
+                print(j, &v, |_| format!("{model} pinned: it is never evicted to make room\n"));
+            });
+            or_over_dbus(done, "SetPinned", &(model.as_str(), true), || format!("{model} pinned"))?
         }
         Cmd::Unpin { model } => {
-            let v = c.post(&model_path(model, "unpin"), &json!({}))?;
-            print(j, &v, |_| format!("{model} unpinned\n"));
+            let done = c.post(&model_path(model, "unpin"), &json!({})).map(|v| {
+                print(j, &v, |_| format!("{model} unpinned\n"));
+            });
+            or_over_dbus(done, "SetPinned", &(model.as_str(), false), || {
+                format!("{model} unpinned")
+            })?
         }
         Cmd::Estimate { model, size, context } => estimate(&c, model, *size, *context, j)?,
         Cmd::Events { replay } => stream::events(&c, *replay, j)?,
@@ -174,6 +188,42 @@ fn load(c: &Client, model: &str, j: bool) -> Result<(), ClientError> {
         None => format!("{model} was already loaded\n"),
     });
     Ok(())
+}
+
+/// A state change the socket refused with 403, tried again over D-Bus, where polkit may let
+/// an administrator allow it (see `escalate.rs`); any other result is the socket's.
+fn or_over_dbus<B>(
+    done: Result<(), ClientError>,
+    method: &'static str,
+    body: &B,
+    said: impl Fn() -> String,
+) -> Result<(), ClientError>
+where
+    B: serde::Serialize + zbus::zvariant::DynamicType,
+{
+    match done {
+        Err(ClientError::Daemon {
+            status: 403,
+            code,
+            message,
+        }) => match escalate::call(method, body) {
+            escalate::Outcome::Allowed => {
+                println!("{} (over D-Bus, allowed by polkit)", said());
+                Ok(())
+            }
+            escalate::Outcome::Refused(message) => Err(ClientError::Daemon {
+                status: 403,
+                code: "access_denied".into(),
+                message,
+            }),
+            escalate::Outcome::Unavailable => Err(ClientError::Daemon {
+                status: 403,
+                code,
+                message,
+            }),
+        },
+        other => other,
+    }
 }
 
 /// `vramctl unload MODEL [--soft|--hard]`.
