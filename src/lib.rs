@@ -27,3 +27,13 @@ pub mod server;
 pub mod systemd_notify;
 pub mod units;
 pub mod worker;
+
+/// How many cases a fuzz-style property test runs: `VRAMD_FUZZ_CASES`, else `default` (the
+/// short bound CI runs; see `tests/fuzz/README.md` for long runs).
+#[cfg(test)]
+pub(crate) fn fuzz_cases(default: u32) -> u32 {
+    std::env::var("VRAMD_FUZZ_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}

@@ -81,11 +81,16 @@ impl Arbiter {
             .worker_start_timeout
             .0
             .unwrap_or(Duration::from_secs(3600));
+        let health_within = self.config.daemon.worker_health_timeout.0;
         let events = self.reply_later();
         tokio::spawn(async move {
             tokio::time::sleep(wait).await;
             let name = cfg.name.clone();
-            let result = load(&cfg, &binary, socket, seq, ready_within, vae, events.clone()).await;
+            let limits = Deadlines {
+                ready: ready_within,
+                health: health_within,
+            };
+            let result = load(&cfg, &binary, socket, seq, limits, vae, events.clone()).await;
             let _ = events.send(Internal::LoadDone {
                 model: name,
                 seq,
@@ -425,12 +430,18 @@ pub fn backoff(failures: u32) -> Duration {
     }
 }
 
+/// How long a new worker may take to answer its first health check, and later ones.
+struct Deadlines {
+    ready: Duration,
+    health: Option<Duration>,
+}
+
 async fn load(
     cfg: &ModelConfig,
     binary: &Path,
     socket: std::path::PathBuf,
     seq: u64,
-    ready_within: Duration,
+    limits: Deadlines,
     vae: VaePlacement,
     events: tokio::sync::mpsc::UnboundedSender<Internal>,
 ) -> LoadResult {
@@ -439,7 +450,7 @@ async fn load(
     let on_exit = move |exit| {
         let _ = events.send(Internal::WorkerExit { model: name, seq, exit });
     };
-    let mut worker = process::spawn(binary, socket, &cfg.name, ready_within, on_exit)
+    let mut worker = process::spawn(binary, socket, &cfg.name, limits.ready, limits.health, on_exit)
         .await
         .map_err(|e| LoadFailure::Worker(e.to_string()))?;
     match worker.client.load(cfg, vae).await {

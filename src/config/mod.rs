@@ -114,6 +114,10 @@ pub struct DaemonConfig {
     pub runtime_dir: Option<PathBuf>,
     /// How long a worker may take to answer its first health check.
     pub worker_start_timeout: Timeout,
+    /// How long a running worker may take to answer a health check (one every half of it)
+    /// before it is taken for hung (stopped, deadlocked in the engine) and killed, so the
+    /// requests on it fail and the next one gets a new worker; `"0"`: never.
+    pub worker_health_timeout: Timeout,
     /// The group whose members (and root) may change state: load, unload, pin, interrupt.
     /// Reading status and generating are open to anyone who can reach the socket.
     pub control_group: String,
@@ -403,6 +407,7 @@ impl Default for DaemonConfig {
             worker_dir: None,
             runtime_dir: None,
             worker_start_timeout: Timeout(Some(Duration::from_secs(30))),
+            worker_health_timeout: Timeout(Some(Duration::from_secs(10))),
             control_group: "vramd".into(),
             keys_file: PathBuf::from("/etc/vramd/keys.toml"),
             default_image_model: None,
@@ -504,5 +509,7 @@ fn split_origin(origin: &str) -> (PathBuf, Option<usize>) {
     }
 }
 
+#[cfg(test)]
+mod fuzz_tests;
 #[cfg(test)]
 mod tests;

@@ -166,15 +166,8 @@ impl<E: DeserializeOwned> EventStream<E> {
     /// [`CallError::Transport`], or as `None` before the final event, which callers check).
     pub async fn next(&mut self) -> Result<Option<E>, CallError> {
         loop {
-            if let Some(nl) = self.buf.iter().position(|b| *b == b'\n') {
-                let line = self.buf.split_to(nl + 1);
-                let line = &line[..nl];
-                if line.iter().all(u8::is_ascii_whitespace) {
-                    continue;
-                }
-                return serde_json::from_slice(line)
-                    .map(Some)
-                    .map_err(|e| CallError::Protocol(format!("bad event line: {e}")));
+            if let Some(event) = next_event(&mut self.buf) {
+                return event.map(Some);
             }
             match self.body.frame().await {
                 Some(Ok(frame)) => {
@@ -192,6 +185,21 @@ impl<E: DeserializeOwned> EventStream<E> {
                 None => return Err(CallError::Protocol("stream ended inside an event line".into())),
             }
         }
+    }
+}
+
+/// The next event of an NDJSON stream from the bytes read so far: `None` until a whole line
+/// is there (blank lines are skipped); the line is taken off `buf` either way. The framing,
+/// apart from the I/O, so it can be fuzzed (`tests::framing_*`).
+fn next_event<E: DeserializeOwned>(buf: &mut BytesMut) -> Option<Result<E, CallError>> {
+    loop {
+        let nl = buf.iter().position(|b| *b == b'\n')?;
+        let line = buf.split_to(nl + 1);
+        let line = &line[..nl];
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        return Some(serde_json::from_slice(line).map_err(|e| CallError::Protocol(format!("bad event line: {e}"))));
     }
 }
 
@@ -217,5 +225,77 @@ pub async fn wait_ready(
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(200));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use vramd_protocol::ImageEvent;
+
+    fn events() -> Vec<ImageEvent> {
+        vec![
+            ImageEvent::Started { switch_ms: 3 },
+            ImageEvent::Progress { step: 1, steps: 2 },
+            ImageEvent::Preview {
+                step: 1,
+                png_base64: "iVBORw0KGgo=".into(),
+            },
+            ImageEvent::Image {
+                index: 0,
+                seed: 42,
+                png_base64: "iVBORw0KGgo=".repeat(50),
+            },
+        ]
+    }
+
+    /// Every event the stream holds, fed in `chunks`.
+    fn read_all(stream: &[u8], cuts: &[usize]) -> Vec<Result<ImageEvent, String>> {
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut at = 0;
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        cuts.sort_unstable();
+        cuts.push(stream.len());
+        for cut in cuts {
+            buf.extend_from_slice(&stream[at..cut.max(at)]);
+            at = cut.max(at);
+            while let Some(e) = next_event::<ImageEvent>(&mut buf) {
+                out.push(e.map_err(|e| e.to_string()));
+            }
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(crate::fuzz_cases(256)))]
+
+        /// However the bytes arrive, the same events come out, blank lines ignored.
+        #[test]
+        fn framing_does_not_depend_on_how_bytes_arrive(cuts in prop::collection::vec(any::<usize>(), 0..12), blank in any::<bool>()) {
+            let mut stream = Vec::new();
+            for e in events() {
+                stream.extend(serde_json::to_vec(&e).unwrap());
+                stream.push(b'\n');
+                if blank {
+                    stream.extend(b"  \n");
+                }
+            }
+            let got: Vec<ImageEvent> = read_all(&stream, &cuts).into_iter().map(Result::unwrap).collect();
+            prop_assert_eq!(got, events());
+        }
+
+        /// Whatever a (broken) worker sends, framing ends in events or protocol errors: never
+        /// a panic, and every complete line is consumed.
+        #[test]
+        fn framing_survives_any_bytes(bytes in prop::collection::vec(any::<u8>(), 0..600), cuts in prop::collection::vec(any::<usize>(), 0..6)) {
+            let lines = bytes.iter().filter(|b| **b == b'\n').count();
+            let got = read_all(&bytes, &cuts);
+            prop_assert!(got.len() <= lines);
+            for e in got.iter().filter_map(|e| e.as_ref().err()) {
+                prop_assert!(e.contains("bad event line"), "{}", e);
+            }
+        }
     }
 }

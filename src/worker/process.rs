@@ -29,6 +29,8 @@ pub struct Exit {
     pub last_lines: Vec<String>,
     /// The signal that ended it, if one did.
     pub signal: Option<i32>,
+    /// It stopped answering its health checks and was killed for it (see [`spawn`]).
+    pub hung: bool,
 }
 
 impl Exit {
@@ -36,7 +38,7 @@ impl Exit {
     /// rather than its own failure (an abort, a segfault, an error exit): only then is the
     /// request it was handed not to blame, and safe to send again.
     pub fn killed_from_outside(&self) -> bool {
-        matches!(self.signal, Some(libc::SIGKILL | libc::SIGTERM))
+        !self.hung && matches!(self.signal, Some(libc::SIGKILL | libc::SIGTERM))
     }
 
     /// The most telling line: the last error line it logged, else the exit status.
@@ -124,11 +126,17 @@ const STOP_GRACE: Duration = Duration::from_secs(3);
 
 /// Starts `binary --socket <socket>` and waits until it answers its health check.
 /// `on_exit` is called once, from the watcher task, when the process ends.
+///
+/// From then on the watcher asks for its health every half of `health_within` (`None`:
+/// never): a worker that accepts the connection but does not answer in time (stopped with
+/// SIGSTOP, or hung inside the engine, which the health endpoint does not wait for) is
+/// killed with SIGKILL, which works on a stopped process too, and reported `hung`.
 pub async fn spawn(
     binary: &Path,
     socket: PathBuf,
     model: &str,
     ready_within: Duration,
+    health_within: Option<Duration>,
     on_exit: impl FnOnce(Exit) + Send + 'static,
 ) -> Result<Worker, SpawnError> {
     if !binary.is_file() {
@@ -145,8 +153,17 @@ pub async fn spawn(
     }
     let (stop_tx, stop_rx) = oneshot::channel();
     let (exit_tx, exit_rx) = watch::channel(None::<Exit>);
-    tokio::spawn(watch_child(child, socket.clone(), stop_rx, exit_tx, lines, on_exit));
     let client = WorkerClient::new(&socket);
+    let watchdog = health_within.map(|d| (client.clone(), d));
+    tokio::spawn(watch_child(
+        child,
+        socket.clone(),
+        stop_rx,
+        exit_tx,
+        lines,
+        watchdog,
+        on_exit,
+    ));
     let mut worker = Worker {
         client,
         pid,
@@ -204,17 +221,25 @@ async fn watch_child(
     stop: oneshot::Receiver<()>,
     exit: watch::Sender<Option<Exit>>,
     lines: Arc<Mutex<VecDeque<String>>>,
+    watchdog: Option<(WorkerClient, Duration)>,
     on_exit: impl FnOnce(Exit) + Send + 'static,
 ) {
     let pid = child.id().unwrap_or(0);
     let stdin = child.stdin.take();
-    let requested = tokio::select! {
-        _ = child.wait() => false,
-        _ = stop => true,
+    let (requested, hung) = tokio::select! {
+        _ = child.wait() => (false, false),
+        _ = stop => (true, false),
+        silence = unanswered(watchdog) => {
+            tracing::error!(pid, "the worker did not answer its health check within {silence:?}: killing it");
+            (false, true)
+        }
     };
     let status = if requested {
         terminate(&mut child).await
     } else {
+        if hung {
+            let _ = child.start_kill();
+        }
         child.wait().await
     };
     drop(stdin);
@@ -227,6 +252,7 @@ async fn watch_child(
         s.signal()
     });
     let status = match status {
+        Ok(_) if hung => "killed: it stopped answering its health checks (hung or stopped)".to_owned(),
         Ok(s) => describe(s),
         Err(e) => format!("wait failed: {e}"),
     };
@@ -237,9 +263,25 @@ async fn watch_child(
         requested,
         last_lines,
         signal,
+        hung,
     };
     let _ = exit.send(Some(report.clone()));
     on_exit(report);
+}
+
+/// Returns once the worker leaves a health check unanswered for `deadline`, checking every
+/// half of it; never without a watchdog. Only a check that times out counts: a refused or
+/// broken connection is a worker starting or ending, which the other branches handle.
+async fn unanswered(watchdog: Option<(WorkerClient, Duration)>) -> Duration {
+    let Some((client, deadline)) = watchdog else {
+        return std::future::pending().await;
+    };
+    loop {
+        tokio::time::sleep(deadline / 2).await;
+        if tokio::time::timeout(deadline, client.health()).await.is_err() {
+            return deadline;
+        }
+    }
 }
 
 async fn terminate(child: &mut tokio::process::Child) -> std::io::Result<std::process::ExitStatus> {

@@ -15,7 +15,7 @@ use vramd_gguf::manifest::{write_from_manifest, ManifestOptions};
 
 use crate::util::{Daemon, Response, UsedWatcher, BASE_CONFIG, VRAMD};
 
-fn sd_worker_dir() -> Option<PathBuf> {
+pub fn sd_worker_dir() -> Option<PathBuf> {
     let dir = Path::new(VRAMD).parent().unwrap().to_owned();
     if dir.join("vramd-sd-worker").is_file() && dir.join("vramd-llm-worker").is_file() {
         return Some(dir);
@@ -58,7 +58,7 @@ pub struct Images {
 
 /// The model files, written once per test process (about 170 MB, most of it SD1's VAE)
 /// under cargo's temporary folder for tests; the folders of earlier runs are removed.
-fn models() -> &'static Path {
+pub fn models() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
         let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
