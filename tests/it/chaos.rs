@@ -6,6 +6,7 @@
 //!   hung, the daemon never restarts, and the accounting comes back to nothing held;
 //! - 2,000 mixed requests: the daemon's file descriptors do not grow, no worker socket is
 //!   left behind, and its RSS is reported (RELIABILITY.md keeps the figures).
+//!
 //! Bounds: `VRAMD_CHAOS_SECS` (default 15), `VRAMD_SOAK_REQUESTS` (default 2000).
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
