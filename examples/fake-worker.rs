@@ -10,7 +10,9 @@
 //! - `crash-on-load`: the process aborts while loading.
 //!
 //! Options as `key=value` words on the same line: `delay_ms=20`, `context=BYTES`,
-//! `compute=BYTES`. An image model is loaded from `files.model` or `files.diffusion_model`.
+//! `compute=BYTES`, `load_ms=N` (a load that takes N ms), `serial=1` (one generation at a time, the others waiting for their turn
+//! before `started`, as in the real LLM worker's backlog; one that leaves while it waits
+//! is logged `left before its turn`). An image model is loaded from `files.model` or `files.diffusion_model`.
 //! Every generation appends one line to `<model file>.log` (`generate N` / `cancelled N` /
 //! `done N`), and `restore` is logged the same way, so tests can see what the worker did
 //! after the client left and whether the daemon restored a soft-unloaded context.
@@ -42,6 +44,8 @@ struct Model {
     compute: u64,
     soft: bool,
     image: Option<ImageHealth>,
+    /// `serial=1`: held by the generation that runs.
+    turn: Option<Arc<tokio::sync::Mutex<()>>>,
 }
 
 type Shared = Arc<Mutex<Option<Model>>>;
@@ -126,6 +130,9 @@ async fn load(State(s): State<Shared>, Json(req): Json<serde_json::Value>) -> Re
         }
         _ => {}
     }
+    if let Some(ms) = opts.get("load_ms") {
+        tokio::time::sleep(Duration::from_millis(*ms)).await;
+    }
     let weights = std::fs::metadata(&path).map_or(0, |m| m.len());
     let mut guard = s.lock().unwrap();
     *guard = Some(Model {
@@ -144,6 +151,7 @@ async fn load(State(s): State<Shared>, Json(req): Json<serde_json::Value>) -> Re
             opts.get("compute").copied().unwrap_or(500)
         },
         soft: false,
+        turn: (opts.get("serial").copied().unwrap_or(0) == 1).then(Arc::default),
         image: image.then(|| ImageHealth {
             components: vec![ComponentBytes {
                 name: "diffusion_model".into(),
@@ -289,13 +297,13 @@ fn note(path: &std::path::Path, line: &str) {
 }
 
 async fn generate(State(s): State<Shared>, Json(req): Json<GenerateRequest>) -> Response {
-    let (delay, path) = {
+    let (delay, path, turn) = {
         let mut guard = s.lock().unwrap();
         let Some(m) = guard.as_mut() else {
             return error_response(ErrorCode::NotLoaded, "no model");
         };
         m.soft = false;
-        (m.delay, m.path.clone())
+        (m.delay, m.path.clone(), m.turn.clone())
     };
     // Without a limit the fake "model" ends its turn after this many tokens.
     const TURN: u32 = 16;
@@ -306,6 +314,16 @@ async fn generate(State(s): State<Shared>, Json(req): Json<GenerateRequest>) -> 
     note(&path, &format!("generate {max}"));
     let (tx, rx) = stream_channel();
     tokio::spawn(async move {
+        let _turn = match turn {
+            Some(t) => tokio::select! {
+                held = t.lock_owned() => Some(held),
+                () = tx.closed() => {
+                    note(&path, "left before its turn");
+                    return;
+                }
+            },
+            None => None,
+        };
         let send = |e: GenerateEvent| tx.send(Out::Event(e));
         let prompt_tokens = match &req.input {
             Input::Text { prompt } => prompt.split_whitespace().count() as u32,

@@ -46,6 +46,10 @@ pub enum ApiError {
     /// Not enough memory now: 503 with `Retry-After`.
     #[error("{message}")]
     NoMemory { message: String, retry_after: u64 },
+    /// The model's worker is serving others and did not get to this request in time: 503
+    /// with `Retry-After`.
+    #[error("{message}")]
+    Busy { message: String, retry_after: u64 },
     /// More than the whole memory budget: 507.
     #[error("{0}")]
     TooLarge(String),
@@ -96,6 +100,7 @@ impl ApiError {
             ApiError::WorkerFailed(_) => (StatusCode::BAD_GATEWAY, "server_error", "worker_failed"),
             ApiError::InUse(_) => (StatusCode::CONFLICT, "invalid_request_error", "model_busy"),
             ApiError::NoMemory { .. } => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "insufficient_memory"),
+            ApiError::Busy { .. } => (StatusCode::SERVICE_UNAVAILABLE, "server_error", "model_busy"),
             ApiError::TooLarge(_) => (
                 StatusCode::INSUFFICIENT_STORAGE,
                 "invalid_request_error",
@@ -122,6 +127,10 @@ impl From<ArbiterError> for ApiError {
                 retry_after,
             },
             ArbiterError::TooLarge { .. } => ApiError::TooLarge(e.to_string()),
+            ArbiterError::Busy { retry_after, .. } => ApiError::Busy {
+                message: e.to_string(),
+                retry_after,
+            },
             ArbiterError::Stopped => ApiError::Unavailable(e.to_string()),
         }
     }
@@ -178,7 +187,7 @@ impl IntoResponse for ApiError {
             _ => None,
         };
         let mut resp = error_response(status, &self.to_string(), kind, code, param);
-        if let ApiError::NoMemory { retry_after, .. } = self {
+        if let ApiError::NoMemory { retry_after, .. } | ApiError::Busy { retry_after, .. } = self {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, HeaderValue::from(retry_after));
         }

@@ -62,6 +62,11 @@ pub struct Grant {
     images_done: u32,
     /// Dropped only to be sent again to a new worker: its story goes on in the next grant.
     resent: bool,
+    /// How long the work may wait for its turn on the worker (`[policy] wait_timeout`: a
+    /// worker serves one generation at a time, the others wait in its backlog), and the
+    /// `Retry-After` of the refusal when it waited that long.
+    turn: Option<Duration>,
+    retry_after: u64,
     internal: mpsc::UnboundedSender<Internal>,
 }
 
@@ -78,6 +83,8 @@ pub(super) struct Decided {
     pub seq: u64,
     pub ticket: u64,
     pub interrupt: oneshot::Receiver<()>,
+    pub turn: Option<Duration>,
+    pub retry_after: u64,
     pub internal: mpsc::UnboundedSender<Internal>,
 }
 
@@ -102,6 +109,8 @@ impl Grant {
             failure: None,
             images_done: 0,
             resent: false,
+            turn: d.turn,
+            retry_after: d.retry_after,
             internal: d.internal,
         }
     }
@@ -150,8 +159,15 @@ impl Grant {
 
     /// Starts a text generation; the stream's first event (`started`) has been read.
     pub(super) async fn generate(&mut self, req: &GenerateRequest) -> Result<EventStream<GenerateEvent>, Attempt> {
-        let mut events = self.client.generate(req).await.map_err(Attempt::from_open)?;
-        match events.next().await {
+        let client = self.client.clone();
+        let (events, first) = self
+            .its_turn(async move {
+                let mut events = client.generate(req).await.map_err(Attempt::from_open)?;
+                let first = events.next().await;
+                Ok::<_, Attempt>((events, first))
+            })
+            .await??;
+        match first {
             Ok(Some(GenerateEvent::Started {
                 cached_tokens, health, ..
             })) => {
@@ -176,6 +192,21 @@ impl Grant {
         }
     }
 
+    /// The worker's answer and first event, waited for at most the grant's `turn` (a worker
+    /// answers a generation once it starts it): past it, the call is dropped (the worker
+    /// takes the request out of its backlog, since its client left) and the request is
+    /// refused as waiting too long, with `Retry-After`.
+    async fn its_turn<T>(&self, first: impl Future<Output = T>) -> Result<T, Attempt> {
+        match self.turn {
+            None => Ok(first.await),
+            Some(limit) => tokio::time::timeout(limit, first).await.map_err(|_| Attempt::TimedOut {
+                model: self.model.clone(),
+                waited: limit,
+                retry_after: self.retry_after,
+            }),
+        }
+    }
+
     /// Computes embeddings; what the worker reports is recorded as the request's report.
     pub(super) async fn embed(&mut self, req: &EmbedRequest) -> Result<EmbedResponse, Attempt> {
         let response = self.client.embed(req).await.map_err(Attempt::from_open)?;
@@ -187,8 +218,15 @@ impl Grant {
     /// chose; progress goes to the arbiter as the worker reports it.
     pub async fn image(&mut self, mut req: ImageRequest) -> Result<ImageRun, Attempt> {
         req.vae = self.vae;
-        let mut events = self.client.image(&req).await.map_err(Attempt::from_open)?;
-        let switch_ms = match events.next().await {
+        let client = self.client.clone();
+        let (events, first) = self
+            .its_turn(async move {
+                let mut events = client.image(&req).await.map_err(Attempt::from_open)?;
+                let first = events.next().await;
+                Ok::<_, Attempt>((events, first))
+            })
+            .await??;
+        let switch_ms = match first {
             Ok(Some(ImageEvent::Started { switch_ms })) => switch_ms,
             Ok(Some(ImageEvent::Error { error })) => {
                 return Err(Attempt::Failed(CallError::Worker(error, Default::default())))
@@ -275,6 +313,12 @@ pub enum Attempt {
     /// was killed from outside (see [`Exit::killed_from_outside`]).
     Broke(CallError),
     Failed(CallError),
+    /// The worker did not start it within the grant's turn (`[policy] wait_timeout`).
+    TimedOut {
+        model: String,
+        waited: Duration,
+        retry_after: u64,
+    },
 }
 
 impl Attempt {
@@ -292,6 +336,10 @@ impl From<Attempt> for CallError {
         match a {
             Attempt::WorkerGone => CallError::Transport("the model's worker ended before it took the request".into()),
             Attempt::Broke(e) | Attempt::Failed(e) => e,
+            Attempt::TimedOut { waited, .. } => CallError::Transport(format!(
+                "the worker did not start the request within {}",
+                crate::units::format_duration(waited)
+            )),
         }
     }
 }
@@ -323,6 +371,22 @@ where
                 ended.is_some_and(|e| e.killed_from_outside())
             }
             Attempt::Failed(_) => false,
+            Attempt::TimedOut {
+                model,
+                waited,
+                retry_after,
+            } => {
+                let e = ArbiterError::Busy {
+                    model: model.clone(),
+                    reason: format!(
+                        "waited {} for its turn behind the requests it is serving",
+                        crate::units::format_duration(*waited)
+                    ),
+                    retry_after: *retry_after,
+                };
+                grant.fail(&e);
+                return Err(RunError::Arbiter(e));
+            }
         };
         if !resend || tries >= ATTEMPTS {
             let e = CallError::from(failure);

@@ -112,6 +112,14 @@ pub enum ArbiterError {
         reason: String,
         retry_after: u64,
     },
+    /// The model's worker did not get to the request within `[policy] wait_timeout`: it is
+    /// serving others; it may later.
+    #[error("model {model:?} is busy: {reason}")]
+    Busy {
+        model: String,
+        reason: String,
+        retry_after: u64,
+    },
     /// More than the whole budget: it never will be.
     #[error("{model:?} can never fit: {reason}")]
     TooLarge { model: String, reason: String },

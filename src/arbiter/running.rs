@@ -107,6 +107,8 @@ impl Arbiter {
             seq,
             ticket,
             interrupt,
+            turn: self.config.policy.wait_timeout.0,
+            retry_after: self.config.policy.retry_after.0.map_or(5, |d| d.as_secs().max(1)),
             internal,
         })
     }

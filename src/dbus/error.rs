@@ -37,7 +37,7 @@ impl From<ArbiterError> for Error {
         let message = e.to_string();
         match e {
             ArbiterError::UnknownModel(_) => Error::UnknownModel(message),
-            ArbiterError::InUse { .. } => Error::Busy(message),
+            ArbiterError::InUse { .. } | ArbiterError::Busy { .. } => Error::Busy(message),
             ArbiterError::ModelFailed { .. } => Error::ModelFailed(message),
             ArbiterError::WorkerFailed { .. } => Error::WorkerFailed(message),
             ArbiterError::NoMemory { .. } => Error::InsufficientMemory(message),

@@ -26,6 +26,12 @@ pub(crate) fn serve(extra: &str) -> Served {
     serve_models(extra, "", "")
 }
 
+/// [`serve`] with the image models' fake behaviour `line` (see `examples/fake-worker.rs`).
+pub(crate) fn serve_with_sd_line(line: &str) -> Served {
+    let (config, dirs) = fake_two_models(GIB, line, "");
+    served(config, dirs, "", "")
+}
+
 /// [`serve`] with `lines` in both image models' tables (`lora_dir = …`).
 pub(crate) fn serve_with_image_line(lines: &str) -> Served {
     serve_models("", lines, "")
@@ -46,6 +52,11 @@ pub(crate) fn serve_with_huge() -> Served {
 
 fn serve_models(extra: &str, image_lines: &str, more: &str) -> Served {
     let (config, dirs) = fake_two_models(GIB, "ok delay_ms=1", extra);
+    served(config, dirs, image_lines, more)
+}
+
+/// `config` of [`fake_two_models`] with `sd2` (the same file as `sd`) and `more` added.
+fn served(config: String, dirs: Vec<tempfile::TempDir>, image_lines: &str, more: &str) -> Served {
     let sd_path = config.lines().last().unwrap().to_owned();
     let config =
         format!("{config}{image_lines}[[models]]\nname = \"sd2\"\nkind = \"image\"\n{sd_path}\n{image_lines}{more}");

@@ -382,6 +382,46 @@ fn a_client_that_leaves_mid_generation_stops_its_image() {
 }
 
 #[test]
+fn progress_shows_a_chosen_checkpoint_while_it_loads() {
+    // Both image models load in 1.5 s (`load_ms`); SillyTavern polls progress after setting
+    // the model, until `job_count` is 0.
+    let s = crate::a1111::serve_with_sd_line("ok delay_ms=1 load_ms=1500");
+    let port = s.port;
+    let set = std::thread::spawn(move || {
+        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let body = json!({"sd_model_checkpoint": "sd2"}).to_string();
+        send_request(
+            &mut c,
+            "POST",
+            "/sdapi/v1/options",
+            &[("Content-Type", "application/json")],
+            body.as_bytes(),
+        );
+        read_response(&mut c)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let seen = loop {
+        let p = s.get(true, "/sdapi/v1/progress");
+        if p["state"]["job_count"] == 1 {
+            break p;
+        }
+        assert!(
+            Instant::now() < deadline && !set.is_finished(),
+            "no loading job seen: {p}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(seen["state"]["job"], "loading sd2");
+    assert_eq!(set.join().unwrap().status, 200);
+    let p = s.get(true, "/sdapi/v1/progress");
+    assert_eq!(
+        (p["progress"].as_f64(), &p["state"]["job_count"]),
+        (Some(0.0), &json!(0))
+    );
+    assert_eq!(s.d.model_status("sd2")["state"], "loaded");
+}
+
+#[test]
 fn choosing_a_checkpoint_loads_it_and_one_that_cannot_fit_is_a_507() {
     let s = crate::a1111::serve_with_huge();
     s.post(true, "/sdapi/v1/options", &json!({"sd_model_checkpoint": "sd2"}));

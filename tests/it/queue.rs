@@ -109,3 +109,42 @@ fn a_client_that_leaves_while_queued_leaves_the_queue() {
     let e = d.post_json("/v1/completions", &bad.to_string()).error(400);
     assert_eq!(e["param"], "temperature");
 }
+
+/// A worker serves one generation at a time; a request granted while another runs waits in
+/// its backlog for its turn, and `[policy] wait_timeout` bounds that wait too: a 503 with
+/// `Retry-After`, and the worker drops the request rather than running it for nobody.
+#[test]
+fn a_request_waiting_for_its_turn_on_a_busy_worker_past_wait_timeout_gets_a_503() {
+    let (config, dirs) = fake_two_models(GIB, "ok delay_ms=1", "");
+    let chat_line = format!("ok context={} compute=0 delay_ms=20 serial=1", GIB / 2);
+    crate::util::model_file(dirs[1].path(), "chat", &chat_line, GIB + GIB / 2);
+    let d = Daemon::start(&config.replace("wait_timeout = \"5s\"", "wait_timeout = \"1s\""));
+    let long = json!({"model": "chat", "prompt": "long", "max_tokens": 200});
+    let first = crate::util::post_in_background(&d.socket, "/v1/completions", long);
+    d.wait_model("chat", Duration::from_secs(10), |m| m["state"] == "busy");
+    let second = d.post_json(
+        "/v1/completions",
+        &json!({"model": "chat", "prompt": "short", "max_tokens": 2}).to_string(),
+    );
+    assert!(
+        !first.is_finished(),
+        "the first (4 s) still runs when the second is refused"
+    );
+    let e = second.error(503);
+    assert_eq!(e["code"], "model_busy", "{e}");
+    assert!(e["message"].as_str().unwrap().contains("waited 1s for its turn"), "{e}");
+    assert_eq!(second.header("retry-after"), Some("7"));
+    assert_eq!(first.join().unwrap().status, 200);
+    let log = std::fs::read_to_string(dirs[1].path().join("chat.bin.log")).unwrap();
+    assert!(log.contains("left before its turn"), "{log}");
+    let finished: Vec<_> = events(&d)
+        .into_iter()
+        .filter(|e| e["type"] == "request_finished" && e["model"] == "chat")
+        .collect();
+    assert!(
+        finished
+            .iter()
+            .any(|e| e["outcome"] == "failed" && e["error"].as_str().is_some_and(|m| m.contains("its turn"))),
+        "{finished:#?}"
+    );
+}
