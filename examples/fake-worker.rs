@@ -71,6 +71,8 @@ fn health(m: &Option<Model>) -> Health {
         peak_bytes: bytes.total,
         pid: std::process::id(),
         device: "cpu".into(),
+        // No engine: no CPU code to tell.
+        cpu: None,
         image: m.as_ref().and_then(|m| m.image.clone()),
     }
 }

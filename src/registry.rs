@@ -39,6 +39,8 @@ pub struct ModelEntry {
     pub pid: Option<u32>,
     /// Where its weights live (`cpu`, `cuda:0`), as the worker says.
     pub device: Option<String>,
+    /// The CPU code its engine runs, and this CPU's level (see `vramd_worker_kit::cpu`).
+    pub cpu: Option<String>,
     /// How long its last load took.
     pub load_ms: Option<u64>,
     /// The context length in effect (LLMs).
@@ -241,6 +243,7 @@ impl ModelEntry {
             error: None,
             pid: None,
             device: None,
+            cpu: None,
             load_ms: None,
             context_length: None,
             failures: 0,
@@ -265,6 +268,7 @@ impl ModelEntry {
         self.bytes = Bytes::default();
         self.pid = None;
         self.device = None;
+        self.cpu = None;
         self.device_bytes = None;
     }
 
@@ -312,6 +316,9 @@ impl ModelEntry {
         self.peak_bytes = self.peak_bytes.max(health.peak_bytes).max(health.bytes.total);
         self.pid = Some(health.pid);
         self.device = Some(health.device.clone());
+        if health.cpu.is_some() {
+            self.cpu = health.cpu.clone();
+        }
     }
 }
 
@@ -444,6 +451,7 @@ mod tests {
             peak_bytes: 320,
             pid: 7,
             device: "cpu".into(),
+            cpu: None,
             image: None,
         };
         img.report(&health);

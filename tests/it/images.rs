@@ -226,6 +226,10 @@ fn openai_and_a1111_return_pngs_of_the_requested_size_deterministically() {
     assert_ne!(images[0], images[1], "consecutive seeds differ");
     let m = t.d.model_status("zimage");
     assert!(m["bytes"]["weights"].as_u64().unwrap() > 1_000_000, "{m}");
+    assert!(
+        m["cpu"].as_str().is_some_and(|c| c.starts_with("x86-64")),
+        "the worker's CPU code: {m}"
+    );
 }
 
 #[test]

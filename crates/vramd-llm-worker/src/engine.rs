@@ -94,6 +94,18 @@ fn run(calls: std_mpsc::Receiver<EngineCall>, status: HealthWriter) {
         }
     };
     tracing::info!(gpu_offload = backend.supports_gpu_offload(), "llama.cpp backend ready");
+    // SAFETY: llama.cpp returns a static NUL-terminated string (or NULL).
+    let info = unsafe {
+        let p = llama_cpp_sys_2::llama_print_system_info();
+        if p.is_null() {
+            String::new()
+        } else {
+            std::ffi::CStr::from_ptr(p).to_string_lossy().into_owned()
+        }
+    };
+    let cpu = vramd_worker_kit::cpu::this_machine(&info);
+    tracing::info!(%cpu, "CPU code");
+    status.update(|h| h.cpu = Some(cpu));
     let mut next = None;
     loop {
         let call = match next.take() {

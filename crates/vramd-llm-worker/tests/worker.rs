@@ -129,6 +129,13 @@ fn tiny_loads(w: &Worker, model: &Path) -> Health {
     assert_eq!(r.status, 200, "{}\n{}", r.text(), w.log());
     let loaded: LoadResponse = r.json();
     eprintln!("load: {loaded:?}");
+    // Which CPU code llama.cpp runs (its default build: AVX2 where the build machine has
+    // it), and this CPU's level.
+    let cpu = loaded.health.cpu.clone().expect("the CPU code");
+    assert!(
+        cpu.starts_with("x86-64") && cpu.contains(" build (") && cpu.contains(" CPU"),
+        "{cpu}"
+    );
     assert_eq!(loaded.train_context_length, 512);
     assert_eq!(loaded.context_length, 512, "0 means the training context");
     assert!(loaded.has_chat_template);

@@ -114,6 +114,10 @@ pub struct Health {
     pub pid: u32,
     /// Where the weights live: `cpu`, or the GPU backend such as `cuda:0`.
     pub device: String,
+    /// The CPU code the engine runs and the CPU it runs on
+    /// (`x86-64-v3 build (avx avx2 f16c fma) on a x86-64-v4 CPU`); workers before 0.2 sent none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu: Option<String>,
     /// Image workers only: weights per component and what the last generation measured.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image: Option<ImageHealth>,
@@ -533,6 +537,9 @@ pub struct Lora {
     pub multiplier: f32,
 }
 
+// `done` carries the worker's whole health: events are made one at a time and serialized at
+// once, so the size of the largest variant costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ImageEvent {

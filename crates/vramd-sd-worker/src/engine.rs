@@ -171,6 +171,9 @@ fn split(components: &[ComponentBytes], vae: VaePlacement, peaks: &Peaks) -> Byt
 
 fn run(calls: std_mpsc::Receiver<EngineCall>, status: HealthWriter) {
     sd::set_callbacks(logcap::on_log, logcap::on_progress, logcap::on_preview);
+    let cpu = vramd_worker_kit::cpu::this_machine(&sd::system_info());
+    tracing::info!(%cpu, "CPU code");
+    status.update(|h| h.cpu = Some(cpu));
     let mut model: Option<Model> = None;
     while let Ok(call) = calls.recv() {
         match call {

@@ -362,6 +362,12 @@ pub fn gpu_device() -> Option<String> {
 /// The preview callback's type.
 pub type PreviewCallback = unsafe extern "C" fn(i32, i32, *mut sys::sd_image_t, bool, *mut std::ffi::c_void);
 
+/// ggml's report of the CPU features this build uses (`SSE3 = 1 | AVX2 = 1 | …`).
+pub fn system_info() -> String {
+    // SAFETY: a static NUL-terminated string the library keeps (or NULL).
+    unsafe { c_str(sys::sd_get_system_info()) }.unwrap_or_default()
+}
+
 /// Installs the process-wide log, progress and preview callbacks (the engine thread does,
 /// once). Previews are the latent projected to RGB (`PREVIEW_PROJ`: no VAE run, so no
 /// memory beyond a latent-sized picture), of the denoised latent, every step.

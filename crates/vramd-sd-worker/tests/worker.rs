@@ -124,6 +124,12 @@ fn zimage_loads(w: &Worker) -> Health {
     eprintln!("Z-Image load: {} ms, {h:?}", loaded.load_ms);
     assert_eq!(h.state, WorkerState::Loaded);
     assert_eq!(h.model.as_deref(), Some("zi"));
+    // Which CPU code stable-diffusion.cpp's ggml runs, and this CPU's level.
+    let cpu = h.cpu.clone().expect("the CPU code");
+    assert!(
+        cpu.starts_with("x86-64") && cpu.contains(" build (") && cpu.contains(" CPU"),
+        "{cpu}"
+    );
     let image = h.image.clone().expect("image health");
     assert_eq!(image.vae_backend, VaePlacement::Gpu);
     assert_eq!(image.last, None);

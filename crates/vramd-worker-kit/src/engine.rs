@@ -109,6 +109,7 @@ pub fn empty_health() -> Health {
         peak_bytes: 0,
         pid: std::process::id(),
         device: "cpu".into(),
+        cpu: None,
         image: None,
     }
 }
@@ -139,14 +140,23 @@ impl HealthWriter {
     /// A load of `model` has begun: nothing is held any more (the peak starts again).
     pub fn loading(&self, model: &str) -> Health {
         self.update(|h| {
-            *h = empty_health();
+            *h = Health {
+                cpu: h.cpu.take(),
+                ..empty_health()
+            };
             h.state = WorkerState::Loading;
             h.model = Some(model.to_owned());
         })
     }
 
+    /// Nothing loaded any more; what the worker is (its [`Health::cpu`]) stays.
     pub fn clear(&self) -> Health {
-        self.update(|h| *h = empty_health())
+        self.update(|h| {
+            *h = Health {
+                cpu: h.cpu.take(),
+                ..empty_health()
+            }
+        })
     }
 }
 

@@ -16,6 +16,7 @@
 //!   JSON 404/405;
 //! - [`ndjson`]: [`Out`], what an engine thread sends back for a streamed request, and
 //!   [`stream_response`], which turns its receiver into an NDJSON response;
+//! - [`cpu`]: which x86-64 level the engine's ggml was built for, and this CPU's, for health;
 //! - [`engine`]: the engine thread and its handle ([`Engine`]: submit a call, [`Engine::ask`]
 //!   for one answer, [`Engine::stream`] for an NDJSON stream), and [`HealthWriter`], its
 //!   writer of the shared [`Health`](vramd_protocol::Health);
@@ -24,6 +25,7 @@
 //!
 //! The crate links no inference library, so it never brings a second ggml into a worker.
 
+pub mod cpu;
 pub mod engine;
 pub mod http;
 pub mod lifetime;

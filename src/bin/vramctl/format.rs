@@ -182,17 +182,28 @@ pub fn ps(v: &Value) -> String {
                 held(m),
                 m["pid"].as_u64().map_or("-".into(), |p| p.to_string()),
                 s(&m["device"]).to_owned(),
+                s(&m["cpu"]).split_whitespace().next().unwrap_or("-").to_owned(),
                 u(&m["in_flight"]).to_string(),
                 ago(m["last_used"].as_u64(), u(&v["at"])),
             ]
         })
         .collect();
-    table(
+    let mut out = table(
         &[
-            "MODEL", "KIND", "STATE", "HELD", "PID", "DEVICE", "REQUESTS", "LAST USE",
+            "MODEL", "KIND", "STATE", "HELD", "PID", "DEVICE", "CPU CODE", "REQUESTS", "LAST USE",
         ],
         &rows,
-    )
+    );
+    // A build below what the CPU can run (or above it) is worth a line of its own.
+    for m in &models {
+        let cpu = s(&m["cpu"]);
+        let mut words = cpu.split_whitespace();
+        let (built, machine) = (words.next(), cpu.rsplit(' ').nth(1));
+        if built.is_some() && machine.is_some() && built != machine && !cpu.contains("unknown") {
+            out.push_str(&format!("{}: {cpu}\n", s(&m["name"])));
+        }
+    }
+    out
 }
 
 /// `vramctl estimate`: the total, then its parts.
@@ -373,7 +384,7 @@ mod tests {
             "models": [
                 {"name": "chat", "kind": "llm", "state": "loaded", "bytes": {"total": 2u64 << 30},
                  "peak_bytes": 2u64 << 30, "last_used": 958, "pinned": true, "pid": 42, "device": "cpu",
-                 "in_flight": 0, "page_cache": {"resident_bytes": 1u64 << 29, "file_bytes": 1u64 << 30, "locked": false}},
+                 "cpu": "x86-64-v2 build (sse3 ssse3) on a x86-64-v4 CPU", "in_flight": 0, "page_cache": {"resident_bytes": 1u64 << 29, "file_bytes": 1u64 << 30, "locked": false}},
                 {"name": "sd", "kind": "image", "state": "failed", "bytes": {"total": 0}, "peak_bytes": 0,
                  "last_used": null, "pinned": false, "error": "file not found",
                  "page_cache": {"resident_bytes": 0, "file_bytes": 0, "locked": false}}
@@ -406,12 +417,20 @@ mod tests {
         );
         assert_eq!(lines[7], "sd failed: file not found");
         let ps_out = ps(&snapshot());
-        assert_eq!(ps_out.lines().count(), 2, "{ps_out}");
-        assert!(ps_out
-            .lines()
-            .nth(1)
-            .unwrap()
-            .starts_with("chat   llm   loaded  2.0 GiB  42   cpu"));
+        assert_eq!(ps_out.lines().count(), 3, "{ps_out}");
+        assert!(
+            ps_out
+                .lines()
+                .nth(1)
+                .unwrap()
+                .starts_with("chat   llm   loaded  2.0 GiB  42   cpu     x86-64-v2"),
+            "{ps_out}"
+        );
+        // A build below the CPU's level is said in a line of its own.
+        assert_eq!(
+            ps_out.lines().nth(2),
+            Some("chat: x86-64-v2 build (sse3 ssse3) on a x86-64-v4 CPU")
+        );
         assert_eq!(ps(&json!({"models": []})), "no model is loaded\n");
     }
 
