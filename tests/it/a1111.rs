@@ -85,6 +85,21 @@ impl Served {
         read_response(&mut s)
     }
 
+    /// A POST on a thread of its own, over TCP or the socket; join it for the answer.
+    pub fn post_in_background(&self, tcp: bool, path: &'static str, body: Value) -> std::thread::JoinHandle<Response> {
+        if !tcp {
+            return crate::util::post_in_background(&self.d.socket, path, body);
+        }
+        let port = self.port;
+        std::thread::spawn(move || {
+            let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+            let headers = [("Content-Type", "application/json")];
+            send_request(&mut c, "POST", path, &headers, body.to_string().as_bytes());
+            read_response(&mut c)
+        })
+    }
+
     /// What the fake image worker was asked (see `examples/fake-worker.rs`).
     pub fn worker_log(&self) -> String {
         std::fs::read_to_string(self._dirs[1].path().join("sd.bin.log")).unwrap_or_default()
@@ -97,6 +112,15 @@ impl Served {
     pub fn post(&self, tcp: bool, path: &str, body: &Value) -> Value {
         ok(self.call(tcp, "POST", path, Some(body)))
     }
+}
+
+/// The `key` of each entry of a JSON list (`name` of each sampler, `title` of each model…).
+pub(crate) fn each(list: &Value, key: &str) -> Vec<String> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x[key].as_str().unwrap().to_owned())
+        .collect()
 }
 
 /// The `info` of an A1111 answer, a JSON string.
@@ -143,13 +167,7 @@ fn open_webui_a1111(s: &Served, tcp: bool) {
     assert_eq!(options["CLIP_stop_at_last_layers"], 1);
     assert_eq!(options["samples_format"], "png");
     let models = s.get(tcp, "/sdapi/v1/sd-models");
-    let titles: Vec<&str> = models
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["title"].as_str().unwrap())
-        .collect();
-    assert_eq!(titles, ["sd", "sd2"]);
+    assert_eq!(each(&models, "title"), ["sd", "sd2"]);
     assert_eq!(models[1]["model_name"], "sd2");
     assert!(models[1]["filename"].as_str().unwrap().ends_with("/sd.bin"), "{models}");
 
@@ -246,42 +264,28 @@ fn sillytavern_connect(s: &Served) {
         "SillyTavern would take vramd for Forge"
     );
     let samplers = s.get(true, "/sdapi/v1/samplers");
-    let names: Vec<&str> = samplers
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["name"].as_str().unwrap())
-        .collect();
-    assert!(names.contains(&"Euler a") && names.contains(&"DPM++ 2M"), "{names:?}");
+    let names = each(&samplers, "name");
+    assert!(
+        names.iter().any(|n| n == "Euler a") && names.iter().any(|n| n == "DPM++ 2M"),
+        "{names:?}"
+    );
     assert_eq!(samplers[0]["options"], json!({}));
     let schedulers = s.get(true, "/sdapi/v1/schedulers");
-    let names: Vec<&str> = schedulers
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x["name"].as_str().unwrap())
-        .collect();
+    let names = each(&schedulers, "name");
     assert_eq!(&names[..3], ["automatic", "normal", "karras"]);
     assert!(
-        names.contains(&"align_your_steps") && !names.contains(&"polyexponential"),
+        names.iter().any(|n| n == "align_your_steps") && !names.iter().any(|n| n == "polyexponential"),
         "{names:?}"
     );
     assert_eq!(schedulers[2]["label"], "Karras");
     assert_eq!(schedulers[2]["default_rho"], 7.0);
     // Its hires menu: "None" first (it relies on that), then the latent modes, then the rest.
-    let names = |v: Value| -> Vec<String> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x["name"].as_str().unwrap().to_owned())
-            .collect()
-    };
     assert_eq!(
-        names(s.get(true, "/sdapi/v1/upscalers")),
+        each(&s.get(true, "/sdapi/v1/upscalers"), "name"),
         ["None", "Lanczos", "Nearest"]
     );
     assert_eq!(
-        names(s.get(true, "/sdapi/v1/latent-upscale-modes")),
+        each(&s.get(true, "/sdapi/v1/latent-upscale-modes"), "name"),
         [
             "Latent",
             "Latent (antialiased)",
@@ -431,21 +435,9 @@ fn sillytavern_connects_generates_with_normal_and_interrupts_over_tcp() {
     assert_eq!(r.error(400)["param"], "hr_resize_x");
 
     // Stop: its interrupt over TCP is not refused, and stops the generation.
-    let port = s.port;
-    let slow = std::thread::spawn(move || {
-        let mut c = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let mut body = sillytavern_body("slow", 150, false);
-        body["n_iter"] = json!(8);
-        let body = body.to_string();
-        send_request(
-            &mut c,
-            "POST",
-            "/sdapi/v1/txt2img",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        );
-        read_response(&mut c)
-    });
+    let mut body = sillytavern_body("slow", 150, false);
+    body["n_iter"] = json!(8);
+    let slow = s.post_in_background(true, "/sdapi/v1/txt2img", body);
     let deadline = Instant::now() + Duration::from_secs(10);
     while s.get(true, "/sdapi/v1/progress")["progress"].as_f64().unwrap() == 0.0 {
         assert!(Instant::now() < deadline, "no progress reported");

@@ -67,6 +67,12 @@ fn judge(path: &str, r: &Response) -> Result<Got, String> {
     }
 }
 
+/// A JSON POST on the daemon's socket.
+fn post(s: &Served, path: &str, body: &Value) -> Response {
+    let headers = [("Content-Type", "application/json")];
+    http(&s.d.socket, "POST", path, &headers, body.to_string().as_bytes())
+}
+
 fn pids(s: &Served) -> Vec<u64> {
     let status = s.d.get("/v1/status").json();
     status["models"]
@@ -86,28 +92,12 @@ fn signal(pid: u64, sig: i32) {
 fn a_stopped_worker_is_found_by_its_health_deadline_and_replaced() {
     let s = serve("worker_health_timeout = \"1s\"\n");
     let chat = json!({"model": "chat", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 4});
-    assert_eq!(
-        http(
-            &s.d.socket,
-            "POST",
-            "/v1/chat/completions",
-            &[("Content-Type", "application/json")],
-            chat.to_string().as_bytes()
-        )
-        .status,
-        200
-    );
+    assert_eq!(post(&s, "/v1/chat/completions", &chat).status, 200);
     let pid = s.d.model_status("chat")["pid"].as_u64().unwrap();
     signal(pid, libc::SIGSTOP);
     // A request sent to the stopped worker fails cleanly once the deadline passes.
     let started = Instant::now();
-    let r = http(
-        &s.d.socket,
-        "POST",
-        "/v1/chat/completions",
-        &[("Content-Type", "application/json")],
-        chat.to_string().as_bytes(),
-    );
+    let r = post(&s, "/v1/chat/completions", &chat);
     let waited = started.elapsed();
     assert!(judge("/v1/chat/completions", &r).is_ok(), "{r:?}");
     eprintln!(
@@ -122,13 +112,7 @@ fn a_stopped_worker_is_found_by_its_health_deadline_and_replaced() {
         .expect("worker_crashed");
     assert!(crashed["reason"].as_str().unwrap().contains("health"), "{crashed}");
     // The next request gets a new worker.
-    let r = http(
-        &s.d.socket,
-        "POST",
-        "/v1/chat/completions",
-        &[("Content-Type", "application/json")],
-        chat.to_string().as_bytes(),
-    );
+    let r = post(&s, "/v1/chat/completions", &chat);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_ne!(s.d.model_status("chat")["pid"].as_u64(), Some(pid));
 }
@@ -173,13 +157,7 @@ fn workers_killed_and_stopped_at_random_under_load_lose_nothing() {
                 while Instant::now() < until {
                     let (path, body) = request(c, i);
                     let sent = Instant::now();
-                    let r = http(
-                        &s.d.socket,
-                        "POST",
-                        path,
-                        &[("Content-Type", "application/json")],
-                        body.to_string().as_bytes(),
-                    );
+                    let r = post(&s, path, &body);
                     match judge(path, &r) {
                         Ok(Got::Answer) => tally.0 += 1,
                         Ok(Got::CleanError) => tally.1 += 1,
@@ -263,13 +241,7 @@ fn two_thousand_mixed_requests_leak_no_descriptor_and_leave_no_socket() {
                 std::thread::spawn(move || {
                     for i in 0..n / 8 {
                         let (path, body) = request(c, i);
-                        let r = http(
-                            &s.d.socket,
-                            "POST",
-                            path,
-                            &[("Content-Type", "application/json")],
-                            body.to_string().as_bytes(),
-                        );
+                        let r = post(&s, path, &body);
                         judge(path, &r).unwrap_or_else(|e| panic!("{e}"));
                     }
                 })

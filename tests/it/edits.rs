@@ -285,13 +285,7 @@ fn loras_from_the_prompt_are_files_of_the_lora_folder() {
 
     let s = crate::a1111::serve_with_image_line(&format!("lora_dir = \"{}\"\n", loras.path().display()));
     let list = s.get(true, "/sdapi/v1/loras");
-    let names: Vec<&str> = list
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|l| l["name"].as_str().unwrap())
-        .collect();
-    assert_eq!(names, ["ink", "paper_v2"]);
+    assert_eq!(crate::a1111::each(&list, "name"), ["ink", "paper_v2"]);
     assert!(list[0]["path"].as_str().unwrap().ends_with("/ink.safetensors"));
     assert_eq!(list[0]["alias"], "ink");
 
@@ -386,19 +380,7 @@ fn progress_shows_a_chosen_checkpoint_while_it_loads() {
     // Both image models load in 1.5 s (`load_ms`); SillyTavern polls progress after setting
     // the model, until `job_count` is 0.
     let s = crate::a1111::serve_with_sd_line("ok delay_ms=1 load_ms=1500");
-    let port = s.port;
-    let set = std::thread::spawn(move || {
-        let mut c = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-        let body = json!({"sd_model_checkpoint": "sd2"}).to_string();
-        send_request(
-            &mut c,
-            "POST",
-            "/sdapi/v1/options",
-            &[("Content-Type", "application/json")],
-            body.as_bytes(),
-        );
-        read_response(&mut c)
-    });
+    let set = s.post_in_background(true, "/sdapi/v1/options", json!({"sd_model_checkpoint": "sd2"}));
     let deadline = Instant::now() + Duration::from_secs(10);
     let seen = loop {
         let p = s.get(true, "/sdapi/v1/progress");

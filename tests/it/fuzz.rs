@@ -188,6 +188,10 @@ fn check(path: &str, body: &[u8], r: &Response) -> Result<(), String> {
     Ok(())
 }
 
+fn send(s: &crate::a1111::Served, method: &str, path: &str, body: &[u8]) -> Response {
+    http(&s.d.socket, method, path, &[("Content-Type", "application/json")], body)
+}
+
 #[test]
 fn every_endpoint_answers_mutated_client_requests_with_json() {
     let s = serve("");
@@ -196,13 +200,7 @@ fn every_endpoint_answers_mutated_client_requests_with_json() {
     // Each seed as sent first: they are real requests, and all succeed.
     for (method, path, body) in &seeds {
         let bytes = serde_json::to_vec(body).unwrap();
-        let r = http(
-            &s.d.socket,
-            method,
-            path,
-            &[("Content-Type", "application/json")],
-            &bytes,
-        );
+        let r = send(&s, method, path, &bytes);
         assert!(
             r.status < 300,
             "seed {path}: {} {}",
@@ -224,13 +222,7 @@ fn every_endpoint_answers_mutated_client_requests_with_json() {
     let result = runner.run(&strategy, |(seed, mutations)| {
         let (method, path, body) = &seeds[seed];
         let bytes = apply(body, &mutations);
-        let r = http(
-            &s.d.socket,
-            method,
-            path,
-            &[("Content-Type", "application/json")],
-            &bytes,
-        );
+        let r = send(&s, method, path, &bytes);
         check(path, &bytes, &r).map_err(TestCaseError::fail)
     });
     if let Err(e) = result {

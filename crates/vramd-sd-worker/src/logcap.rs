@@ -516,14 +516,14 @@ mod tests {
         assert_eq!(facts.errors, vec!["tensor 'x' not in model metadata".to_string()]);
     }
 
-    #[test]
-    fn previews_go_out_while_sampling_at_most_every_quarter_second() {
-        let (tx, _rx) = mpsc::channel(8);
-        let mut s = State {
+    /// A generation of `batch` images about to start, its events going to the receiver.
+    fn generating(batch: u32) -> (State, mpsc::Receiver<Out<ImageEvent>>) {
+        let (tx, rx) = mpsc::channel(8);
+        let s = State {
             generation: Some(Generation {
                 phase: Phase::Prepare,
                 loading: false,
-                batch: 1,
+                batch,
                 last_step: 0,
                 last_preview: None,
                 sink: Some(tx),
@@ -531,6 +531,12 @@ mod tests {
             }),
             ..State::default()
         };
+        (s, rx)
+    }
+
+    #[test]
+    fn previews_go_out_while_sampling_at_most_every_quarter_second() {
+        let (mut s, _rx) = generating(1);
         let t = Instant::now();
         assert!(preview_due(&mut s, t).is_none(), "not sampling yet");
         s.generation.as_mut().unwrap().phase = Phase::Sampling { index: 0 };
@@ -546,19 +552,7 @@ mod tests {
 
     #[test]
     fn only_sampling_steps_become_progress() {
-        let (tx, _rx) = mpsc::channel(8);
-        let mut s = State {
-            generation: Some(Generation {
-                phase: Phase::Prepare,
-                loading: false,
-                batch: 2,
-                last_step: 0,
-                last_preview: None,
-                sink: Some(tx),
-                facts: GenFacts::default(),
-            }),
-            ..State::default()
-        };
+        let (mut s, _rx) = generating(2);
         let t = Instant::now();
         let mut seen = Vec::new();
         let mut call = |s: &mut State, step, steps| {

@@ -15,19 +15,18 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::Value;
-use vramd_protocol::{ImageRequest, SourceImage, VaePlacement};
+use vramd_protocol::{ImageRequest, SourceImage};
 
 use super::openai::{answer as openai_answer, openai_model, openai_size, Format};
 use super::pixels::{self, Resize};
-use super::txt2img::{answer, parameters_json};
-use super::{image_model, invalid, run, sampler, scheduler, vae, validate, Images};
+use super::txt2img::{answer, parameters_json, A1111Request};
+use super::{defaults, image_model, invalid, run, vae, validate, Images};
 use crate::api::{ApiError, ApiJson, AppState, RequestId};
 
 #[derive(Deserialize)]
 pub struct Img2Img {
-    prompt: String,
-    #[serde(default)]
-    negative_prompt: String,
+    #[serde(flatten)]
+    common: A1111Request,
     /// Base64 or data URLs; the first is used (A1111 takes one picture per batch too).
     init_images: Option<Vec<String>>,
     mask: Option<String>,
@@ -40,23 +39,7 @@ pub struct Img2Img {
     inpaint_full_res: bool,
     #[serde(default)]
     inpainting_mask_invert: u32,
-    width: Option<u32>,
-    height: Option<u32>,
-    steps: Option<u32>,
-    cfg_scale: Option<f32>,
-    seed: Option<i64>,
-    sampler_name: Option<String>,
-    sampler_index: Option<String>,
-    scheduler: Option<String>,
-    vae: Option<String>,
-    batch_size: Option<u32>,
-    n_iter: Option<u32>,
-    model: Option<String>,
-    override_settings: Option<Value>,
-    #[serde(flatten)]
-    unsupported: super::txt2img::Unsupported,
-    // `mask_blur`, `include_init_images`, `send_images`, `save_images`, … are accepted and
-    // ignored.
+    // `mask_blur`, `include_init_images`, … are accepted and ignored.
 }
 
 /// The picture and mask of an A1111 request, fitted to `width`×`height`.
@@ -129,39 +112,10 @@ pub async fn img2img(
     Extension(id): Extension<RequestId>,
     ApiJson(req): ApiJson<Img2Img>,
 ) -> Result<Json<Value>, ApiError> {
-    let checkpoint = req
-        .override_settings
-        .as_ref()
-        .and_then(|o| o.get("sd_model_checkpoint"))
-        .and_then(Value::as_str);
-    let model = crate::api::a1111::txt2img_model(&state, req.model.as_deref(), checkpoint)?;
-    let limits = image_model(&state, &model)?;
-    req.unsupported.check()?;
-    let (width, height) = (req.width.unwrap_or(512), req.height.unwrap_or(512));
-    let request = ImageRequest {
-        request_id: id.0.clone(),
-        prompt: req.prompt.clone(),
-        negative_prompt: req.negative_prompt.clone(),
-        width,
-        height,
-        steps: req.steps.unwrap_or(20),
-        cfg_scale: req.cfg_scale.unwrap_or(7.0),
-        seed: req.seed,
-        sampler: sampler(
-            req.sampler_name.as_deref().or(req.sampler_index.as_deref()),
-            "sampler_name",
-        )?,
-        scheduler: scheduler(req.scheduler.as_deref())?,
-        batch_count: req.batch_size.unwrap_or(1).saturating_mul(req.n_iter.unwrap_or(1)),
-        vae: VaePlacement::default(),
-        png_text: Vec::new(),
-        source: None,
-        hires: None,
-        loras: Vec::new(),
-    };
-    let mut images = Images::new(model, request, vae(req.vae.as_deref())?);
+    let (mut images, limits) = req.common.images(&state, &id.0)?;
     // Sizes and counts first: a picture is decoded only for a request that can run.
     validate(&images, limits, ("width", "height"), "batch_size")?;
+    let (width, height) = (images.request.width, images.request.height);
     images.request.source = Some(a1111_source(&req, width, height)?);
     images.loras(limits)?;
     let parameters = parameters_json(&images);
@@ -254,22 +208,10 @@ pub async fn openai_edits(
             .map_err(|_| invalid("n", format!("`n` must be a number, got {n:?}")))?,
     };
     let request = ImageRequest {
-        request_id: id.0.clone(),
-        prompt,
-        negative_prompt: String::new(),
         width,
         height,
-        steps: 20,
-        cfg_scale: 7.0,
-        seed: None,
-        sampler: sampler(None, "sampler")?,
-        scheduler: String::new(),
         batch_count: n,
-        vae: VaePlacement::default(),
-        png_text: Vec::new(),
-        source: None,
-        hires: None,
-        loras: Vec::new(),
+        ..defaults(&id.0, prompt)
     };
     let mut images = Images::new(model, request, vae(None)?);
     validate(&images, limits, ("size", "size"), "n")?;

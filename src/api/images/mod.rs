@@ -134,6 +134,30 @@ pub fn hires_upscaler(name: Option<&str>) -> Result<String, ApiError> {
         })
 }
 
+/// The worker's request for `prompt` with A1111's defaults (512×512, 20 steps, CFG 7,
+/// `euler_a`, the engine's scheduler, a random seed, one image, txt2img): each front end
+/// sets what its API says over these.
+pub fn defaults(request_id: &str, prompt: String) -> ImageRequest {
+    ImageRequest {
+        request_id: request_id.to_owned(),
+        prompt,
+        negative_prompt: String::new(),
+        width: 512,
+        height: 512,
+        steps: 20,
+        cfg_scale: 7.0,
+        seed: None,
+        sampler: "euler_a".into(),
+        scheduler: String::new(),
+        batch_count: 1,
+        vae: VaePlacement::default(),
+        png_text: Vec::new(),
+        source: None,
+        hires: None,
+        loras: Vec::new(),
+    }
+}
+
 /// One image request, whichever API it came from: what the worker is sent for each image
 /// (`seed` is the first image's, `vae` is set by the grant), and what only the daemon uses.
 #[derive(Clone, Debug, PartialEq)]
@@ -497,22 +521,10 @@ mod tests {
 
     fn request() -> ImageRequest {
         ImageRequest {
-            request_id: "r".into(),
-            prompt: "a cat".into(),
             negative_prompt: "blurry".into(),
-            width: 512,
             height: 768,
-            steps: 20,
-            cfg_scale: 7.0,
             seed: Some(42),
-            sampler: "euler_a".into(),
-            scheduler: String::new(),
-            batch_count: 1,
-            vae: VaePlacement::default(),
-            png_text: Vec::new(),
-            source: None,
-            hires: None,
-            loras: Vec::new(),
+            ..defaults("r", "a cat".into())
         }
     }
 

@@ -7,9 +7,9 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use vramd_protocol::{ImageRequest, VaePlacement};
+use vramd_protocol::ImageRequest;
 
-use super::{image_model, invalid, run, sampler, scheduler, vae, validate, Generated, Images};
+use super::{defaults, image_model, invalid, run, sampler, scheduler, vae, validate, Generated, Images};
 use crate::api::{ApiError, ApiJson, AppState, RequestId};
 
 #[derive(Deserialize)]
@@ -81,8 +81,6 @@ pub async fn openai(
     let format = Format::parse(req.output_format.as_deref(), req.response_format.as_deref())?;
     let (width, height) = openai_size(req.size.as_deref())?;
     let request = ImageRequest {
-        request_id: id.0.clone(),
-        prompt: req.prompt,
         negative_prompt: req.negative_prompt,
         width,
         height,
@@ -92,11 +90,7 @@ pub async fn openai(
         sampler: sampler(req.sampler.as_deref(), "sampler")?,
         scheduler: scheduler(req.scheduler.as_deref())?,
         batch_count: req.n.unwrap_or(1),
-        vae: VaePlacement::default(),
-        png_text: Vec::new(),
-        source: None,
-        hires: None,
-        loras: Vec::new(),
+        ..defaults(&id.0, req.prompt)
     };
     let mut images = Images::new(model, request, vae(req.vae.as_deref())?);
     validate(&images, limits, ("size", "size"), "n")?;

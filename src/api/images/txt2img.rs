@@ -5,16 +5,18 @@ use axum::extract::{Extension, Query, State};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
-use vramd_protocol::{Hires, ImageRequest, VaePlacement};
+use vramd_protocol::{Hires, ImageRequest};
 
 use super::{
-    hires_upscaler, image_model, invalid, parameters_text, run, sampler, scheduler, vae, validate, Generated, Images,
+    defaults, hires_upscaler, image_model, invalid, parameters_text, run, sampler, scheduler, vae, validate, Generated,
+    Images,
 };
 use crate::api::{ApiError, ApiJson, AppState, RequestId};
 use crate::config::{ImageOptions, ModelKind};
 
+/// What `txt2img` and `img2img` share: A1111's generation fields, and vramd's own.
 #[derive(Deserialize)]
-pub struct Txt2Img {
+pub struct A1111Request {
     prompt: String,
     #[serde(default)]
     negative_prompt: String,
@@ -35,12 +37,49 @@ pub struct Txt2Img {
     model: Option<String>,
     override_settings: Option<Value>,
     #[serde(flatten)]
-    hires: HiresFields,
-    #[serde(flatten)]
     unsupported: Unsupported,
     // Everything else A1111 takes (`save_images`, `send_images`, `hr_*` with `enable_hr`
     // off, `override_settings_restore_afterwards`, `do_not_save_grid`, …) does not change
     // the image: accepted and ignored.
+}
+
+impl A1111Request {
+    /// The request as an [`Images`] for its model (as [`crate::api::a1111::txt2img_model`]
+    /// picks it), with that model's limits; txt2img until the caller adds more.
+    pub fn images<'s>(&self, state: &'s AppState, id: &str) -> Result<(Images, &'s ImageOptions), ApiError> {
+        let checkpoint = self
+            .override_settings
+            .as_ref()
+            .and_then(|o| o.get("sd_model_checkpoint"))
+            .and_then(Value::as_str);
+        let model = crate::api::a1111::txt2img_model(state, self.model.as_deref(), checkpoint)?;
+        let limits = image_model(state, &model)?;
+        self.unsupported.check()?;
+        let request = ImageRequest {
+            negative_prompt: self.negative_prompt.clone(),
+            width: self.width.unwrap_or(512),
+            height: self.height.unwrap_or(512),
+            steps: self.steps.unwrap_or(20),
+            cfg_scale: self.cfg_scale.unwrap_or(7.0),
+            seed: self.seed,
+            sampler: sampler(
+                self.sampler_name.as_deref().or(self.sampler_index.as_deref()),
+                "sampler_name",
+            )?,
+            scheduler: scheduler(self.scheduler.as_deref())?,
+            batch_count: self.batch_size.unwrap_or(1).saturating_mul(self.n_iter.unwrap_or(1)),
+            ..defaults(id, self.prompt.clone())
+        };
+        Ok((Images::new(model, request, vae(self.vae.as_deref())?), limits))
+    }
+}
+
+#[derive(Deserialize)]
+pub struct Txt2Img {
+    #[serde(flatten)]
+    common: A1111Request,
+    #[serde(flatten)]
+    hires: HiresFields,
 }
 
 /// A1111 fields that change the image and that vramd cannot honour: each is accepted at
@@ -167,48 +206,14 @@ impl HiresFields {
     }
 }
 
-/// The A1111 request as an [`Images`]: the model as [`crate::api::a1111::txt2img_model`]
-/// picks it.
-fn txt2img_images<'s>(state: &'s AppState, id: &str, req: Txt2Img) -> Result<(Images, &'s ImageOptions), ApiError> {
-    let checkpoint = req
-        .override_settings
-        .as_ref()
-        .and_then(|o| o.get("sd_model_checkpoint"))
-        .and_then(Value::as_str);
-    let model = crate::api::a1111::txt2img_model(state, req.model.as_deref(), checkpoint)?;
-    let limits = image_model(state, &model)?;
-    req.unsupported.check()?;
-    let (width, height) = (req.width.unwrap_or(512), req.height.unwrap_or(512));
-    let request = ImageRequest {
-        request_id: id.to_owned(),
-        prompt: req.prompt,
-        negative_prompt: req.negative_prompt,
-        width,
-        height,
-        steps: req.steps.unwrap_or(20),
-        cfg_scale: req.cfg_scale.unwrap_or(7.0),
-        seed: req.seed,
-        sampler: sampler(
-            req.sampler_name.as_deref().or(req.sampler_index.as_deref()),
-            "sampler_name",
-        )?,
-        scheduler: scheduler(req.scheduler.as_deref())?,
-        batch_count: req.batch_size.unwrap_or(1).saturating_mul(req.n_iter.unwrap_or(1)),
-        vae: VaePlacement::default(),
-        png_text: Vec::new(),
-        source: None,
-        hires: req.hires.hires(width, height, limits)?,
-        loras: Vec::new(),
-    };
-    Ok((Images::new(model, request, vae(req.vae.as_deref())?), limits))
-}
-
 pub async fn txt2img(
     State(state): State<AppState>,
     Extension(id): Extension<RequestId>,
     ApiJson(req): ApiJson<Txt2Img>,
 ) -> Result<Json<Value>, ApiError> {
-    let (mut images, limits) = txt2img_images(&state, &id.0, req)?;
+    let (mut images, limits) = req.common.images(&state, &id.0)?;
+    let (width, height) = (images.request.width, images.request.height);
+    images.request.hires = req.hires.hires(width, height, limits)?;
     validate(&images, limits, ("width", "height"), "batch_size")?;
     images.loras(limits)?;
     let parameters = parameters_json(&images);
