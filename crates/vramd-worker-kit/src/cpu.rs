@@ -20,20 +20,19 @@ fn level(has: impl Fn(&str) -> bool) -> &'static str {
 /// The features ggml reports as on (`NAME = 1 | …`, as `llama_print_system_info` and
 /// `sd_get_system_info` write them), lower-cased, in their order.
 pub fn built_features(system_info: &str) -> Vec<String> {
+    // Only instruction sets: not OPENMP, REPACK, LLAMAFILE…
+    const ISA: &[&str] = &[
+        "SSE", "SSSE", "AVX", "F16C", "FMA", "BMI", "AMX", "NEON", "SVE", "DOTPROD", "MATMUL",
+    ];
     system_info
         .split('|')
         .filter_map(|part| part.split_once('='))
-        .map(|(name, value)| (name.trim(), value.trim()))
+        // The name is the last word before `=` (`CPU : SSE3`, `System Info: \n SSE3`).
+        .filter_map(|(name, value)| Some((name.split_whitespace().last()?, value.trim())))
         .filter(|(name, value)| {
-            // Only instruction sets: not OPENMP, REPACK, LLAMAFILE…
-            let isa = [
-                "SSE", "SSSE", "AVX", "F16C", "FMA", "BMI", "AMX", "NEON", "SVE", "DOTPROD", "MATMUL",
-            ];
-            isa.iter()
-                .any(|p| name.to_ascii_uppercase().trim_start_matches("CPU : ").starts_with(p))
-                && !matches!(*value, "0" | "")
+            ISA.iter().any(|p| name.to_ascii_uppercase().starts_with(p)) && !matches!(*value, "0" | "")
         })
-        .map(|(name, _)| name.trim_start_matches("CPU : ").to_ascii_lowercase())
+        .map(|(name, _)| name.to_ascii_lowercase())
         .collect()
 }
 
