@@ -371,7 +371,7 @@ impl Arbiter {
                 let est = match shape {
                     Shape::Llm(s) => {
                         let ctx = estimate::context_length(cfg, shape);
-                        let e = estimate::llm(s, ctx, Some(&self.calibration), model);
+                        let e = estimate::llm(s, ctx, estimate::slots(cfg), Some(&self.calibration), model);
                         (e.weights, e.context + e.compute)
                     }
                     Shape::Opaque(b) => (*b, 0),

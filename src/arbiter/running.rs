@@ -257,7 +257,7 @@ impl Arbiter {
         let before = self.calibration.clone();
         match (self.shapes.get(model), work) {
             (Some(Shape::Llm(s)), Work::Text) if health.bytes.compute > 0 => {
-                let raw = estimate::llm(s, context_length, None, model).compute;
+                let raw = estimate::llm(s, context_length, 1, None, model).compute;
                 self.calibration
                     .observe(model, Phase::LlmCompute, health.bytes.compute, raw);
             }

@@ -233,6 +233,12 @@ impl<'de> serde::Deserialize<'de> for GpuLayers {
     }
 }
 
+/// Slots of an LLM unless configured: the person's chat and one background request of a
+/// WebUI (a title, tags) run side by side, for twice the KV of one conversation.
+pub const DEFAULT_PARALLEL: u32 = 2;
+/// The most slots a model may have (llama.cpp's own limit is 256 sequences).
+pub const MAX_PARALLEL: u32 = 64;
+
 /// How an LLM is loaded; ignored for image models.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LlmOptions {
@@ -252,6 +258,9 @@ pub struct LlmOptions {
     pub max_tokens: Option<u32>,
     /// Host memory the conversation's KV cache may be kept in across a soft unload.
     pub kv_ram: ByteSize,
+    /// Conversations served at once (slots of one context, decoded in one batch); each
+    /// slot has `context_length` tokens of KV, so the KV cache is `parallel` times larger.
+    pub parallel: u32,
 }
 
 impl Default for LlmOptions {
@@ -265,6 +274,7 @@ impl Default for LlmOptions {
             embeddings: false,
             max_tokens: None,
             kv_ram: ByteSize(1 << 30),
+            parallel: DEFAULT_PARALLEL,
         }
     }
 }

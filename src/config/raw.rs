@@ -10,7 +10,7 @@ use toml::Spanned;
 
 use super::{
     BackendKind, Config, ConfigError, DaemonConfig, GpuLayers, ImageComponents, LlmOptions, MemoryConfig, ModelConfig,
-    ModelKind, ModelSource,
+    ModelKind, ModelSource, MAX_PARALLEL,
 };
 use super::{BusKind, DbusConfig, ImageOptions, PolicyConfig};
 use crate::planner::Rung;
@@ -107,6 +107,7 @@ struct ModelTable {
     embeddings: Option<bool>,
     max_tokens: Option<u32>,
     kv_ram: Option<ByteSize>,
+    parallel: Option<u32>,
     pinned: Option<bool>,
     priority: Option<i32>,
     keep_alive: Option<Timeout>,
@@ -444,6 +445,7 @@ fn llm_options(t: &ModelTable) -> Result<LlmOptions, String> {
         ("embeddings", t.embeddings.is_some()),
         ("max_tokens", t.max_tokens.is_some()),
         ("kv_ram", t.kv_ram.is_some()),
+        ("parallel", t.parallel.is_some()),
     ];
     if let Some((key, _)) = llm_only.iter().find(|(_, set)| *set && t.kind != ModelKind::Llm) {
         return Err(format!("model {:?}: `{key}` applies to llm models only", t.name));
@@ -458,7 +460,25 @@ fn llm_options(t: &ModelTable) -> Result<LlmOptions, String> {
         embeddings: t.embeddings.unwrap_or(defaults.embeddings),
         max_tokens: t.max_tokens,
         kv_ram: t.kv_ram.unwrap_or(defaults.kv_ram),
+        // An embedding request is one batch on one sequence: one slot.
+        parallel: match (t.parallel, t.embeddings) {
+            (Some(n), _) => n,
+            (None, Some(true)) => 1,
+            (None, _) => defaults.parallel,
+        },
     };
+    if !(1..=MAX_PARALLEL).contains(&llm.parallel) {
+        return Err(format!(
+            "model {:?}: `parallel` must be from 1 to {MAX_PARALLEL}, not {}",
+            t.name, llm.parallel
+        ));
+    }
+    if llm.embeddings && llm.parallel > 1 {
+        return Err(format!(
+            "model {:?}: `parallel` must be 1 for an embedding model",
+            t.name
+        ));
+    }
     if llm.batch == 0 {
         return Err(format!("model {:?}: `batch` must be at least 1", t.name));
     }

@@ -153,6 +153,35 @@ fn model_shape_rules() {
 }
 
 #[test]
+fn parallel_slots_are_checked_and_named() {
+    let llm = "[[models]]\nname = \"chat\"\nkind = \"llm\"\npath = \"/a\"\n";
+    for bad in ["0", "65", "1000"] {
+        let e = err(&format!("{llm}parallel = {bad}\n"));
+        assert!(e.message.contains("`parallel` must be from 1 to 64"), "{bad}: {e}");
+        assert!(e.message.contains(bad), "{e}");
+        assert_eq!(e.at.map(|a| a.0), Some(1), "{e}");
+    }
+    // A value of the wrong type is TOML's error, at the key's own line.
+    for bad in ["-1", "\"two\"", "2.5"] {
+        let e = err(&format!("{llm}parallel = {bad}\n"));
+        assert_eq!(e.at.map(|a| a.0), Some(5), "{bad}: {e}");
+        assert!(e.message.contains("expected u32"), "{bad}: {e}");
+    }
+    let e = err(&format!("{llm}embeddings = true\nparallel = 4\n"));
+    assert!(e.message.contains("`parallel` must be 1 for an embedding model"), "{e}");
+    let e = err("[[models]]\nname = \"img\"\nkind = \"image\"\npath = \"/a\"\nparallel = 2\n");
+    assert!(e.message.contains("`parallel` applies to llm models only"), "{e}");
+
+    let slots = |extra: &str| {
+        let c = parse(&format!("{llm}{extra}")).unwrap();
+        c.models[0].llm_options.as_ref().unwrap().parallel
+    };
+    assert_eq!(slots(""), crate::config::DEFAULT_PARALLEL);
+    assert_eq!(slots("parallel = 8\n"), 8);
+    assert_eq!(slots("embeddings = true\n"), 1, "an embedding model has one slot");
+}
+
+#[test]
 fn dropins_add_models_and_names_stay_unique() {
     let main = parse_main(
         Path::new(FILE),

@@ -16,7 +16,7 @@ pub mod shape;
 use serde::Serialize;
 
 pub use calibration::{Calibration, Phase};
-pub use report::{context_length, report, Estimate, EstimateQuery, Shape};
+pub use report::{context_length, report, slots, Estimate, EstimateQuery, Shape};
 pub use shape::{image_weights, llm_shape, ImageWeights, LlmShape};
 
 /// VAE decode on the device: bytes per output pixel (ggml SDXL VAE: 2.5 GB at 1024²).
@@ -33,21 +33,22 @@ const SAMPLING_WEIGHTS_DIVISOR: u64 = 4;
 /// llama.cpp's physical batch for prompt processing, which sizes its compute buffer.
 const UBATCH: u64 = 512;
 
-/// An LLM's memory at a given context length.
+/// An LLM's memory at a given context length per slot, with `slots` sequences served at once
+/// (each has a KV cache of its own: `[[models]] parallel`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct LlmEstimate {
     pub weights: u64,
-    /// KV cache: 2 · n_layer · n_ctx · n_embd_kv · 2 bytes (f16).
+    /// KV cache: 2 · n_layer · n_ctx · slots · n_embd_kv · 2 bytes (f16).
     pub context: u64,
     pub compute: u64,
     pub total: u64,
     pub calibrated: bool,
 }
 
-pub fn llm(shape: &LlmShape, n_ctx: u32, calibration: Option<&Calibration>, model: &str) -> LlmEstimate {
+pub fn llm(shape: &LlmShape, n_ctx: u32, slots: u32, calibration: Option<&Calibration>, model: &str) -> LlmEstimate {
     let n_ctx = u64::from(if n_ctx == 0 { shape.n_ctx_train } else { n_ctx });
     let n_embd_kv = shape.n_embd / shape.n_head.max(1) * shape.n_head_kv;
-    let context = 2 * shape.n_layer * n_ctx * n_embd_kv * 2;
+    let context = 2 * shape.n_layer * n_ctx * u64::from(slots.max(1)) * n_embd_kv * 2;
     // Logits for one batch, plus activations and attention scores of one batch.
     let raw_compute = 4 * UBATCH * (shape.n_vocab + 4 * shape.n_embd + n_ctx);
     let factor = calibration.and_then(|c| c.factor(model, Phase::LlmCompute));
@@ -147,19 +148,22 @@ mod tests {
     #[test]
     fn llm_kv_matches_llama_cpp() {
         // What the llama.cpp worker measured for the tiny test model at n_ctx 512.
-        let e = llm(&tiny(), 512, None, "m");
+        let e = llm(&tiny(), 512, 1, None, "m");
         assert_eq!(e.context, 262_144);
         assert_eq!(e.weights, 678_656);
         // Measured compute buffer: 2,600,468 bytes. The raw estimate is within 20 %.
         assert!((2_100_000..3_200_000).contains(&e.compute), "{}", e.compute);
         assert_eq!(e.total, e.weights + e.context + e.compute);
         assert_eq!(
-            llm(&tiny(), 0, None, "m").context,
+            llm(&tiny(), 0, 1, None, "m").context,
             e.context,
             "0 = the training context"
         );
         let gqa = LlmShape { n_head_kv: 1, ..tiny() };
-        assert_eq!(llm(&gqa, 512, None, "m").context, 262_144 / 4);
+        assert_eq!(llm(&gqa, 512, 1, None, "m").context, 262_144 / 4);
+        let two = llm(&tiny(), 512, 2, None, "m");
+        assert_eq!(two.context, 2 * e.context, "each slot has its own KV");
+        assert_eq!(two.compute, e.compute);
     }
 
     #[test]

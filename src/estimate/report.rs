@@ -64,7 +64,10 @@ pub struct Estimate {
 #[serde(untagged)]
 pub enum Detail {
     Llm {
+        /// Tokens of context per slot.
         context_length: u32,
+        /// Slots, each with a KV cache of `context_length` tokens.
+        parallel: u32,
         parts: LlmParts,
     },
     Image {
@@ -117,20 +120,33 @@ pub fn context_length(cfg: &ModelConfig, shape: &Shape) -> u32 {
     }
 }
 
+/// Sequences an LLM serves at once, each with its own KV cache.
+pub fn slots(cfg: &ModelConfig) -> u32 {
+    cfg.llm_options.as_ref().map_or(1, |o| o.parallel)
+}
+
 /// Estimates `cfg` (whose files have `shape`) for `query`.
 pub fn report(cfg: &ModelConfig, shape: &Shape, query: EstimateQuery, calibration: &Calibration) -> Estimate {
     let model = cfg.name.as_str();
     let (detail, total, calibrated) = match (cfg.kind, shape) {
         (ModelKind::Llm, Shape::Llm(s)) => {
             let ctx = query.context.unwrap_or_else(|| context_length(cfg, shape));
-            let e = llm(s, ctx, Some(calibration), model);
+            let e = llm(s, ctx, slots(cfg), Some(calibration), model);
             let context_length = if ctx == 0 { s.n_ctx_train } else { ctx };
             let parts = LlmParts {
                 weights: e.weights,
                 context: e.context,
                 compute: e.compute,
             };
-            (Detail::Llm { context_length, parts }, e.total, e.calibrated)
+            (
+                Detail::Llm {
+                    context_length,
+                    parallel: slots(cfg),
+                    parts,
+                },
+                e.total,
+                e.calibrated,
+            )
         }
         (ModelKind::Image, Shape::Image(w)) => {
             let (width, height) = (query.width.unwrap_or(512), query.height.unwrap_or(512));

@@ -57,6 +57,7 @@ fn llm_request(cfg: &ModelConfig) -> Option<LoadRequest> {
             batch: llm.batch,
             embeddings: llm.embeddings,
             kv_ram: llm.kv_ram.0,
+            parallel: llm.parallel,
         },
     })
 }

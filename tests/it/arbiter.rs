@@ -404,10 +404,12 @@ fn estimates_from_the_gguf_header() {
     let d = Daemon::start(&config);
     let e = ok(d.get("/v1/estimate?model=chat"));
     assert_eq!(e["context_length"], 256);
-    assert_eq!(e["parts"]["context"], 2 * 2 * 256 * 64 * 2);
+    // Two slots by default (`parallel`), each with its own KV.
+    assert_eq!(e["parallel"], 2);
+    assert_eq!(e["parts"]["context"], 2 * (2 * 2 * 256 * 64 * 2));
     assert_eq!(e["calibrated"], false);
     let e = ok(d.get("/v1/estimate?model=chat&context=512"));
-    assert_eq!(e["parts"]["context"], 2 * 2 * 512 * 64 * 2);
+    assert_eq!(e["parts"]["context"], 2 * (2 * 2 * 512 * 64 * 2));
     let total = e["parts"]["weights"].as_u64().unwrap()
         + e["parts"]["context"].as_u64().unwrap()
         + e["parts"]["compute"].as_u64().unwrap();

@@ -26,6 +26,7 @@ mod polkit;
 mod prompt_cache;
 mod queue;
 mod scenarios;
+mod slots;
 mod structure;
 mod systemd_units;
 mod top;

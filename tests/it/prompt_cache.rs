@@ -92,7 +92,8 @@ fn a_soft_unload_keeps_the_kv_in_host_memory() {
 /// person's streamed chat: it is served as soon as the running one ends, before them.
 #[test]
 fn a_streamed_chat_goes_before_queued_background_generations() {
-    let Some(l) = start(&[("chat", ModelFile::Slow)], "context_length = 2048\n") else {
+    // One slot, so that the background generations queue in the worker.
+    let Some(l) = start(&[("chat", ModelFile::Slow)], "context_length = 2048\nparallel = 1\n") else {
         return;
     };
     let background = |i: u32| {

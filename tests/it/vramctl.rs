@@ -134,11 +134,11 @@ fn estimates_of_a_real_gguf() {
     );
     let d = Daemon::start(&config);
     let e = ok(&d.socket, &["estimate", "chat", "--context", "512"]);
-    assert!(e.starts_with("chat at 512 tokens: "), "{e}");
+    assert!(e.starts_with("chat at 512 tokens × 2 slots: "), "{e}");
     assert!(
         e.contains(&format!(
             "KV cache {}",
-            vramd::units::format_size_human(2 * 2 * 512 * 64 * 2)
+            vramd::units::format_size_human(2 * (2 * 2 * 512 * 64 * 2))
         )),
         "{e}"
     );

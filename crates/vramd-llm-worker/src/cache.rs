@@ -1,7 +1,7 @@
-//! The prompt cache of the context's one sequence, and its copy in host memory across a soft
-//! unload.
+//! The prompt cache of one slot (one sequence of the context), and its copy in host memory
+//! across a soft unload.
 //!
-//! The context keeps the KV of the tokens it last decoded; a new request reuses the longest
+//! A slot keeps the KV of the tokens it last decoded; a new request reuses the longest
 //! common prefix and decodes only the rest, as llama.cpp's server does, so a chat turn costs
 //! its new tokens, not the whole conversation. vramd goes one step further: before a soft
 //! unload frees the context (to make room for an image), the sequence's KV is copied to host
@@ -12,11 +12,9 @@ use llama_cpp_2::context::session::{LlamaStateSeqFlags, SeqState};
 use llama_cpp_2::context::LlamaContext;
 use llama_cpp_2::token::LlamaToken;
 
-/// The sequence every generation uses.
-const SEQ: i32 = 0;
-
-#[derive(Default)]
 pub struct PromptCache {
+    /// The sequence id of this slot in the context.
+    seq: i32,
     /// The tokens whose KV the context holds, in order from position 0.
     tokens: Vec<LlamaToken>,
     /// The KV and tokens kept in host memory while the context is gone.
@@ -29,13 +27,32 @@ struct Kept {
 }
 
 impl PromptCache {
+    pub fn new(seq: i32) -> PromptCache {
+        PromptCache {
+            seq,
+            tokens: Vec::new(),
+            kept: None,
+        }
+    }
+
+    /// The length of the prefix of `prompt` whose KV this slot holds or keeps.
+    pub fn common_prefix(&self, prompt: &[LlamaToken]) -> usize {
+        let held = self.kept.as_ref().map_or(&self.tokens, |k| &k.tokens);
+        held.iter().zip(prompt).take_while(|(a, b)| a == b).count()
+    }
+
+    /// Tokens this slot holds or keeps.
+    pub fn held(&self) -> usize {
+        self.kept.as_ref().map_or(self.tokens.len(), |k| k.tokens.len())
+    }
+
     /// Makes the context hold only the prefix of `prompt` it already has (at least one token
     /// is left to decode, for its logits); returns that prefix's length.
     pub fn reuse(&mut self, ctx: &mut LlamaContext<'_>, prompt: &[LlamaToken]) -> usize {
         let same = self.tokens.iter().zip(prompt).take_while(|(a, b)| a == b).count();
         let keep = same.min(prompt.len().saturating_sub(1));
         if keep < self.tokens.len() {
-            let removed = ctx.clear_kv_cache_seq(Some(SEQ as u32), Some(keep as u32), None);
+            let removed = ctx.clear_kv_cache_seq(Some(self.seq as u32), Some(keep as u32), None);
             if !matches!(removed, Ok(true)) {
                 // A partial removal the cache type cannot do: start over.
                 self.forget(ctx);
@@ -46,11 +63,6 @@ impl PromptCache {
         keep
     }
 
-    /// Tokens the context holds.
-    pub fn len(&self) -> usize {
-        self.tokens.len()
-    }
-
     /// Records tokens just decoded into the sequence.
     pub fn push(&mut self, tokens: &[LlamaToken]) {
         self.tokens.extend_from_slice(tokens);
@@ -58,7 +70,8 @@ impl PromptCache {
 
     /// Empties the sequence (after a failed decode its KV is unknown).
     pub fn forget(&mut self, ctx: &mut LlamaContext<'_>) {
-        ctx.clear_kv_cache();
+        // Removing a whole sequence cannot fail (only a partial removal can).
+        let _ = ctx.clear_kv_cache_seq(Some(self.seq as u32), None, None);
         self.tokens.clear();
     }
 
@@ -71,10 +84,10 @@ impl PromptCache {
             return 0;
         }
         let flags = LlamaStateSeqFlags::default();
-        if ctx.state_seq_get_size_ext(SEQ, flags) as u64 > budget {
+        if ctx.state_seq_get_size_ext(self.seq, flags) as u64 > budget {
             return 0;
         }
-        match ctx.state_seq_get(SEQ, flags) {
+        match ctx.state_seq_get(self.seq, flags) {
             Ok(state) => {
                 let bytes = state.byte_len() as u64;
                 self.kept = Some(Kept { state, tokens });
@@ -90,7 +103,7 @@ impl PromptCache {
     /// After the context is recreated: puts the kept KV back. Returns the tokens restored.
     pub fn restore(&mut self, ctx: &mut LlamaContext<'_>) -> usize {
         let Some(kept) = self.kept.take() else { return 0 };
-        match ctx.state_seq_set(&kept.state, SEQ) {
+        match ctx.state_seq_set(&kept.state, self.seq) {
             Ok(()) => {
                 self.tokens = kept.tokens;
                 self.tokens.len()

@@ -34,11 +34,11 @@ use vramd_protocol::{
 use vramd_worker_kit::engine::device_label;
 use vramd_worker_kit::{error, HealthWriter};
 
-use crate::backlog::{Backlog, Waiting};
-use crate::cache::PromptCache;
-use crate::generate::{self, Out, Outcome};
+use crate::backlog::{Backlog, Take, Waiting};
+use crate::generate::{self, Out, Outcome, Running};
 use crate::logcap;
 use crate::memory::{self, KvGeometry};
+use crate::slots::{Ended, Slots};
 
 /// A call to the llama thread, with the channel its answer goes back on.
 pub enum EngineCall {
@@ -142,6 +142,8 @@ struct CtxSettings {
     embeddings: bool,
     /// Host memory for the KV cache across a soft unload.
     kv_ram: u64,
+    /// Slots: sequences served at once, `n_ctx` tokens each.
+    parallel: u32,
 }
 
 impl CtxSettings {
@@ -163,6 +165,8 @@ impl CtxSettings {
             threads: i32::try_from(threads).unwrap_or(i32::MAX),
             embeddings: opts.embeddings,
             kv_ram: opts.kv_ram,
+            // An embedding input is one batch of one sequence.
+            parallel: if opts.embeddings { 1 } else { opts.parallel.max(1) },
         }
     }
 }
@@ -198,16 +202,16 @@ fn load_and_serve(
         Ok(c) => c,
         Err(e) => return load_failed(status, reply, error(ErrorCode::LoadFailed, e.message)),
     };
-    // llama.cpp rounds the context up (to a multiple of 256): recreate it at that size, and
-    // check prompts against it.
-    settings.n_ctx = ctx.n_ctx();
+    // llama.cpp rounds each slot's context up (to a multiple of 256): recreate it at that
+    // size, and check prompts against it.
+    settings.n_ctx = ctx.n_ctx() / settings.parallel;
     let health = status.update(|h| {
         h.state = WorkerState::Loaded;
         h.bytes = Bytes::new(weights, kv, compute);
     });
     let response = LoadResponse {
         load_ms: started.elapsed().as_millis() as u64,
-        context_length: ctx.n_ctx(),
+        context_length: settings.n_ctx,
         train_context_length: model.n_ctx_train(),
         has_chat_template: model.chat_template(None).is_ok(),
         health,
@@ -216,6 +220,7 @@ fn load_and_serve(
         model = %req.model,
         load_ms = response.load_ms,
         n_ctx = response.context_length,
+        parallel = settings.parallel,
         n_ctx_train = response.train_context_length,
         weights,
         kv,
@@ -279,64 +284,99 @@ struct Loaded<'a> {
 
 impl<'a> Loaded<'a> {
     /// Serves calls until the model is to be freed: a hard unload (`None`), or a load of
-    /// another model, returned so that it runs once this model is gone.
+    /// another model, returned so that it runs once this model is gone. While generations
+    /// run, waiting calls are looked at between steps; a generation waits for a free slot,
+    /// any other call for every slot to be idle.
     fn serve(&self, ctx: LlamaContext<'a>, calls: &mut Backlog<EngineCall>) -> Option<EngineCall> {
         let mut ctx = Some(ctx);
-        let mut cache = PromptCache::default();
+        let n_batch = self.settings.batch as usize;
+        let mut slots = Slots::new(self.settings.parallel, self.settings.n_ctx as usize, n_batch);
         loop {
-            let call = calls.next(waiting)?;
-            match call {
-                EngineCall::Load { .. } => {
-                    tracing::info!("another load: freeing the current model first");
-                    drop(ctx);
-                    self.status.clear();
-                    return Some(call);
+            let idle = slots.idle();
+            let may_run = |w: &Waiting| if w.generation { slots.has_free() } else { idle };
+            match calls.take(waiting, may_run, idle) {
+                Take::Closed => return None,
+                Take::Call(call) => {
+                    if let Some(next) = self.call(call, &mut ctx, &mut slots) {
+                        return next;
+                    }
+                    continue;
                 }
-                EngineCall::Unload {
-                    mode: UnloadMode::Soft,
-                    reply,
-                } => {
-                    // Clearing the KV cache frees nothing: the context itself must go. Its KV
-                    // goes to host memory first, within the budget, reported as host bytes
-                    // until a recreated context takes it back (`set_bytes` clears them).
-                    let kept = ctx.as_ref().map_or(0, |c| cache.keep(c, self.settings.kv_ram));
-                    ctx = None;
-                    self.status
-                        .update(|h| h.bytes = Bytes::new(self.weights, 0, 0).with_host(kept));
-                    let h = self.status.set_state(WorkerState::SoftUnloaded);
-                    tracing::info!(kept_kv_bytes = kept, "soft unload: context freed, weights kept");
-                    let _ = reply.send(h);
+                Take::Wait => {}
+            }
+            if let Some(c) = ctx.as_mut().filter(|_| !slots.idle()) {
+                let ended = slots.step(self.model, c);
+                // The last generation to end reports the worker free.
+                if slots.idle() {
+                    self.status.set_state(WorkerState::Loaded);
                 }
-                EngineCall::Unload {
-                    mode: UnloadMode::Hard,
-                    reply,
-                } => {
-                    drop(ctx);
-                    // The model is freed when `load_and_serve` returns, before the next call is
-                    // taken.
-                    let h = self.status.clear();
-                    tracing::info!("hard unload: model freed");
-                    let _ = reply.send(h);
-                    return None;
-                }
-                EngineCall::Generate { req, out } => self.generate(&mut ctx, &mut cache, req, &out),
-                EngineCall::Embed { req, reply } => {
-                    let _ = reply.send(self.embed(&mut ctx, &req));
-                }
-                EngineCall::Restore { reply } => {
-                    let restored = self.ensure_cached(&mut ctx, &mut cache).map(|context_ms| {
-                        if context_ms > 0 {
-                            tracing::info!(context_ms, "context restored after a soft unload");
-                        }
-                        RestoreResponse {
-                            health: self.status.update(|_| ()),
-                            context_ms,
-                        }
-                    });
-                    let _ = reply.send(restored);
+                for e in ended {
+                    self.answer(e);
                 }
             }
         }
+    }
+
+    /// Runs one call taken from the backlog; `Some` when the model is to be freed (see
+    /// [`Loaded::serve`]). Calls other than generations come only while all slots are idle.
+    fn call(
+        &self,
+        call: EngineCall,
+        ctx: &mut Option<LlamaContext<'a>>,
+        slots: &mut Slots,
+    ) -> Option<Option<EngineCall>> {
+        match call {
+            EngineCall::Load { .. } => {
+                tracing::info!("another load: freeing the current model first");
+                *ctx = None;
+                self.status.clear();
+                return Some(Some(call));
+            }
+            EngineCall::Unload {
+                mode: UnloadMode::Soft,
+                reply,
+            } => {
+                // Clearing the KV cache frees nothing: the context itself must go. Each
+                // slot's KV goes to host memory first, within the budget, reported as host
+                // bytes until a recreated context takes it back (`set_bytes` clears them).
+                let kept = ctx.as_ref().map_or(0, |c| slots.keep(c, self.settings.kv_ram));
+                *ctx = None;
+                self.status
+                    .update(|h| h.bytes = Bytes::new(self.weights, 0, 0).with_host(kept));
+                let h = self.status.set_state(WorkerState::SoftUnloaded);
+                tracing::info!(kept_kv_bytes = kept, "soft unload: context freed, weights kept");
+                let _ = reply.send(h);
+            }
+            EngineCall::Unload {
+                mode: UnloadMode::Hard,
+                reply,
+            } => {
+                *ctx = None;
+                // The model is freed when `load_and_serve` returns, before the next call is
+                // taken.
+                let h = self.status.clear();
+                tracing::info!("hard unload: model freed");
+                let _ = reply.send(h);
+                return Some(None);
+            }
+            EngineCall::Generate { req, out } => self.admit(ctx, slots, req, out),
+            EngineCall::Embed { req, reply } => {
+                let _ = reply.send(self.embed(ctx, &req));
+            }
+            EngineCall::Restore { reply } => {
+                let restored = self.ensure_cached(ctx, slots).map(|context_ms| {
+                    if context_ms > 0 {
+                        tracing::info!(context_ms, "context restored after a soft unload");
+                    }
+                    RestoreResponse {
+                        health: self.status.update(|_| ()),
+                        context_ms,
+                    }
+                });
+                let _ = reply.send(restored);
+            }
+        }
+        None
     }
 
     /// Recreates the context if a soft unload dropped it; returns the milliseconds spent.
@@ -377,11 +417,11 @@ impl<'a> Loaded<'a> {
 
     /// [`Loaded::ensure_context`], and the KV kept in host memory put back into a context
     /// that had to be recreated.
-    fn ensure_cached(&self, ctx: &mut Option<LlamaContext<'a>>, cache: &mut PromptCache) -> Result<u64, WorkerError> {
+    fn ensure_cached(&self, ctx: &mut Option<LlamaContext<'a>>, slots: &mut Slots) -> Result<u64, WorkerError> {
         let was_gone = ctx.is_none();
         let ms = self.ensure_context(ctx)?;
         if let (true, Some(c)) = (was_gone, ctx.as_mut()) {
-            let tokens = cache.restore(c);
+            let tokens = slots.restore(c);
             if tokens > 0 {
                 tracing::info!(tokens, "KV cache put back from host memory");
             }
@@ -389,12 +429,14 @@ impl<'a> Loaded<'a> {
         Ok(ms)
     }
 
-    fn generate(
+    /// Starts a generation on a free slot: refuses it, or sends `started` and leaves it to
+    /// the slots' steps.
+    fn admit(
         &self,
         ctx: &mut Option<LlamaContext<'a>>,
-        cache: &mut PromptCache,
+        slots: &mut Slots,
         req: GenerateRequest,
-        out: &mpsc::Sender<Out>,
+        out: mpsc::Sender<Out>,
     ) {
         if out.is_closed() {
             tracing::info!(request_id = %req.request_id, "client left before its turn");
@@ -413,7 +455,7 @@ impl<'a> Loaded<'a> {
                 return;
             }
         };
-        let context_ms = match self.ensure_cached(ctx, cache) {
+        let context_ms = match self.ensure_cached(ctx, slots) {
             Ok(ms) => ms,
             Err(e) => {
                 let _ = out.blocking_send(Out::Refused(e));
@@ -422,44 +464,41 @@ impl<'a> Loaded<'a> {
         };
         let Some(ctx) = ctx.as_mut() else { return };
         let health = self.status.set_state(WorkerState::Busy);
-        let prompt_tokens = prompt.len() as u32;
-        let reused = cache.reuse(ctx, &prompt);
+        let (slot, cached) = slots.claim(ctx, &prompt);
+        tracing::debug!(request_id = %req.request_id, slot, cached, "slot claimed");
         let started = GenerateEvent::Started {
-            prompt_tokens,
+            prompt_tokens: prompt.len() as u32,
             context_ms,
-            cached_tokens: reused as u32,
+            cached_tokens: cached as u32,
             health: Some(health),
         };
-        let outcome = if out.blocking_send(Out::Event(started)).is_ok() {
-            generate::run(self.model, ctx, cache, &prompt, sampler, &req, out)
-        } else {
-            Outcome::Cancelled { completion: 0 }
-        };
-        let health = self.status.set_state(WorkerState::Loaded);
+        if out.blocking_send(Out::Event(started)).is_ok() {
+            let running = Running::new(self.model, req, out, (prompt, sampler), cached, slots.n_ctx());
+            slots.start(slot, running);
+        }
+    }
+
+    /// Sends a generation's last event.
+    fn answer(&self, ended: Ended) {
+        let Ended { running, outcome } = ended;
+        let request_id = &running.req.request_id;
         let last = match outcome {
             Outcome::Finished { reason, completion } => GenerateEvent::Done {
                 finish_reason: reason,
-                prompt_tokens,
+                prompt_tokens: running.prompt_tokens(),
                 completion_tokens: completion,
-                health,
+                health: self.status.update(|_| ()),
             },
             Outcome::Cancelled { completion } => {
-                tracing::info!(
-                    request_id = %req.request_id,
-                    "generation cancelled after {completion} tokens"
-                );
+                tracing::info!(%request_id, "generation cancelled after {completion} tokens");
                 return;
             }
             Outcome::Failed { error, completion } => {
-                tracing::warn!(
-                    request_id = %req.request_id,
-                    "generation failed after {completion} tokens: {}",
-                    error.message
-                );
+                tracing::warn!(%request_id, "generation failed after {completion} tokens: {}", error.message);
                 GenerateEvent::Error { error }
             }
         };
-        let _ = out.blocking_send(Out::Event(last));
+        running.send_last(last);
     }
 }
 
@@ -486,7 +525,8 @@ fn new_context<'m>(
     s: &CtxSettings,
 ) -> Result<(LlamaContext<'m>, (u64, u64)), WorkerError> {
     let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(s.n_ctx))
+        .with_n_ctx(NonZeroU32::new(s.n_ctx.saturating_mul(s.parallel)))
+        .with_n_seq_max(s.parallel)
         .with_n_batch(s.batch)
         .with_n_threads(s.threads)
         .with_n_threads_batch(s.threads)

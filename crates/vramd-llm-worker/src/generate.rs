@@ -1,8 +1,9 @@
 //! One generation on the llama thread: prompt → tokens → decode loop → streamed pieces.
 //!
-//! The engine (`engine.rs`) calls [`prepare`], sends `started`, calls [`run`] and sends the
-//! last event from its [`Outcome`]; this module knows the model, a context and the stream
-//! ([`Out`]), not the engine.
+//! The engine (`engine.rs`) calls [`prepare`], sends `started`, and hands a [`Running`] to
+//! a slot; the slots step it with the others and the engine sends the last event from its
+//! [`Outcome`]. This module knows the model, a context and the stream ([`Out`]), not the
+//! engine or the other slots.
 
 use std::time::Instant;
 
@@ -193,58 +194,29 @@ fn sampler(p: &SamplingParams, model: &LlamaModel) -> Result<LlamaSampler, Worke
     Ok(LlamaSampler::chain(chain, true))
 }
 
-/// Runs the generation; the caller has sent `started` and sends the final event. `cache`
-/// holds the prefix of `prompt` already in the context ([`PromptCache::reuse`]).
-pub fn run(
-    model: &LlamaModel,
-    ctx: &mut LlamaContext<'_>,
-    cache: &mut PromptCache,
-    prompt: &[LlamaToken],
+/// A generation in progress on one slot of the context. The slot scheduler (`slots.rs`)
+/// puts its tokens into each step's batch ([`Running::fill`]: the rest of the prompt in
+/// chunks, then the token sampled last) and hands it the decoded logits
+/// ([`Running::decoded`]), until it returns an [`Outcome`].
+pub struct Running {
+    pub req: GenerateRequest,
+    out: mpsc::Sender<Out>,
     sampler: LlamaSampler,
-    req: &GenerateRequest,
-    out: &mpsc::Sender<Out>,
-) -> Outcome {
-    let mut g = Generation {
-        out,
-        completion: 0,
-        utf8: Utf8Stream::default(),
-        stops: StopMatcher::new(&req.params.stop),
-        logprobs: req.params.logprobs,
-        pending: None,
-    };
-    let t0 = Instant::now();
-    let result = g.decode_loop(model, ctx, cache, prompt, sampler, &req.params);
-    if result.is_err() {
-        cache.forget(ctx);
-    }
-    let t_gen = t0.elapsed();
-    let outcome = match result {
-        Ok(Some(reason)) => Outcome::Finished {
-            reason,
-            completion: g.completion,
-        },
-        Ok(None) => Outcome::Cancelled {
-            completion: g.completion,
-        },
-        Err(msg) => Outcome::Failed {
-            error: error(ErrorCode::Internal, msg),
-            completion: g.completion,
-        },
-    };
-    let secs = t_gen.as_secs_f64();
-    tracing::info!(
-        request_id = %req.request_id,
-        prompt_tokens = prompt.len(),
-        completion_tokens = g.completion,
-        ms = t_gen.as_millis() as u64,
-        tokens_per_s = if secs > 0.0 { (g.completion as f64 / secs).round() } else { 0.0 },
-        "generation ended"
-    );
-    outcome
-}
-
-struct Generation<'o> {
-    out: &'o mpsc::Sender<Out>,
+    prompt: Vec<LlamaToken>,
+    /// The next prompt token to decode (the slot's cache holds those before it).
+    next: usize,
+    /// The token sampled last, to be decoded in the next step.
+    sampled: Option<LlamaToken>,
+    /// The position of the next token: the slot's context holds this many.
+    n_past: usize,
+    /// Tokens a slot's context holds at most.
+    n_ctx: usize,
+    /// Where this generation's logits are in the step under way.
+    logits_at: Option<i32>,
+    /// Tokens put into the step under way, recorded in the cache once decoded.
+    in_batch: Vec<LlamaToken>,
+    max_tokens: u32,
+    preserved: Vec<LlamaToken>,
     completion: u32,
     utf8: Utf8Stream,
     stops: StopMatcher,
@@ -252,78 +224,160 @@ struct Generation<'o> {
     logprobs: Option<u32>,
     /// The logprob of the token whose text is being sent (one token, one event).
     pending: Option<TokenLogprob>,
+    started: Instant,
 }
 
-impl Generation<'_> {
-    /// `Ok(Some(reason))` when finished, `Ok(None)` when the client left.
-    fn decode_loop(
-        &mut self,
+impl Running {
+    /// A generation of `prompt` on a slot whose context already holds its first `cached`
+    /// tokens ([`PromptCache::reuse`]) and has room for `n_ctx`; the caller has sent
+    /// `started`.
+    pub fn new(
         model: &LlamaModel,
-        ctx: &mut LlamaContext<'_>,
-        cache: &mut PromptCache,
-        prompt: &[LlamaToken],
-        mut sampler: LlamaSampler,
-        params: &SamplingParams,
-    ) -> Result<Option<FinishReason>, String> {
+        req: GenerateRequest,
+        out: mpsc::Sender<Out>,
+        (prompt, sampler): (Vec<LlamaToken>, LlamaSampler),
+        cached: usize,
+        n_ctx: usize,
+    ) -> Running {
+        Running {
+            max_tokens: req.params.max_tokens.unwrap_or(u32::MAX),
+            preserved: preserved_ids(model, &req.params.preserved),
+            stops: StopMatcher::new(&req.params.stop),
+            logprobs: req.params.logprobs,
+            req,
+            out,
+            sampler,
+            prompt,
+            next: cached,
+            sampled: None,
+            n_past: cached,
+            n_ctx,
+            logits_at: None,
+            in_batch: Vec::new(),
+            completion: 0,
+            utf8: Utf8Stream::default(),
+            pending: None,
+            started: Instant::now(),
+        }
+    }
+
+    pub fn prompt_tokens(&self) -> u32 {
+        self.prompt.len() as u32
+    }
+
+    /// Prompt tokens still to decode before the first token is sampled.
+    pub fn prefill_left(&self) -> usize {
+        if self.sampled.is_some() {
+            0
+        } else {
+            self.prompt.len() - self.next
+        }
+    }
+
+    /// Adds at most `room` (≥ 1) of this generation's tokens to `batch` as sequence `seq`;
+    /// returns how many.
+    pub fn fill(&mut self, batch: &mut LlamaBatch, seq: i32, room: usize) -> Result<usize, String> {
+        self.in_batch.clear();
+        self.logits_at = None;
+        if let Some(token) = self.sampled.take() {
+            self.add(batch, seq, token, true)?;
+            return Ok(1);
+        }
+        let end = (self.next + room).min(self.prompt.len());
+        for i in self.next..end {
+            self.add(batch, seq, self.prompt[i], i + 1 == self.prompt.len())?;
+        }
+        let n = end - self.next;
+        self.next = end;
+        Ok(n)
+    }
+
+    fn add(&mut self, batch: &mut LlamaBatch, seq: i32, token: LlamaToken, logits: bool) -> Result<(), String> {
+        if logits {
+            self.logits_at = Some(batch.n_tokens());
+        }
+        batch
+            .add(token, self.n_past as i32, &[seq], logits)
+            .map_err(|e| e.to_string())?;
+        self.in_batch.push(token);
+        self.n_past += 1;
+        Ok(())
+    }
+
+    /// After the step's batch was decoded: records this generation's tokens in its slot's
+    /// cache, samples the next token when its logits were computed, and sends its text.
+    /// `Some` when the generation is over.
+    pub fn decoded(&mut self, model: &LlamaModel, ctx: &LlamaContext<'_>, cache: &mut PromptCache) -> Option<Outcome> {
+        cache.push(&self.in_batch);
+        self.in_batch.clear();
+        if self.out.is_closed() {
+            return Some(self.outcome(None));
+        }
+        let at = self.logits_at.take()?;
         let vocab = model.vocab();
-        let n_ctx = ctx.n_ctx() as usize;
-        let n_batch = (ctx.n_batch() as usize).max(1);
-        let mut batch = LlamaBatch::new(n_batch, 1);
-        let last = prompt.len() - 1;
-        // Only what the context does not hold yet is decoded.
-        let start = cache.len();
-        for (c, chunk) in prompt[start..].chunks(n_batch).enumerate() {
-            batch.clear();
-            for (j, &token) in chunk.iter().enumerate() {
-                let pos = start + c * n_batch + j;
-                batch
-                    .add(token, pos as i32, &[0], pos == last)
-                    .map_err(|e| e.to_string())?;
-            }
-            ctx.decode(&mut batch).map_err(|e| format!("prompt decode: {e}"))?;
-            cache.push(chunk);
-            if self.out.is_closed() {
-                return Ok(None);
-            }
+        let token = self.sampler.sample(ctx, at);
+        if vocab.is_eog(token) {
+            let reason = self.finish(FinishReason::Stop);
+            return Some(self.outcome(reason));
         }
-        let max_tokens = params.max_tokens.unwrap_or(u32::MAX);
-        let preserved = preserved_ids(model, &params.preserved);
-        let mut n_past = prompt.len();
-        loop {
-            if self.completion >= max_tokens {
-                return Ok(self.finish(FinishReason::Length));
-            }
-            if self.out.is_closed() {
-                return Ok(None);
-            }
-            let token = sampler.sample(ctx, batch.n_tokens() - 1);
-            if vocab.is_eog(token) {
-                return Ok(self.finish(FinishReason::Stop));
-            }
-            self.completion += 1;
-            if let Some(top) = self.logprobs {
-                self.pending = Some(logprob_of(model, ctx, batch.n_tokens() - 1, token, top));
-            }
-            let text = self
-                .utf8
-                .push(&vocab.token_to_piece(token, preserved.contains(&token), None));
-            let step = self.stops.push(&text);
-            if !self.send(step.emit) {
-                return Ok(None);
-            }
-            if step.stopped {
-                return Ok(Some(FinishReason::Stop));
-            }
-            if self.completion >= max_tokens || n_past >= n_ctx {
-                // Out of tokens, or no cell left for this one: the context is full.
-                return Ok(self.finish(FinishReason::Length));
-            }
-            batch.clear();
-            batch.add(token, n_past as i32, &[0], true).map_err(|e| e.to_string())?;
-            ctx.decode(&mut batch).map_err(|e| format!("decode: {e}"))?;
-            cache.push(&[token]);
-            n_past += 1;
+        self.completion += 1;
+        if let Some(top) = self.logprobs {
+            self.pending = Some(logprob_of(model, ctx, at, token, top));
         }
+        let text = self
+            .utf8
+            .push(&vocab.token_to_piece(token, self.preserved.contains(&token), None));
+        let step = self.stops.push(&text);
+        if !self.send(step.emit) {
+            return Some(self.outcome(None));
+        }
+        if step.stopped {
+            return Some(self.outcome(Some(FinishReason::Stop)));
+        }
+        if self.completion >= self.max_tokens || self.n_past >= self.n_ctx {
+            // Out of tokens, or no cell left for this one: the slot's context is full.
+            let reason = self.finish(FinishReason::Length);
+            return Some(self.outcome(reason));
+        }
+        self.sampled = Some(token);
+        None
+    }
+
+    /// The step's decode failed: the slot's KV is unknown (the caller forgets it).
+    pub fn failed(&self, message: String) -> Outcome {
+        let outcome = Outcome::Failed {
+            error: error(ErrorCode::Internal, message),
+            completion: self.completion,
+        };
+        self.log_end();
+        outcome
+    }
+
+    /// `reason` is `None` when the client left.
+    fn outcome(&self, reason: Option<FinishReason>) -> Outcome {
+        self.log_end();
+        match reason {
+            Some(reason) => Outcome::Finished {
+                reason,
+                completion: self.completion,
+            },
+            None => Outcome::Cancelled {
+                completion: self.completion,
+            },
+        }
+    }
+
+    fn log_end(&self) {
+        let t = self.started.elapsed();
+        let secs = t.as_secs_f64();
+        tracing::info!(
+            request_id = %self.req.request_id,
+            prompt_tokens = self.prompt.len(),
+            completion_tokens = self.completion,
+            ms = t.as_millis() as u64,
+            tokens_per_s = if secs > 0.0 { (self.completion as f64 / secs).round() } else { 0.0 },
+            "generation ended"
+        );
     }
 
     /// Sends a piece of text with the logprob of the token just sampled; false when the
@@ -335,6 +389,9 @@ impl Generation<'_> {
         if text.is_empty() && logprob.is_none() {
             return true;
         }
+        // Blocks the llama thread while this client's stream is full: the daemon reads
+        // every worker stream at once, so that is a client that reads slower than the model
+        // writes, and it holds the other slots back only as long as its socket buffers fill.
         self.out
             .blocking_send(Out::Event(GenerateEvent::Token { text, logprob }))
             .is_ok()
@@ -349,6 +406,11 @@ impl Generation<'_> {
             return None;
         }
         Some(if stopped { FinishReason::Stop } else { reason })
+    }
+
+    /// Sends the generation's last event.
+    pub fn send_last(&self, event: GenerateEvent) {
+        let _ = self.out.blocking_send(Out::Event(event));
     }
 }
 

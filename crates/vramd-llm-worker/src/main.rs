@@ -11,6 +11,7 @@ mod generate;
 mod logcap;
 mod memory;
 mod server;
+mod slots;
 mod stop;
 mod utf8;
 

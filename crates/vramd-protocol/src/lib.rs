@@ -187,6 +187,10 @@ pub struct LoadOptions {
     /// next turn needs no prefill; 0 keeps nothing.
     #[serde(default)]
     pub kv_ram: u64,
+    /// Sequences served at once in one context (continuous batching); each has
+    /// `context_length` tokens of its own KV. 0 or absent means 1.
+    #[serde(default)]
+    pub parallel: u32,
 }
 
 impl Default for LoadOptions {
@@ -199,6 +203,7 @@ impl Default for LoadOptions {
             batch: 512,
             embeddings: false,
             kv_ram: 0,
+            parallel: 1,
         }
     }
 }

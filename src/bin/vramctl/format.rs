@@ -222,9 +222,13 @@ pub fn estimate(e: &Value, free_now: Option<u64>) -> String {
             size(u(&p["vae_decode"]["tiled"])),
         ),
         "llm" if p["context"].is_u64() => format!(
-            "{} at {} tokens: {}\n  weights {} · KV cache {} · compute {}\n",
+            "{} at {} tokens{}: {}\n  weights {} · KV cache {} · compute {}\n",
             s(&e["model"]),
             u(&e["context_length"]),
+            match u(&e["parallel"]) {
+                0 | 1 => String::new(),
+                n => format!(" × {n} slots"),
+            },
             size(u(&e["total"])),
             size(u(&p["weights"])),
             size(u(&p["context"])),
@@ -472,6 +476,9 @@ mod tests {
             estimate(&e, None),
             "chat at 256 tokens: 300 B\n  weights 100 B · KV cache 150 B · compute 50 B\n  calibrated from earlier runs\n"
         );
+        let e = json!({"model": "chat", "kind": "llm", "context_length": 256, "parallel": 2, "total": 300,
+            "parts": {"weights": 100, "context": 150, "compute": 50}, "calibrated": false});
+        assert!(estimate(&e, None).starts_with("chat at 256 tokens × 2 slots: 300 B\n"));
     }
 
     #[test]
