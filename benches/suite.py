@@ -244,11 +244,12 @@ class Suite:
         text = f"Round {i}. " + base * 30
         return " ".join(text.split()[:words])
 
-    def direct(self, prompt, tg, rounds=1):
+    def direct(self, prompt, tg, rounds=1, parallel=1):
         f = pathlib.Path(self.tmp) / "prompt.txt"
         f.write_text(prompt)
         out = subprocess.run([f"{self.bins}/examples/llama-direct", self.smol, str(f), "--threads",
-                              str(self.args.threads), "--tg", str(tg), "--rounds", str(rounds)],
+                              str(self.args.threads), "--tg", str(tg), "--rounds", str(rounds), "--parallel",
+                              str(parallel)],
                              check=True, capture_output=True, text=True).stdout
         lines = [json.loads(line) for line in out.splitlines() if line.startswith("{")]
         return lines[0]["eog"], lines[1:]
@@ -480,7 +481,8 @@ class Suite:
         self.section("Plan latency (benches/planner.rs, 20,000 plans per size)", table)
         for line in table[2:]:
             cells = [c.strip() for c in line.strip("|").split("|")]
-            self.add("6", f"plan latency, {cells[0]} models: p50 / p99", cells[1], "", cells[2], "p99 < 50 µs", "")
+            self.add("6", f"plan latency, {cells[0]} models: p50 / p99 (µs)", cells[1], "", cells[2], "p99 < 50 µs",
+                     verdict(float(cells[2]), 50, higher_is_better=False))
 
     def row7_8(self):
         eog, _ = self.direct("x", 1, rounds=0)
@@ -522,6 +524,14 @@ class Suite:
         ratio = aggregate[4] / aggregate[1]
         self.add("7", "4 streaming clients: aggregate tokens/s over one client's", f"{aggregate[4]:.1f}",
                  f"{aggregate[1]:.1f}", f"{ratio:.2f}×", "≥ 2×", verdict(ratio, 2))
+        # The engine's own limit: 1 and 4 sequences decoded in-process, one batch per step.
+        engine = {}
+        for n in [1, 4]:
+            _, rs = self.direct("Story 0: once upon a time", 32, rounds=self.args.rounds, parallel=n)
+            engine[n] = [r["tg_tokens"] / r["tg_ms"] * 1000 for r in rs]
+        e_ratio = statistics.median(engine[4]) / statistics.median(engine[1])
+        self.add("7", "the engine alone: 4 sequences in one batch over 1 (tokens/s, in-process)",
+                 median_range(engine[4]), median_range(engine[1]), f"{e_ratio:.2f}×", "", "")
         self.section("Concurrent streaming clients", lines)
         size_mb = os.path.getsize(self.smol) / 1e6
         self.add("8", "daemon RSS without model mappings: idle / 64 clients (MB)",

@@ -11,6 +11,10 @@
 //! one JSON line per round: `{"prompt_tokens", "ttft_ms", "tg_tokens", "tg_ms"}`. `ttft_ms` is the prompt's
 //! decode and the first token's sampling (what a client sees as time to first token, less
 //! the transport); `tg_ms` the rest of the tokens.
+//!
+//! With `--parallel N` (row 7) it decodes N sequences of the prompt at once, as vramd's slots
+//! do: one batch of N tokens per step; `tg_tokens` and `tg_ms` are then those of all N
+//! sequences together, the engine's own aggregate for N concurrent clients.
 
 use std::num::NonZeroU32;
 use std::time::Instant;
@@ -31,11 +35,12 @@ struct Args {
     tg: usize,
     rounds: usize,
     ctx: u32,
+    parallel: usize,
 }
 
 fn args() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
-    let usage = "usage: llama-direct MODEL PROMPT_FILE [--threads N] [--tg N] [--rounds N] [--ctx N]";
+    let usage = "usage: llama-direct MODEL PROMPT_FILE [--threads N] [--tg N] [--rounds N] [--ctx N] [--parallel N]";
     let model = it.next().ok_or(usage)?;
     let prompt_file = it.next().ok_or(usage)?;
     let prompt = std::fs::read_to_string(&prompt_file).map_err(|e| format!("{prompt_file}: {e}"))?;
@@ -46,6 +51,7 @@ fn args() -> Result<Args, String> {
         tg: 128,
         rounds: 3,
         ctx: 4096,
+        parallel: 1,
     };
     while let Some(flag) = it.next() {
         let value = it.next().ok_or(usage)?;
@@ -55,6 +61,7 @@ fn args() -> Result<Args, String> {
             "--tg" => a.tg = n as usize,
             "--rounds" => a.rounds = n as usize,
             "--ctx" => a.ctx = n as u32,
+            "--parallel" => a.parallel = (n as usize).max(1),
             _ => return Err(usage.into()),
         }
     }
@@ -67,7 +74,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     backend.void_logs();
     let model = LlamaModel::load_from_file(&backend, &a.model, &LlamaModelParams::default())?;
     let params = LlamaContextParams::default()
-        .with_n_ctx(NonZeroU32::new(a.ctx))
+        .with_n_ctx(NonZeroU32::new(a.ctx * a.parallel as u32))
+        .with_n_seq_max(a.parallel as u32)
         .with_n_batch(512)
         .with_n_threads(a.threads)
         .with_n_threads_batch(a.threads);
@@ -84,34 +92,45 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut batch = LlamaBatch::new(512, 1);
     for _ in 0..a.rounds {
         ctx.clear_kv_cache();
-        let mut sampler = LlamaSampler::chain(
-            [LlamaSampler::logit_bias(model.n_vocab(), &eog), LlamaSampler::greedy()],
-            true,
-        );
+        let mut samplers: Vec<LlamaSampler> = (0..a.parallel)
+            .map(|_| {
+                let bias = LlamaSampler::logit_bias(model.n_vocab(), &eog);
+                LlamaSampler::chain([bias, LlamaSampler::greedy()], true)
+            })
+            .collect();
+        // The prompt of every sequence, one after the other, each sampled at its last token.
         let t0 = Instant::now();
-        for (c, chunk) in prompt.chunks(512).enumerate() {
-            batch.clear();
-            for (j, &token) in chunk.iter().enumerate() {
-                let pos = c * 512 + j;
-                batch.add(token, pos as i32, &[0], pos + 1 == prompt.len())?;
+        let mut tokens = Vec::new();
+        for (seq, sampler) in samplers.iter_mut().enumerate() {
+            for (c, chunk) in prompt.chunks(512).enumerate() {
+                batch.clear();
+                for (j, &token) in chunk.iter().enumerate() {
+                    let pos = c * 512 + j;
+                    batch.add(token, pos as i32, &[seq as i32], pos + 1 == prompt.len())?;
+                }
+                ctx.decode(&mut batch)?;
             }
-            ctx.decode(&mut batch)?;
+            tokens.push(sampler.sample(&ctx, batch.n_tokens() - 1));
         }
-        let mut token = sampler.sample(&ctx, batch.n_tokens() - 1);
         let ttft = t0.elapsed();
+        // Then one batch per step: every sequence's last token.
         let t1 = Instant::now();
         for n in 1..a.tg {
             batch.clear();
-            batch.add(token, (prompt.len() + n - 1) as i32, &[0], true)?;
+            for (seq, token) in tokens.iter().enumerate() {
+                batch.add(*token, (prompt.len() + n - 1) as i32, &[seq as i32], true)?;
+            }
             ctx.decode(&mut batch)?;
-            token = sampler.sample(&ctx, 0);
+            for (i, sampler) in samplers.iter_mut().enumerate() {
+                tokens[i] = sampler.sample(&ctx, i as i32);
+            }
         }
         let tg = t1.elapsed();
         println!(
             "{{\"prompt_tokens\": {}, \"ttft_ms\": {:.3}, \"tg_tokens\": {}, \"tg_ms\": {:.3}}}",
             prompt.len(),
             ttft.as_secs_f64() * 1000.0,
-            a.tg - 1,
+            (a.tg - 1) * a.parallel,
             tg.as_secs_f64() * 1000.0
         );
     }
