@@ -71,7 +71,8 @@ pub enum EventKind {
     },
     RequestQueued {
         model: String,
-        /// Its place in the arbiter's queue (1: next to be served).
+        /// Its place in the arbiter's queue, or among the requests waiting in the worker for
+        /// a free slot (1: next to be served).
         position: u32,
         reason: String,
         /// `None` for an explicit load.

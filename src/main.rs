@@ -57,10 +57,15 @@ fn run(config: Config, tcp: Option<std::net::SocketAddr>) -> anyhow::Result<()> 
     // Before any thread exists: this unsets LISTEN_* so workers do not inherit them.
     let mut sockets = listeners::from_systemd().context("taking sockets from systemd")?;
     if sockets.is_empty() {
-        sockets.push(listeners::bind_unix(&config.daemon.socket).context("binding the API socket")?);
+        // TCP first: whoever waits for the socket file to appear (a test, a script) may then
+        // connect to either.
         if let Some(addr) = tcp {
             sockets.push(listeners::bind_tcp(addr).context("binding the TCP listener")?);
         }
+        sockets.insert(
+            0,
+            listeners::bind_unix(&config.daemon.socket).context("binding the API socket")?,
+        );
     }
     let source = memory::open_source(&config.memory).map_err(anyhow::Error::msg)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()

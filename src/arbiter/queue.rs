@@ -265,9 +265,10 @@ impl Arbiter {
         let ticket = self.next_ticket;
         self.next_ticket += 1;
         if let Some(request_id) = head.waiter.request_id() {
+            let waits_for_slot = head.work == Work::Text && self.publish_slot_wait(&model, &request_id);
             let story = Story {
                 request_id,
-                queued: head.queued,
+                queued: head.queued || waits_for_slot,
                 waited_ms: ms(head.since.elapsed()),
                 freed: head.done.iter().filter_map(freed).collect(),
                 vae,
@@ -295,6 +296,27 @@ impl Arbiter {
             }
             _ => self.serve(&model, granted),
         }
+    }
+
+    /// A text request granted while every slot of its model is taken waits in the worker
+    /// for one: said as `request_queued` (its place among those waiting for a slot), so that
+    /// a client or a status page sees why nothing comes yet. Returns whether it was said.
+    fn publish_slot_wait(&mut self, model: &str, request_id: &str) -> bool {
+        let slots = self.config.model(model).map_or(1, crate::estimate::slots);
+        let running = self.registry.get(model).map_or(0, |e| e.in_flight);
+        if running < slots {
+            return false;
+        }
+        self.bus.publish(EventKind::RequestQueued {
+            model: model.to_owned(),
+            position: running - slots + 1,
+            reason: format!("every slot busy ({slots}): waiting for one to be free"),
+            request_id: Some(request_id.to_owned()),
+            waiting_for: None,
+            need_bytes: 0,
+            free_bytes: 0,
+        });
+        true
     }
 
     fn execute(&mut self, action: Action, cause: Cause) {

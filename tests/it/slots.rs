@@ -129,3 +129,47 @@ fn a_soft_unload_keeps_every_slots_kv_in_host_memory() {
     assert!(cached(&second) >= prompt(&first), "restored: {first}\n{second}");
     assert_eq!(cached(&title), prompt(&title) - 1, "restored: {title}");
 }
+
+/// A streamed request that finds every slot taken gets its headers at once and is told to be
+/// waiting for a slot (`request_queued`), then runs when the slot frees.
+#[test]
+fn a_stream_that_waits_for_a_slot_gets_headers_at_once_and_is_told_why() {
+    let Some(l) = start(&[("chat", ModelFile::Slow)], "context_length = 512\nparallel = 1\n") else {
+        return;
+    };
+    ok(l.d.post_json("/v1/models/chat/load", ""));
+    let body = |prompt: &str, n: u32| json!({"model": "chat", "prompt": prompt, "max_tokens": n, "temperature": 0, "stream": true});
+    // Long enough to be running still when the second asks, on a loaded machine too.
+    let first = open_stream(&l.d, &body("the first story", 400));
+    let first = std::thread::spawn(move || read_stream(first));
+    l.d.wait_model("chat", Duration::from_secs(20), |m| m["state"] == "busy");
+    let asked = Instant::now();
+    let mut second = open_stream(&l.d, &body("another story", 8));
+    let mut status = String::new();
+    std::io::BufRead::read_line(&mut second, &mut status).unwrap();
+    let headers_after = asked.elapsed();
+    assert!(status.contains("200"), "{status}");
+    let (second_times, done) = read_stream(second);
+    let (first_times, _) = first.join().unwrap();
+    assert!(done && !second_times.is_empty());
+    assert!(
+        asked + headers_after < *first_times.last().unwrap(),
+        "the headers came while the first stream still ran ({headers_after:?})"
+    );
+    let queued: Vec<_> = crate::util::events(&l.d)
+        .into_iter()
+        .filter(|e| e["type"] == "request_queued")
+        .collect();
+    assert_eq!(queued.len(), 1, "{queued:?}");
+    assert_eq!(queued[0]["position"], 1);
+    assert!(
+        queued[0]["reason"].as_str().unwrap().contains("every slot busy (1)"),
+        "{queued:?}"
+    );
+    let finished: Vec<_> = crate::util::events(&l.d)
+        .into_iter()
+        .filter(|e| e["type"] == "request_finished" && e["request_id"] == queued[0]["request_id"])
+        .collect();
+    assert_eq!(finished.len(), 1, "its story ends once: {finished:?}");
+    assert_eq!(finished[0]["queued"], true);
+}
