@@ -294,7 +294,7 @@ class Suite:
                         vramd_ttft.append(ttft * 1000)
             overhead = statistics.median(vramd_ttft) - statistics.median(direct_ttft)
             self.add("2", "time to first token, short prompt, warm model (ms)", median_range(vramd_ttft, "{:.1f}"),
-                     median_range(direct_ttft, "{:.1f}"), f"+{overhead:.1f} ms", "< 2 ms",
+                     median_range(direct_ttft, "{:.1f}"), f"{overhead:+.1f} ms", "< 2 ms",
                      verdict(overhead, 2, higher_is_better=False))
         self.turns()
 

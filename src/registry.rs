@@ -51,6 +51,11 @@ pub struct ModelEntry {
     pub page_cache: crate::pagecache::Residency,
     /// What NVML says the worker process uses on the device (CUDA context included).
     pub device_bytes: Option<u64>,
+    /// Image models: what the last generation measured (its size, the sampling and VAE
+    /// decode peaks, where the VAE ran, how long each took), the figures the estimator learns
+    /// from; shown so that a person or scripts/device-check can compare.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_image: Option<vramd_protocol::GenerationPeaks>,
     /// Requests waiting in the arbiter's queue for it.
     pub queued: u32,
     /// A client's wish for its idle life (Ollama's `keep_alive` duration), which replaces
@@ -244,6 +249,7 @@ impl ModelEntry {
             pid: None,
             device: None,
             cpu: None,
+            last_image: None,
             load_ms: None,
             context_length: None,
             failures: 0,
@@ -318,6 +324,9 @@ impl ModelEntry {
         self.device = Some(health.device.clone());
         if health.cpu.is_some() {
             self.cpu = health.cpu.clone();
+        }
+        if let Some(last) = health.image.as_ref().and_then(|i| i.last.as_ref()) {
+            self.last_image = Some(last.clone());
         }
     }
 }

@@ -12,6 +12,7 @@ mod dbus;
 mod dbus_util;
 mod desktop_notify;
 mod device;
+mod device_check;
 mod edits;
 mod fuzz;
 mod grant;
