@@ -48,7 +48,11 @@ fn device_check_runs_every_check_and_fails_when_nvml_disagrees() {
     let dir = tempfile::tempdir().unwrap();
     let (output, table) = device_check(&bin, &dir.path().join("agree"), 1.05);
     let log = String::from_utf8_lossy(&output.stdout);
-    assert!(output.status.success(), "{log}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{log}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     for check in [
         "device total (Fake GPU)",
         "device free",
@@ -69,7 +73,13 @@ fn device_check_runs_every_check_and_fails_when_nvml_disagrees() {
     // NVML sees half as much again as the workers say: both checks fail, and so does the run.
     let (output, table) = device_check(&bin, &dir.path().join("disagree"), 1.5);
     assert_eq!(output.status.code(), Some(1), "{table}");
-    assert!(row(&table, "chat: its worker's report").ends_with("| FAILED |"), "{table}");
-    assert!(row(&table, "zimage: its worker's report").ends_with("| FAILED |"), "{table}");
+    assert!(
+        row(&table, "chat: its worker's report").ends_with("| FAILED |"),
+        "{table}"
+    );
+    assert!(
+        row(&table, "zimage: its worker's report").ends_with("| FAILED |"),
+        "{table}"
+    );
     assert!(row(&table, "device total").ends_with("| ok |"), "{table}");
 }
