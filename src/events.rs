@@ -37,6 +37,9 @@ pub enum EventKind {
     ModelSoftUnloaded {
         model: String,
         freed_bytes: u64,
+        /// An LLM's KV cache copied to host memory first (`kv_ram`), put back when the
+        /// context is recreated, so its conversations need no prefill; 0: nothing kept.
+        kept_bytes: u64,
         reason: String,
         cause: Cause,
     },

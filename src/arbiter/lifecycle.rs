@@ -277,6 +277,11 @@ impl Arbiter {
             Ok(health) => {
                 let entry = self.registry.get_mut(model).expect("entry");
                 let freed = entry.bytes.total.saturating_sub(health.bytes.total);
+                let kept = if entry.kind == crate::config::ModelKind::Llm {
+                    health.bytes.host
+                } else {
+                    0
+                };
                 entry.report(&health);
                 entry.state = ModelState::SoftUnloaded;
                 let (reason, cause) = self
@@ -287,6 +292,7 @@ impl Arbiter {
                 self.bus.publish(EventKind::ModelSoftUnloaded {
                     model: model.to_owned(),
                     freed_bytes: freed,
+                    kept_bytes: kept,
                     reason,
                     cause,
                 });

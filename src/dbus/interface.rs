@@ -167,7 +167,9 @@ impl Vramd1 {
     /// kept) or `hard` (worker stopped), why, and how many bytes were freed. `cause` is
     /// `room` (it made room for request `for_request` on `for_model`, which needed
     /// `needed_bytes`), `idle` (its keep_alive ran out), `requested`, `interrupted` (its
-    /// image was stopped) or `other`; the last three arguments are empty or 0 unless `room`.
+    /// image was stopped) or `other`; `for_model`, `for_request` and `needed_bytes` are empty
+    /// or 0 unless `room`. `kept_bytes`: an LLM's KV copied to host memory by a soft unload
+    /// (put back when its context returns, so its conversations need no prefill), else 0.
     #[zbus(signal)]
     pub async fn model_unloaded(
         emitter: &SignalEmitter<'_>,
@@ -179,6 +181,7 @@ impl Vramd1 {
         for_model: &str,
         for_request: &str,
         needed_bytes: u64,
+        kept_bytes: u64,
     ) -> zbus::Result<()>;
 
     /// An image's VAE decode does not run whole on the GPU: placement `tiled` (on the GPU in

@@ -45,6 +45,7 @@ pub trait Vramd1 {
         for_model: String,
         for_request: String,
         needed_bytes: u64,
+        kept_bytes: u64,
     ) -> zbus::Result<()>;
     #[zbus(signal)]
     #[allow(clippy::too_many_arguments)]

@@ -40,6 +40,8 @@ pub enum Signal {
         for_model: String,
         for_request: String,
         needed_bytes: u64,
+        /// An LLM's KV kept in host memory across a soft unload; 0 otherwise.
+        kept_bytes: u64,
     },
     VaeOffloaded {
         model: String,
@@ -105,15 +107,16 @@ pub fn signal_for(kind: &EventKind) -> Option<Signal> {
         EventKind::ModelSoftUnloaded {
             model,
             freed_bytes,
+            kept_bytes,
             reason,
             cause,
-        } => unloaded(model, "soft", reason, freed_bytes, cause),
+        } => unloaded(model, "soft", reason, (freed_bytes, kept_bytes), cause),
         EventKind::ModelUnloaded {
             model,
             freed_bytes,
             reason,
             cause,
-        } => unloaded(model, "hard", reason, freed_bytes, cause),
+        } => unloaded(model, "hard", reason, (freed_bytes, 0), cause),
         EventKind::VaeTiled {
             model,
             width,
@@ -197,7 +200,9 @@ pub fn signal_for(kind: &EventKind) -> Option<Signal> {
     })
 }
 
-fn unloaded(model: String, mode: &'static str, reason: String, freed_bytes: u64, cause: Cause) -> Signal {
+/// `ModelUnloaded`; `bytes` are those freed and those kept in host memory.
+fn unloaded(model: String, mode: &'static str, reason: String, bytes: (u64, u64), cause: Cause) -> Signal {
+    let (freed_bytes, kept_bytes) = bytes;
     let name = cause.name();
     let (for_model, for_request, needed_bytes) = match cause {
         Cause::Room {
@@ -217,6 +222,7 @@ fn unloaded(model: String, mode: &'static str, reason: String, freed_bytes: u64,
         for_model,
         for_request,
         needed_bytes,
+        kept_bytes,
     }
 }
 
@@ -343,6 +349,7 @@ async fn emit(iface: &InterfaceRef<Vramd1>, signal: Signal) -> zbus::Result<()> 
             for_model,
             for_request,
             needed_bytes,
+            kept_bytes,
         } => {
             Vramd1::model_unloaded(
                 e,
@@ -354,6 +361,7 @@ async fn emit(iface: &InterfaceRef<Vramd1>, signal: Signal) -> zbus::Result<()> 
                 &for_model,
                 &for_request,
                 needed_bytes,
+                kept_bytes,
             )
             .await
         }
@@ -407,6 +415,7 @@ mod tests {
         let soft = EventKind::ModelSoftUnloaded {
             model: "chat".into(),
             freed_bytes: 512,
+            kept_bytes: 64,
             reason: "chat is idle".into(),
             cause: Cause::Room {
                 model: "sd".into(),
@@ -432,6 +441,7 @@ mod tests {
                 for_model: "sd".into(),
                 for_request: "r1".into(),
                 needed_bytes: 300,
+                kept_bytes: 64,
             })
         );
         assert!(matches!(
@@ -441,6 +451,7 @@ mod tests {
                 freed_bytes: 4096,
                 cause: "requested",
                 needed_bytes: 0,
+                kept_bytes: 0,
                 ..
             })
         ));

@@ -30,12 +30,18 @@ pub fn describe(kind: &EventKind) -> String {
         EventKind::ModelSoftUnloaded {
             model,
             freed_bytes,
+            kept_bytes,
             cause,
             ..
         } => format!(
-            "Set aside the working memory of {model}{}{}",
+            "Set aside the working memory of {model}{}{}{}",
             sized(*freed_bytes),
-            why(cause)
+            why(cause),
+            if *kept_bytes > 0 {
+                format!("; its conversations are kept in RAM{}", sized(*kept_bytes))
+            } else {
+                String::new()
+            }
         ),
         EventKind::ModelUnloaded {
             model,
@@ -272,6 +278,7 @@ mod tests {
         let soft = |cause| EventKind::ModelSoftUnloaded {
             model: "chat".into(),
             freed_bytes: 512 * MIB,
+            kept_bytes: 0,
             reason: "the planner's words".into(),
             cause,
         };
@@ -286,6 +293,18 @@ mod tests {
         assert_eq!(
             describe(&soft(Cause::Requested)),
             "Set aside the working memory of chat (512 MiB), as asked"
+        );
+        let kept = EventKind::ModelSoftUnloaded {
+            model: "chat".into(),
+            freed_bytes: 512 * MIB,
+            kept_bytes: 24 * MIB,
+            reason: String::new(),
+            cause: room(Some(RequestKind::Image)),
+        };
+        assert_eq!(
+            describe(&kept),
+            "Set aside the working memory of chat (512 MiB) to make room for an image of sd; \
+             its conversations are kept in RAM (24 MiB)"
         );
         let hard = |cause, freed_bytes| EventKind::ModelUnloaded {
             model: "chat".into(),

@@ -266,6 +266,10 @@ fn a_soft_unload_emits_model_unloaded_with_mode_soft() {
             ("requested", "", "", 0),
             "a person's unload made room for nobody"
         );
+        assert_eq!(
+            a.kept_bytes, 0,
+            "the signal carries kept_bytes; the fake worker keeps no KV"
+        );
         p.unload("chat", "hard").await.unwrap();
         let u = next(&mut unloaded).await;
         assert_eq!(u.args().unwrap().mode, "hard");

@@ -66,6 +66,21 @@ fn a_soft_unload_keeps_the_kv_in_host_memory() {
     let r = l.d.post_json("/v1/models/chat/unload", r#"{"mode":"soft"}"#);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     assert_eq!(l.d.model_status("chat")["state"], "soft_unloaded");
+    // The event says what was kept, in bytes and in words.
+    let soft = crate::util::events(&l.d)
+        .into_iter()
+        .find(|e| e["type"] == "model_soft_unloaded")
+        .expect("a model_soft_unloaded event");
+    let kept = soft["kept_bytes"].as_u64().unwrap();
+    assert!(kept > 0, "{soft}");
+    assert_eq!(l.d.model_status("chat")["bytes"]["host"], kept);
+    assert!(
+        soft["text"]
+            .as_str()
+            .unwrap()
+            .contains("its conversations are kept in RAM"),
+        "{soft}"
+    );
     let after = chat(&l, &messages);
     assert_eq!(cached(&after), prompt(&after) - 1, "restored without prefill: {after}");
     assert_eq!(
@@ -86,6 +101,11 @@ fn a_soft_unload_keeps_the_kv_in_host_memory() {
         200
     );
     assert_eq!(cached(&chat(&l, &messages)), 0);
+    let soft = crate::util::events(&l.d)
+        .into_iter()
+        .find(|e| e["type"] == "model_soft_unloaded")
+        .unwrap();
+    assert_eq!(soft["kept_bytes"], 0, "{soft}");
 }
 
 /// A WebUI's background generations (not streamed) queued in the worker do not hold up a

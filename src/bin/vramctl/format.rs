@@ -268,8 +268,12 @@ pub fn event(e: &Value) -> String {
             }
         ),
         "model_soft_unloaded" => format!(
-            "{m} soft-unloaded: {} freed, weights kept{}",
+            "{m} soft-unloaded: {} freed, weights kept{}{}",
             size(u(&e["freed_bytes"])),
+            match u(&e["kept_bytes"]) {
+                0 => String::new(),
+                kept => format!(", {} of KV kept in RAM", size(kept)),
+            },
             why(e)
         ),
         "model_unloaded" => format!("{m} unloaded: {} freed{}", size(u(&e["freed_bytes"])), why(e)),
@@ -491,6 +495,10 @@ mod tests {
             (
                 json!({"type": "model_soft_unloaded", "model": "chat", "freed_bytes": 1u64 << 29, "reason": "chat is idle"}),
                 "chat soft-unloaded: 512.0 MiB freed, weights kept (chat is idle)",
+            ),
+            (
+                json!({"type": "model_soft_unloaded", "model": "chat", "freed_bytes": 1u64 << 29, "kept_bytes": 1u64 << 24, "reason": "chat is idle"}),
+                "chat soft-unloaded: 512.0 MiB freed, weights kept, 16.0 MiB of KV kept in RAM (chat is idle)",
             ),
             (
                 json!({"type": "model_restored", "model": "chat", "bytes": 1u64 << 29, "context_ms": 40, "reason": "memory is free again"}),

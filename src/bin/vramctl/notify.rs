@@ -448,16 +448,13 @@ fn decode(m: &Message) -> Option<Signal> {
             }
         }
         "ModelUnloaded" => {
-            let (model, mode, _reason, freed_bytes, cause, _for_model, _for_request, _needed): (
-                String,
-                String,
-                String,
-                u64,
-                String,
-                String,
-                String,
-                u64,
-            ) = body.deserialize().ok()?;
+            // A daemon before `kept_bytes` sends one argument less: the leading ones decide.
+            type Unloaded = (String, String, String, u64, String, String, String, u64);
+            let (model, mode, _reason, freed_bytes, cause, ..): Unloaded = body
+                .deserialize::<(String, String, String, u64, String, String, String, u64, u64)>()
+                .map(|(m, mo, r, f, c, fm, fr, n, _kept)| (m, mo, r, f, c, fm, fr, n))
+                .or_else(|_| body.deserialize::<Unloaded>())
+                .ok()?;
             Signal::Unloaded {
                 model,
                 mode,
@@ -546,7 +543,7 @@ mod tests {
     fn signal_messages_decode() {
         let m = signal(
             "ModelUnloaded",
-            &("chat", "soft", "r", 512u64, "room", "sd", "req-1", 300u64),
+            &("chat", "soft", "r", 512u64, "room", "sd", "req-1", 300u64, 64u64),
         );
         assert_eq!(
             decode(&m),
@@ -557,6 +554,11 @@ mod tests {
                 freed_bytes: 512
             })
         );
+        let older = signal(
+            "ModelUnloaded",
+            &("chat", "soft", "r", 512u64, "room", "sd", "req-1", 300u64),
+        );
+        assert_eq!(decode(&older), decode(&m), "a daemon before kept_bytes");
         let freed = vec![("chat", "soft", 512u64)];
         let m = signal(
             "RequestFinished",
