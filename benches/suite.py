@@ -2,7 +2,7 @@
 """vramd's benchmark suite: one command, one table (BENCHMARKS.md).
 
 Usage: benches/suite.py [--target-dir DIR] [--rounds 5] [--threads 2] [--out BENCHMARKS.md]
-                        [--rows 1,2,3,4,5,6,7,8] [--no-build]
+                        [--rows 1,2,3,4,5,6,7,8,9,10] [--no-build]
 
 Builds what it needs: the daemon in the release profile, as packaged (Rust only, about two
 minutes); the workers and the reference programs in the dev profile, whose C++ engines are the
@@ -27,6 +27,14 @@ asserted here: the table says where a target is missed. Rows:
     soft unload and restore adds to the next chat turn.
  7. 1, 4, 16, 64 concurrent streaming clients on a model with `parallel = 4`.
  8. daemon RSS idle and with 64 clients (model mappings left out), worker RSS.
+ 9. tokens/s of the packaged LLM worker (packaging/build's release tree: llama.cpp's CPU
+    modules, the best one loaded at start) vs a local build for this CPU (linked statically,
+    -C target-cpu=native, so ggml is -march=native), both through vramd.
+10. one 512×512 image in-process (sd-direct) with stable-diffusion.cpp built for each x86-64
+    level the packages ship (x86-64, -v3; others measured when built in sd-LEVEL) and for
+    this CPU (-march=native).
+Rows 9 and 10 need release builds (packaging/build, and the native references in
+$CARGO_TARGET_DIR/native and sd-native): 30+ minutes cold; --rows 1,2,3,4,5,6,7,8 skips them.
 """
 import argparse
 import datetime
@@ -540,6 +548,68 @@ class Suite:
         self.add("8", f"LLM worker RSS after 64 clients (MB) over the model file ({size_mb:.0f} MB)",
                  f"{worker_kib / 1024:.0f}", "", f"{worker_kib / 1024 / size_mb:.2f}×", "", "")
 
+    def pp_tg(self, sock, text, bias):
+        """Prompt and generation tokens/s of one streamed 128-token completion through vramd."""
+        ttft, times, usage, done = stream(sock, "/v1/completions", {
+            "model": "smol", "prompt": text, "max_tokens": 128, "temperature": 0, "stream": True,
+            "logit_bias": bias, "stream_options": {"include_usage": True}})
+        assert done and usage["completion_tokens"] == 128, usage
+        return usage["prompt_tokens"] / ttft, (usage["completion_tokens"] - 1) / (times[-1] - times[0])
+
+    def row9(self):
+        target = pathlib.Path(self.args.target_dir).resolve()
+        sides = {"packaged": target / "packages" / "work" / "cpu" / "stage" / "usr" / "libexec" / "vramd",
+                 "local": target / "native" / "release"}
+        eog, _ = self.direct(self.prompt_text(0), 2)
+        bias = {str(t): -100 for t in eog}
+        daemons = {}
+        for side, workers in sides.items():
+            bins = pathlib.Path(self.tmp) / f"bins-{side}"
+            bins.mkdir()
+            os.symlink(pathlib.Path(self.bins) / "vramd", bins / "vramd")
+            os.symlink(workers / "vramd-llm-worker", bins / "vramd-llm-worker")
+            d = Daemon(str(bins), llm_model("smol", self.smol, self.args.threads), self.tmp + f"/row9-{side}")
+            pathlib.Path(d.tmp).mkdir(exist_ok=True)
+            daemons[side] = d.start()
+            ok(d.sock, "POST", "/v1/models/smol/load")
+            self.pp_tg(d.sock, "warm up", bias)
+        try:
+            module = ok(daemons["packaged"].sock, "GET", "/v1/status")["models"][0]["cpu"]
+            pp = {side: [] for side in sides}
+            tg = {side: [] for side in sides}
+            for i in range(1, self.args.rounds + 1):
+                for side, d in daemons.items():
+                    p, g = self.pp_tg(d.sock, self.prompt_text(i), bias)
+                    pp[side].append(p)
+                    tg[side].append(g)
+        finally:
+            for d in daemons.values():
+                d.stop()
+        for what, xs in [("pp (prompt ≈ 512 tokens)", pp), ("tg128", tg)]:
+            ratio = statistics.median(xs["packaged"]) / statistics.median(xs["local"])
+            self.add("9", f"{what}, tokens/s: the packaged LLM worker ({module}) over a local -march=native build",
+                     median_range(xs["packaged"]), median_range(xs["local"]), f"{ratio:.3f}×", "≥ 0.95×",
+                     verdict(ratio, 0.95))
+
+    def row10(self):
+        target = pathlib.Path(self.args.target_dir).resolve()
+        files, _ = self.tiny_image()
+        builds = {level: target / f"sd-{level}" / "release" / "examples" / "sd-direct"
+                  for level in ["x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4", "native"]}
+        builds = {level: exe for level, exe in builds.items() if exe.is_file()}
+        ms = {level: [] for level in builds}
+        for _ in range(self.args.rounds):
+            for level, exe in builds.items():
+                out = subprocess.run([str(exe), "--diffusion-model", files[0], "--llm", files[1], "--taesd", files[2],
+                                      "--size", "512", "--steps", "4", "--threads", str(self.args.threads),
+                                      "--rounds", "1"], check=True, capture_output=True, text=True).stdout
+                ms[level].append(json.loads(out.splitlines()[-1])["ms"])
+        native = statistics.median(ms["native"]) if "native" in ms else None
+        for level, xs in ms.items():
+            ratio = f"{native / statistics.median(xs):.2f}×" if native else ""
+            self.add("10", f"one 512×512 4-step image, stable-diffusion.cpp built for {level} (ms; speed over native)",
+                     median_range(xs), "", ratio, "", "")
+
     def write(self):
         cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
         mem = int(open("/proc/meminfo").readline().split()[1]) / 1024 / 1024
@@ -574,6 +644,26 @@ def assemble_bins(target, tmp):
     return str(out)
 
 
+def build(args, rows):
+    """The dev workspace and the release daemon; for rows 9 and 10 the release package tree,
+    the native references and sd-direct for each level."""
+    target = pathlib.Path(args.target_dir).resolve()
+    env = {**os.environ, "CARGO_TARGET_DIR": str(target)}
+    cargo = ["cargo", "build", "--locked"]
+    for cmd in [["--workspace", "--bins", "--examples"], ["--release", "-p", "vramd", "--bin", "vramd"]]:
+        subprocess.run(cargo + cmd, cwd=ROOT, check=True, env=env)
+    if "9" in rows:
+        subprocess.run([str(ROOT / "packaging" / "build"), "--formats", "deb"], cwd=ROOT, check=True, env=env)
+        native = {**env, "CARGO_TARGET_DIR": str(target / "native"), "RUSTFLAGS": "-C target-cpu=native"}
+        subprocess.run(cargo + ["--release", "-p", "vramd-llm-worker", "--no-default-features"], cwd=ROOT,
+                       check=True, env=native)
+    if "10" in rows:
+        # The levels packaging/build ships (their C++ is built by then), and this CPU's.
+        for level in ["x86-64", "x86-64-v3", "native"]:
+            subprocess.run([str(ROOT / "packaging" / "build-sd-level"), level, "--release", "--example", "sd-direct"],
+                           cwd=ROOT, check=True, env=env)
+
+
 def drop(path):
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -588,20 +678,18 @@ def main():
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out", default=str(ROOT / "BENCHMARKS.md"))
-    ap.add_argument("--rows", default="1,2,3,4,5,6,7,8")
+    ap.add_argument("--rows", default="1,2,3,4,5,6,7,8,9,10")
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--bin-dir", help="the binaries (vramd, the workers, examples/): by default the build's")
     args = ap.parse_args()
+    rows = set(args.rows.split(","))
     if not args.no_build:
-        env = {**os.environ, "CARGO_TARGET_DIR": args.target_dir}
-        for cmd in [["--workspace", "--bins", "--examples"], ["--release", "-p", "vramd", "--bin", "vramd"]]:
-            subprocess.run(["cargo", "build", "--locked", *cmd], cwd=ROOT, check=True, env=env)
+        build(args, rows)
     suite = Suite(args)
     if not args.bin_dir:
         suite.bins = assemble_bins(pathlib.Path(args.target_dir).resolve(), suite.tmp)
     if not os.path.isfile(suite.smol):
         sys.exit(f"{suite.smol} not found: run scripts/fetch-smollm")
-    rows = set(args.rows.split(","))
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
     if rows & {"1", "2"}:
         suite.row1_2()
@@ -615,6 +703,10 @@ def main():
         suite.row6()
     if rows & {"7", "8"}:
         suite.row7_8()
+    if "9" in rows:
+        suite.row9()
+    if "10" in rows:
+        suite.row10()
     suite.write()
 
 

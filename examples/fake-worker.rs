@@ -71,8 +71,11 @@ fn health(m: &Option<Model>) -> Health {
         peak_bytes: bytes.total,
         pid: std::process::id(),
         device: "cpu".into(),
-        // No engine: no CPU code to tell.
-        cpu: None,
+        // No engine, no CPU code to tell: the name it was started as instead, which shows
+        // which build of the image worker the daemon chose (`vramd-sd-worker.x86-64-v3`).
+        cpu: std::env::args()
+            .next()
+            .and_then(|a| a.rsplit('/').next().map(|n| format!("fake worker started as {n}"))),
         image: m.as_ref().and_then(|m| m.image.clone()),
     }
 }

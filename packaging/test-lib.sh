@@ -16,6 +16,15 @@ need_root() {
   exec sudo -n env "PATH=$PATH" "CARGO_TARGET_DIR=$CARGO_TARGET_DIR" "CARGO_HOME=${CARGO_HOME:-$HOME/.cargo}" "RUSTUP_HOME=${RUSTUP_HOME:-$HOME/.rustup}" "$@"
 }
 
+# build_for_packages: what the package tests package, built: the workspace as scripts/test
+# built it (a no-op there; the image worker is x86-64-v3, .cargo/config.toml) and the
+# packages' baseline image worker (x86-64), which nothing else builds: stable-diffusion.cpp
+# once in the release profile (packaging/build finds it in $CARGO_TARGET_DIR/sd-x86-64).
+build_for_packages() {
+  cargo build --workspace --bins --examples --locked -q
+  packaging/build-sd-level x86-64 --release -q
+}
+
 # want_entries LISTING MODE PATH...: every PATH is in LISTING ("mode owner path" lines, paths
 # relative without the leading ./ or /) with MODE and owner root/root.
 want_entries() {
@@ -71,7 +80,7 @@ run_installed() {
   "$root/usr/bin/vramd" --check-config --config "$root/etc/vramd/vramd.toml" >"$log" 2>&1 || fail "the installed vramd.toml is invalid"
   grep -q 'backend = "auto"' "$log" || fail "installed vramd.toml: backend is not auto"
   ok "installed /etc/vramd/vramd.toml is valid (backend auto, no models)"
-  cargo run --locked -q --example tiny-models -- "$tmp/models" >/dev/null || fail "writing the tiny models"
+  "$CARGO_TARGET_DIR/debug/examples/tiny-models" "$tmp/models" >/dev/null || fail "writing the tiny models"
   cp "$tmp/models/tiny-models.toml" "$root/etc/vramd/models.d/tiny.toml"
   mkdir -p "$run"
   sed -e '/^worker_dir = /d' \
@@ -105,6 +114,29 @@ run_installed() {
   kill "$pid"; wait "$pid" 2>/dev/null || true; pid=""
   ok "workers ran from $workers"
   rm "$root/etc/vramd/vramd-test.toml" "$root/etc/vramd/models.d/tiny.toml"
+}
+
+# run_on_westmere WORKER_DIR: run_installed again with every installed worker run by
+# `qemu-x86_64 -cpu Westmere` (2010: SSE4.2, no AVX), through wrappers of the workers' names:
+# the packaged workers must run a chat and an image on a CPU without AVX, not die of an
+# illegal instruction. The LLM worker must have loaded llama.cpp's SSE4.2 module; the
+# image worker is the baseline build (vramd starts the plain name on a CPU it cannot read).
+run_on_westmere() {
+  command -v qemu-x86_64 >/dev/null || fail "qemu-x86_64 missing (apt-get install qemu-user)"
+  local real=$root/$1 wrap=$root/westmere-workers w
+  mkdir -p "$wrap"
+  for w in vramd-llm-worker vramd-sd-worker; do
+    printf '#!/bin/sh\nexec qemu-x86_64 -cpu Westmere %s "$@"\n' "$real/$w" >"$wrap/$w"
+    chmod 755 "$wrap/$w"
+  done
+  run_installed westmere-workers
+  grep -q 'illegal\|SIGILL\|signal 4' "$log" && fail "a worker died of an illegal instruction under -cpu Westmere"
+  local llm; llm=$(grep -o 'ggml-cpu-[a-z0-9_.]* from [^ ",]*' "$log" | head -1)
+  if readelf -d "$real/vramd-llm-worker" | grep -q 'NEEDED.*\[libllama'; then
+    [[ "$llm" == ggml-cpu-sse42* ]] || fail "under -cpu Westmere the LLM worker loaded '${llm:-no CPU module}', not ggml-cpu-sse42"
+  fi
+  ok "under qemu-x86_64 -cpu Westmere: a chat (${llm:-llama.cpp linked in}) and an image (the baseline image worker)"
+  rm -rf "$wrap"
 }
 
 # lint_clean TOOL OUTPUT ALLOWED...: TOOL's OUTPUT has no error and no warning other than

@@ -295,6 +295,7 @@ mod tests {
         let source = crate::memory::open_source(&config.memory).unwrap();
         let paths = WorkerPaths {
             dir: dir.to_owned(),
+            sd_worker: crate::worker::SD_WORKER.to_owned(),
             runtime_dir: dir.join("run"),
             private: false,
         };

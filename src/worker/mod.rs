@@ -9,6 +9,8 @@ pub use load::LoadReport;
 
 use std::path::{Path, PathBuf};
 
+use vramd_protocol::cpu;
+
 use crate::config::{DaemonConfig, ModelKind};
 
 pub const LLM_WORKER: &str = "vramd-llm-worker";
@@ -19,6 +21,10 @@ pub const LIBEXEC_DIR: &str = "/usr/libexec/vramd";
 #[derive(Clone, Debug)]
 pub struct WorkerPaths {
     pub dir: PathBuf,
+    /// The image worker's file name in `dir`: the build for the highest x86-64 level this
+    /// CPU runs that is installed (packages ship one per level; ggml in stable-diffusion.cpp
+    /// has no run-time dispatch), else `vramd-sd-worker`.
+    pub sd_worker: String,
     pub runtime_dir: PathBuf,
     /// The runtime folder is this process's own (`/tmp/vramd-UID-PID`): remove it on exit.
     pub private: bool,
@@ -39,11 +45,14 @@ impl WorkerPaths {
             Some(d) => (d.clone(), false),
             None => default_runtime_dir(),
         };
+        let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+        let sd_worker = cpu::best_variant(SD_WORKER, cpu::cpuinfo_level(&cpuinfo), |name| dir.join(name).is_file());
         std::fs::create_dir_all(&runtime_dir)?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&runtime_dir, std::fs::Permissions::from_mode(0o700))?;
         Ok(WorkerPaths {
             dir,
+            sd_worker,
             runtime_dir,
             private,
         })
@@ -52,7 +61,7 @@ impl WorkerPaths {
     pub fn binary(&self, kind: ModelKind) -> PathBuf {
         self.dir.join(match kind {
             ModelKind::Llm => LLM_WORKER,
-            ModelKind::Image => SD_WORKER,
+            ModelKind::Image => &self.sd_worker,
         })
     }
 

@@ -451,3 +451,30 @@ fn check_openai_client(v: &Value) {
     assert!(v["completion_text"].is_string());
     assert_eq!(v["missing_model_status"], 404);
 }
+
+/// llama.cpp's CPU code is a module per x86-64 level (`dynamic-backends`, as the packages
+/// ship it); the worker loads the one for this CPU's level and says which in `/v1/status`.
+#[test]
+fn the_worker_runs_llama_cpps_cpu_module_for_this_cpus_level() {
+    let Some(l) = start(&[("chat", ModelFile::Tiny { template: false })], "") else {
+        return;
+    };
+    ok(l.d.post_json("/v1/models/chat/load", ""));
+    let m = l.d.model_status("chat");
+    let cpu = m["cpu"].as_str().unwrap_or_default();
+    let module = cpu
+        .split("; ggml-cpu-")
+        .nth(1)
+        .and_then(|rest| rest.split(' ').next())
+        .unwrap_or_else(|| panic!("no CPU module named: {m}"));
+    // ggml's variants by the x86-64 level they need (ggml/src/CMakeLists.txt).
+    let level = match module {
+        "x64" => "x86-64",
+        "sse42" | "sandybridge" | "ivybridge" | "piledriver" => "x86-64-v2",
+        "haswell" | "alderlake" => "x86-64-v3",
+        _ => "x86-64-v4",
+    };
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    assert_eq!(Some(level), vramd_protocol::cpu::cpuinfo_level(&cpuinfo), "{cpu}");
+    assert!(cpu.starts_with(&format!("{level} build")), "{cpu}");
+}

@@ -394,3 +394,30 @@ fn worker_sockets_and_the_private_socket_folder_are_removed() {
     assert!(d.wait_exit(Duration::from_secs(10)).success());
     assert!(!run.exists(), "{} left behind", run.display());
 }
+
+/// Packages install an image worker per x86-64 level (`vramd-sd-worker` for the baseline,
+/// `vramd-sd-worker.x86-64-v3` …); the daemon starts the best one this CPU runs. The fake
+/// worker tells the name it was started as.
+#[test]
+fn the_image_worker_built_for_this_cpus_level_is_started() {
+    let (config, dirs) = crate::util::fake_two_models(1 << 20, "ok", "");
+    let workers = dirs[0].path();
+    for level in ["x86-64-v2", "x86-64-v3"] {
+        std::os::unix::fs::symlink(
+            workers.join("vramd-llm-worker"),
+            workers.join(format!("vramd-sd-worker.{level}")),
+        )
+        .unwrap();
+    }
+    let d = Daemon::start(&config);
+    let loaded = d.post_json("/v1/models/sd/load", "");
+    assert_eq!(loaded.status, 200, "{}", String::from_utf8_lossy(&loaded.body));
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let expected = match vramd_protocol::cpu::cpuinfo_level(&cpuinfo) {
+        Some("x86-64-v3" | "x86-64-v4") => "vramd-sd-worker.x86-64-v3",
+        Some("x86-64-v2") => "vramd-sd-worker.x86-64-v2",
+        _ => "vramd-sd-worker",
+    };
+    let m = d.model_status("sd");
+    assert_eq!(m["cpu"], format!("fake worker started as {expected}"), "{m}");
+}

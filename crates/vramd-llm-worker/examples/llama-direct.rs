@@ -68,8 +68,15 @@ fn args() -> Result<Args, String> {
     Ok(a)
 }
 
+// The worker's own search for llama.cpp's CPU modules, when they are modules.
+#[cfg(feature = "dynamic-backends")]
+#[path = "../src/backends.rs"]
+mod backends;
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let a = args()?;
+    #[cfg(feature = "dynamic-backends")]
+    eprintln!("{}", backends::load()?);
     let mut backend = LlamaBackend::init()?;
     backend.void_logs();
     let model = LlamaModel::load_from_file(&backend, &a.model, &LlamaModelParams::default())?;

@@ -86,6 +86,17 @@ impl HealthWriterExt for HealthWriter {
 
 fn run(calls: std_mpsc::Receiver<EngineCall>, status: HealthWriter) {
     let mut calls = Backlog::new(calls);
+    // The CPU (and GPU) modules must be registered before llama.cpp starts.
+    #[cfg(feature = "dynamic-backends")]
+    let module = match crate::backends::load() {
+        Ok(module) => Some(module),
+        Err(e) => {
+            tracing::error!("cannot load llama.cpp's backends: {e}");
+            std::process::exit(70); // EX_SOFTWARE
+        }
+    };
+    #[cfg(not(feature = "dynamic-backends"))]
+    let module: Option<String> = None;
     let backend = match LlamaBackend::init() {
         Ok(b) => b,
         Err(e) => {
@@ -104,6 +115,11 @@ fn run(calls: std_mpsc::Receiver<EngineCall>, status: HealthWriter) {
         }
     };
     let cpu = vramd_worker_kit::cpu::this_machine(&info);
+    // `x86-64-v4 build (…) on a x86-64-v4 CPU; ggml-cpu-zen4 from /usr/lib/vramd`
+    let cpu = match module {
+        Some(module) => format!("{cpu}; {module}"),
+        None => cpu,
+    };
     tracing::info!(%cpu, "CPU code");
     status.update(|h| h.cpu = Some(cpu));
     let mut next = None;

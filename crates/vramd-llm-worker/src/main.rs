@@ -3,6 +3,8 @@
 //! Wiring only: CLI, logging, lifetime guards, the llama thread ([`engine`]) and the HTTP
 //! server ([`server`]) on the Unix socket the daemon names.
 
+#[cfg(any(feature = "dynamic-backends", test))]
+mod backends;
 mod backlog;
 mod cache;
 mod embed;

@@ -37,6 +37,8 @@
 //! reaches end-of-file (the daemon holds the other end of that pipe, so a worker never
 //! outlives the daemon), and it reports memory after every load and every generation.
 
+pub mod cpu;
+
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
