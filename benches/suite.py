@@ -27,14 +27,15 @@ asserted here: the table says where a target is missed. Rows:
     soft unload and restore adds to the next chat turn.
  7. 1, 4, 16, 64 concurrent streaming clients on a model with `parallel = 4`.
  8. daemon RSS idle and with 64 clients (model mappings left out), worker RSS.
- 9. tokens/s of the packaged LLM worker (packaging/build's release tree: llama.cpp's CPU
-    modules, the best one loaded at start) vs a local build for this CPU (linked statically,
-    -C target-cpu=native, so ggml is -march=native), both through vramd.
+ 9. tokens/s of the packaged LLM worker (the package as the CI tests make it, from the dev
+    profile's binaries: llama.cpp's CPU modules, the best one loaded at start) vs a local
+    build for this CPU (linked statically, -C target-cpu=native, so ggml is -march=native),
+    both through vramd.
 10. one 512×512 image in-process (sd-direct) with stable-diffusion.cpp built for each x86-64
-    level the packages ship (x86-64, -v3; others measured when built in sd-LEVEL) and for
-    this CPU (-march=native).
-Rows 9 and 10 need release builds (packaging/build, and the native references in
-$CARGO_TARGET_DIR/native and sd-native): 30+ minutes cold; --rows 1,2,3,4,5,6,7,8 skips them.
+    level the packages ship (x86-64, and the build tree's x86-64-v3; others when built in
+    sd-LEVEL) and for this CPU (-march=native).
+Rows 9 and 10 build the native references ($CARGO_TARGET_DIR/native, sd-native: llama.cpp
+and stable-diffusion.cpp once more each) and the baseline image worker; --rows 1,…,8 skips them.
 """
 import argparse
 import datetime
@@ -559,7 +560,7 @@ class Suite:
     def row9(self):
         target = pathlib.Path(self.args.target_dir).resolve()
         sides = {"packaged": target / "packages" / "work" / "cpu" / "stage" / "usr" / "libexec" / "vramd",
-                 "local": target / "native" / "release"}
+                 "local": target / "native" / "debug"}
         eog, _ = self.direct(self.prompt_text(0), 2)
         bias = {str(t): -100 for t in eog}
         daemons = {}
@@ -574,7 +575,8 @@ class Suite:
             ok(d.sock, "POST", "/v1/models/smol/load")
             self.pp_tg(d.sock, "warm up", bias)
         try:
-            module = ok(daemons["packaged"].sock, "GET", "/v1/status")["models"][0]["cpu"]
+            cpu = ok(daemons["packaged"].sock, "GET", "/v1/status")["models"][0]["cpu"]
+            module = cpu.split("; ")[-1].split(" from")[0]  # ggml-cpu-zen4
             pp = {side: [] for side in sides}
             tg = {side: [] for side in sides}
             for i in range(1, self.args.rounds + 1):
@@ -594,8 +596,11 @@ class Suite:
     def row10(self):
         target = pathlib.Path(self.args.target_dir).resolve()
         files, _ = self.tiny_image()
+        tree_level = next(line.split('"')[1] for line in (ROOT / ".cargo" / "config.toml").read_text().splitlines()
+                          if line.startswith("VRAMD_CPU_LEVEL"))
         builds = {level: target / f"sd-{level}" / "release" / "examples" / "sd-direct"
                   for level in ["x86-64", "x86-64-v2", "x86-64-v3", "x86-64-v4", "native"]}
+        builds[tree_level] = target / "debug" / "examples" / "sd-direct"
         builds = {level: exe for level, exe in builds.items() if exe.is_file()}
         ms = {level: [] for level in builds}
         for _ in range(self.args.rounds):
@@ -653,13 +658,17 @@ def build(args, rows):
     for cmd in [["--workspace", "--bins", "--examples"], ["--release", "-p", "vramd", "--bin", "vramd"]]:
         subprocess.run(cargo + cmd, cwd=ROOT, check=True, env=env)
     if "9" in rows:
-        subprocess.run([str(ROOT / "packaging" / "build"), "--formats", "deb"], cwd=ROOT, check=True, env=env)
+        # The package as CI makes it (the dev profile's binaries; llama.cpp is an optimised
+        # build there too), and the local reference for this CPU.
+        subprocess.run([str(ROOT / "packaging" / "build-sd-level"), "x86-64", "--release"], cwd=ROOT, check=True, env=env)
+        subprocess.run([str(ROOT / "packaging" / "build"), "--profile", "dev", "--no-build", "--formats", "deb"],
+                       cwd=ROOT, check=True, env=env)
         native = {**env, "CARGO_TARGET_DIR": str(target / "native"), "RUSTFLAGS": "-C target-cpu=native"}
-        subprocess.run(cargo + ["--release", "-p", "vramd-llm-worker", "--no-default-features"], cwd=ROOT,
-                       check=True, env=native)
+        subprocess.run(cargo + ["-p", "vramd-llm-worker", "--no-default-features"], cwd=ROOT, check=True, env=native)
     if "10" in rows:
-        # The levels packaging/build ships (their C++ is built by then), and this CPU's.
-        for level in ["x86-64", "x86-64-v3", "native"]:
+        # The build tree's level is the dev build's own; the others in their folders (the
+        # C++ is the same Release build in both profiles).
+        for level in ["x86-64", "native"]:
             subprocess.run([str(ROOT / "packaging" / "build-sd-level"), level, "--release", "--example", "sd-direct"],
                            cwd=ROOT, check=True, env=env)
 
@@ -691,22 +700,11 @@ def main():
     if not os.path.isfile(suite.smol):
         sys.exit(f"{suite.smol} not found: run scripts/fetch-smollm")
     sys.path.insert(0, str(pathlib.Path(__file__).parent))
-    if rows & {"1", "2"}:
-        suite.row1_2()
-    if "3" in rows:
-        suite.row3()
-    if "4" in rows:
-        suite.row4()
-    if "5" in rows:
-        suite.row5()
-    if "6" in rows:
-        suite.row6()
-    if rows & {"7", "8"}:
-        suite.row7_8()
-    if "9" in rows:
-        suite.row9()
-    if "10" in rows:
-        suite.row10()
+    # Each method measures the rows it names (1 and 2 share a daemon, as do 7 and 8).
+    for covers, run in [({"1", "2"}, suite.row1_2), ({"3"}, suite.row3), ({"4"}, suite.row4), ({"5"}, suite.row5),
+                        ({"6"}, suite.row6), ({"7", "8"}, suite.row7_8), ({"9"}, suite.row9), ({"10"}, suite.row10)]:
+        if rows & covers:
+            run()
     suite.write()
 
 

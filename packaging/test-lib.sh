@@ -21,6 +21,8 @@ need_root() {
 # packages' baseline image worker (x86-64), which nothing else builds: stable-diffusion.cpp
 # once in the release profile (packaging/build finds it in $CARGO_TARGET_DIR/sd-x86-64).
 build_for_packages() {
+  # llama-cpp-sys-2's dangling library links make its build script fail should it run again.
+  find "$CARGO_TARGET_DIR/debug" -maxdepth 2 -name 'lib*.so' -xtype l -delete 2>/dev/null || true
   cargo build --workspace --bins --examples --locked -q
   packaging/build-sd-level x86-64 --release -q
 }

@@ -46,7 +46,9 @@ impl WorkerPaths {
             None => default_runtime_dir(),
         };
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-        let sd_worker = cpu::best_variant(SD_WORKER, cpu::cpuinfo_level(&cpuinfo), |name| dir.join(name).is_file());
+        let level = cpu::cpuinfo_level(&cpuinfo);
+        let sd_worker = cpu::best_variant(SD_WORKER, level, |name| dir.join(name).is_file());
+        tracing::info!(cpu = level.unwrap_or("unknown"), %sd_worker, "the image worker for this CPU");
         std::fs::create_dir_all(&runtime_dir)?;
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&runtime_dir, std::fs::Permissions::from_mode(0o700))?;

@@ -49,8 +49,8 @@ pub fn variant_name(worker: &str, level: &str) -> String {
 }
 
 /// Which build of `worker` to start on a CPU of `cpu_level`: the highest level at or below
-/// it for which `exists` finds a file, else the plain name (a build tree has only that one,
-/// built for the machine it is on; an unknown CPU gets it too).
+/// it for which `exists` finds a file, else the plain name (the baseline in a package; the
+/// only build in a build tree; what a CPU whose level is unknown gets).
 pub fn best_variant(worker: &str, cpu_level: Option<&str>, exists: impl Fn(&str) -> bool) -> String {
     let Some(top) = cpu_level.and_then(|l| LEVELS.iter().position(|x| *x == l)) else {
         return worker.to_owned();
