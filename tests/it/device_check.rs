@@ -83,3 +83,41 @@ fn device_check_runs_every_check_and_fails_when_nvml_disagrees() {
     );
     assert!(row(&table, "device total").ends_with("| ok |"), "{table}");
 }
+
+/// The CUDA workers' libraries are not carried to the GPU machine: the script finds them in a
+/// Python environment's nvidia wheels (what PyTorch's cu130 build installs) and names the
+/// ones it could not find.
+#[test]
+fn device_check_finds_the_cuda_libraries_in_a_pythons_nvidia_wheels() {
+    let site = tempfile::tempdir().unwrap();
+    let lib = site.path().join("nvidia/cu13/lib");
+    std::fs::create_dir_all(&lib).unwrap();
+    for name in ["libcudart.so.13", "libcublas.so.13"] {
+        std::fs::write(lib.join(name), "").unwrap();
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/device-check");
+    let code = format!(
+        "import json, runpy, sys\nsys.path.insert(0, {site:?})\n\
+         dc = runpy.run_path({script:?}, run_name='device_check')\n\
+         print(json.dumps(dc['cuda_library_dirs']()))",
+        site = site.path().to_str().unwrap(),
+        script = script.to_str().unwrap(),
+    );
+    let output = Command::new("python3").arg("-c").arg(code).output().unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let found: std::collections::HashMap<String, String> = serde_json::from_slice(&output.stdout).unwrap();
+    for name in ["libcudart.so.13", "libcublas.so.13"] {
+        // Here, or in a CUDA install on this machine, which is searched first.
+        let dir = found.get(name).unwrap_or_else(|| panic!("{name} not found: {found:?}"));
+        assert!(Path::new(dir).join(name).exists(), "{name} in {dir}");
+    }
+    let system = [
+        "/usr/local/cuda/lib64",
+        "/usr/local/cuda/targets/x86_64-linux/lib",
+        "/opt/cuda/lib64",
+    ];
+    if !system.iter().any(|d| Path::new(d).join("libcublasLt.so.13").exists()) {
+        assert!(!found.contains_key("libcublasLt.so.13"), "{found:?}");
+        assert_eq!(found["libcudart.so.13"], lib.to_str().unwrap());
+    }
+}
