@@ -26,8 +26,9 @@ fn read_stream(mut r: std::io::BufReader<std::os::unix::net::UnixStream>) -> (Ve
     (times, false)
 }
 
-/// Two streams sent one after the other; returns each one's token instants.
-fn two_streams(parallel: u32) -> Option<(Vec<Instant>, Vec<Instant>)> {
+/// Two streams sent one after the other; returns each one's token instants and the
+/// `request_queued` events (a request that waited for a slot).
+fn two_streams(parallel: u32) -> Option<(Vec<Instant>, Vec<Instant>, Vec<Value>)> {
     let l = start(
         &[("chat", ModelFile::Slow)],
         &format!("context_length = 512\nparallel = {parallel}\n"),
@@ -44,12 +45,17 @@ fn two_streams(parallel: u32) -> Option<(Vec<Instant>, Vec<Instant>)> {
     let a = a.join().unwrap();
     assert!(a.1 && b.1, "both streams end with [DONE]");
     assert!(!a.0.is_empty() && !b.0.is_empty());
-    Some((a.0, b.0))
+    let queued = crate::util::events(&l.d)
+        .into_iter()
+        .filter(|e| e["type"] == "request_queued")
+        .collect();
+    Some((a.0, b.0, queued))
 }
 
 #[test]
 fn two_streams_on_one_model_run_at_once_and_interleave() {
-    let Some((a, b)) = two_streams(2) else { return };
+    let Some((a, b, queued)) = two_streams(2) else { return };
+    assert!(queued.is_empty(), "the second stream took the free slot: {queued:?}");
     let (b_first, a_last) = (b[0], *a.last().unwrap());
     assert!(b_first < a_last, "the second stream started while the first ran");
     let a_after = a.iter().filter(|t| **t > b_first).count();
@@ -58,9 +64,14 @@ fn two_streams_on_one_model_run_at_once_and_interleave() {
         "the first stream went on alongside: {a_after} tokens after"
     );
 
-    // With one slot the second stream waits for the first to end.
-    let Some((a, b)) = two_streams(1) else { return };
-    assert!(b[0] > *a.last().unwrap(), "one slot serves one stream at a time");
+    // With one slot the second stream waits for the first to end: the worker queues it. (Not
+    // the token instants: two client threads can read their sockets late, out of order.)
+    let Some((_, _, queued)) = two_streams(1) else { return };
+    assert_eq!(queued.len(), 1, "one slot serves one stream at a time: {queued:?}");
+    assert!(
+        queued[0]["reason"].as_str().unwrap().contains("every slot busy (1)"),
+        "{queued:?}"
+    );
 }
 
 fn chat(l: &crate::llm::Llm, messages: &Value) -> Value {
